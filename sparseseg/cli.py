@@ -1,0 +1,92 @@
+"""The ``sparseseg`` command line: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sparseseg import __version__
+from sparseseg.errors import InputError
+
+log = logging.getLogger("sparseseg")
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from sparseseg.ingest import ingest
+
+    dst = ingest(args.src, args.dst, ngff=args.ngff, pixel_size_um=args.pixel_size, chunk=args.chunk,
+                 tissue=args.tissue, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {dst}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from sparseseg.info import describe_slide, format_description
+
+    info = describe_slide(args.slide)
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sparseseg.demo import run_demo
+
+    run_demo(Path(args.out), progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparseseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sparseseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="convert a slide (SVS, OME-TIFF, TIFF, PNG, OME-Zarr) to an OME-Zarr pyramid",
+                       description="Convert a slide into an OME-Zarr image pyramid with a tissue mask label.")
+    p.add_argument("src", type=Path, help="SVS / OME-TIFF / tiled TIFF / PNG / OME-Zarr source")
+    p.add_argument("dst", type=Path, help="output directory, e.g. slide.ome.zarr")
+    p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4",
+                   help="NGFF version: 0.4 (zarr v2, read by most viewers and QuPath; default) or 0.5 (zarr v3)")
+    p.add_argument("--pixel-size", type=float, metavar="UM", help="level-0 pixel size in micrometres "
+                   "(overrides the file's; needed when the source records none)")
+    p.add_argument("--chunk", type=int, default=1024, metavar="PX", help="chunk edge in pixels (default 1024)")
+    p.add_argument("--tissue", choices=("auto", "brightfield", "fluorescence", "none"), default="auto",
+                   help="tissue-mask method (auto: brightfield for 8-bit RGB, else fluorescence)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (only once the new one is complete)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("info", help="describe an OME-Zarr slide", description="Print levels, shapes, dtype, "
+                       "chunks, pixel size and labels of an OME-Zarr slide.")
+    p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="run the pipeline on the bundled CC0 demo slide",
+                       description="Run the main job on the bundled CC0 slide and print where the outputs are.")
+    p.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"sparseseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sparseseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Ingest a slide into an OME-Zarr pyramid (+ a tissue mask label), streaming block by block.
+
+Level 0 is copied from the source; every coarser level is the 2x2 mean of the previous level as
+written on disk, so peak memory depends on the chunk size and thread count, not the slide size.
+Everything is written under a temporary sibling and moved to DST only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from sparseseg.errors import InputError
+from sparseseg.io.atomic import staged_directory
+from sparseseg.io.ngff import (create_level_array, omero_block, write_image_metadata,
+                               write_label_metadata, zarr_format_of)
+from sparseseg.io.slide import Slide, open_slide
+from sparseseg.progress import TqdmDaskProgress
+from sparseseg.pyramid import downsample_mean_2x, level_factors, pyramid_shapes
+from sparseseg.tissue import choose_mask_level, resample_mask_block, resolve_mode, tissue_mask
+
+log = logging.getLogger(__name__)
+
+TISSUE_COLOUR = [{"label-value": 1, "rgba": [0, 200, 0, 96]}]
+
+
+def _store(source: da.Array, target: zarr.Array, description: str, progress: bool) -> None:
+    """Stream ``source`` into ``target``; dask chunks must align with zarr chunks (one writer per chunk)."""
+    with TqdmDaskProgress(description, enabled=progress):
+        da.store(source.rechunk(target.chunks), target, lock=False)
+
+
+def _display_windows(level: np.ndarray) -> list[tuple[float, float]]:
+    """Per-channel 0.1/99.9 percentile display window from a small level."""
+    flat = level.reshape(level.shape[0], -1).astype(np.float64)
+    lo, hi = np.percentile(flat, [0.1, 99.9], axis=1)
+    return [(float(a), float(max(b, a + 1e-6))) for a, b in zip(lo, hi)]
+
+
+def write_image_pyramid(slide: Slide, group: zarr.Group, ngff: str, chunk: int,
+                        progress: bool = False) -> list[zarr.Array]:
+    """Write level 0 from ``slide`` and each coarser level from the previous written one."""
+    shapes = pyramid_shapes(slide.shape[1:], chunk)
+    n_channels, dtype = slide.n_channels, slide.dtype
+    arrays: list[zarr.Array] = []
+    for level, shape in enumerate(shapes):
+        target = create_level_array(group, str(level), (n_channels, *shape), (n_channels, chunk, chunk),
+                                    dtype, ("c", "y", "x"))
+        source = slide.levels[0] if level == 0 else downsample_mean_2x(da.from_zarr(arrays[-1]))
+        _store(source, target, f"level {level} {shape[0]}x{shape[1]}", progress)
+        arrays.append(target)
+    windows = _display_windows(arrays[-1][...])
+    write_image_metadata(group, ngff, name=slide.path.name, n_levels=len(shapes),
+                         pixel_size_um=slide.pixel_size_um, level_factors=level_factors(shapes),
+                         omero=omero_block(slide.channel_names, dtype, windows))
+    return arrays
+
+
+def write_tissue_labels(group: zarr.Group, arrays: list[zarr.Array], ngff: str, mode: str,
+                        pixel_size_um: tuple[float, float] | None, chunk: int) -> float:
+    """Detect tissue at a low level and write ``labels/tissue`` with one level per image level.
+
+    Returns the fraction of the image covered by tissue.
+    """
+    shapes = [a.shape[1:] for a in arrays]
+    factors = level_factors(shapes)
+    sizes_um = [(pixel_size_um[1] if pixel_size_um else 0.5) * f[1] for f in factors]
+    mask_level = choose_mask_level(sizes_um)
+    mask = tissue_mask(da.from_zarr(arrays[mask_level]), mode, sizes_um[mask_level])
+    label_group = group.require_group("labels").require_group("tissue")
+    mask_ref = dask.delayed(mask, pure=True)
+    writes = []
+    for level, shape in enumerate(shapes):
+        target = create_level_array(label_group, str(level), shape, (chunk, chunk), np.uint8, ("y", "x"))
+        blocks = da.map_blocks(_mask_block, mask_ref, shift=level - mask_level,
+                               chunks=da.core.normalize_chunks((chunk, chunk), shape), dtype=np.uint8)
+        writes.append(da.store(blocks, target, lock=False, compute=False))
+    dask.compute(*writes)
+    write_image_metadata(label_group, ngff, name="tissue", n_levels=len(shapes), pixel_size_um=pixel_size_um,
+                         level_factors=factors, omero=None, channel_axis=False,
+                         method=f"{mode} Otsu at level {mask_level}, nearest-neighbour resampling")
+    write_label_metadata(group, ngff, "tissue", colors=TISSUE_COLOUR,
+                         properties=[{"label-value": 1, "class": "tissue"}])
+    return float(mask.mean())
+
+
+def _mask_block(mask: np.ndarray, shift: int, block_info=None) -> np.ndarray:
+    info = block_info[None]
+    (y0, y1), (x0, x1) = info["array-location"]
+    return resample_mask_block(mask, shift, (y1 - y0, x1 - x0), y0, x0)
+
+
+def ingest(src: str | Path, dst: str | Path, *, ngff: str = "0.4", pixel_size_um: float | None = None,
+           chunk: int = 1024, tissue: str = "auto", overwrite: bool = False, progress: bool = False) -> Path:
+    """Convert ``src`` (SVS, TIFF, PNG/JPEG or OME-Zarr) into an OME-Zarr pyramid at ``dst``."""
+    src, dst = Path(src), Path(dst)
+    if chunk < 64 or chunk % 16:
+        raise InputError(None, f"--chunk must be a multiple of 16 and >= 64, got {chunk}")
+    slide = open_slide(src, chunk=chunk).with_pixel_size(pixel_size_um)
+    if dst.absolute() == src.absolute():
+        raise InputError(dst, "destination is the source itself")
+    mode = resolve_mode(tissue, slide.n_channels, slide.dtype)
+    with staged_directory(dst, overwrite=overwrite) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=zarr_format_of(ngff))
+        try:
+            arrays = write_image_pyramid(slide, group, ngff, chunk, progress)
+        except InputError:
+            raise
+        except Exception as exc:  # decoding errors surface here, mid-stream
+            raise InputError(src, f"failed while reading pixel data: {type(exc).__name__}: {exc}") from exc
+        if mode != "none":
+            fraction = write_tissue_labels(group, arrays, ngff, mode, slide.pixel_size_um, chunk)
+            log.info("tissue covers %.1f%% of %s", 100 * fraction, src.name)
+    return dst

@@ -1,0 +1,115 @@
+"""One lazy view of a slide, whatever its source format: channel-first dask levels + pixel size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from sparseseg.errors import InputError
+
+#: Pixel types sparseseg ingests; others are refused rather than silently converted.
+SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("int16"), np.dtype("float32"))
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class Slide:
+    """A multi-resolution image as lazy dask arrays of shape (C, Y, X), finest level first.
+
+    ``pixel_size_um`` is the level-0 (y, x) pixel size in micrometres, or None when the
+    source does not record it. ``levels`` are picklable: workers re-open the file themselves.
+    """
+
+    path: Path
+    source_format: str
+    levels: tuple[da.Array, ...]
+    pixel_size_um: tuple[float, float] | None
+    channel_names: tuple[str, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.levels[0].dtype
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.levels[0].shape)  # type: ignore[return-value]
+
+    @property
+    def n_channels(self) -> int:
+        return self.levels[0].shape[0]
+
+    def level_pixel_size_um(self, level: int) -> tuple[float, float] | None:
+        """Pixel size of a pyramid level, from the level-0 size and the level's shape ratio."""
+        if self.pixel_size_um is None:
+            return None
+        y0, x0 = self.levels[0].shape[1:]
+        yl, xl = self.levels[level].shape[1:]
+        return (self.pixel_size_um[0] * y0 / yl, self.pixel_size_um[1] * x0 / xl)
+
+    def with_pixel_size(self, pixel_size_um: float | tuple[float, float] | None) -> Slide:
+        """The same slide with its pixel size overridden (None keeps the recorded one)."""
+        if pixel_size_um is None:
+            return self
+        if np.isscalar(pixel_size_um):
+            pixel_size_um = (float(pixel_size_um), float(pixel_size_um))
+        if min(pixel_size_um) <= 0:
+            raise InputError(None, f"--pixel-size must be positive, got {pixel_size_um}")
+        return replace(self, pixel_size_um=tuple(float(v) for v in pixel_size_um))
+
+
+def default_channel_names(n_channels: int) -> tuple[str, ...]:
+    if n_channels == 3:
+        return ("R", "G", "B")
+    return tuple(f"C{i}" for i in range(n_channels))
+
+
+def check_dtype(path: Path, dtype: np.dtype) -> None:
+    if np.dtype(dtype) not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise InputError(path, f"unsupported pixel type {np.dtype(dtype)} (supported: {names}); "
+                               "convert the image first")
+
+
+def sniff_format(path: Path) -> str:
+    """'tiff', 'png', 'jpeg' or 'zarr' from the file's content (not its suffix)."""
+    if path.is_dir():
+        if any((path / name).exists() for name in (".zgroup", "zarr.json", ".zattrs")):
+            return "zarr"
+        raise InputError(path, "is a directory but not a zarr group (no .zgroup or zarr.json)")
+    if not path.exists():
+        raise InputError(path, "no such file or directory")
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if head[:4] in _TIFF_MAGIC:
+        return "tiff"
+    if head == _PNG_MAGIC:
+        return "png"
+    if head[:3] == _JPEG_MAGIC:
+        return "jpeg"
+    raise InputError(path, "not a supported image file (expected TIFF/SVS, PNG, JPEG or an OME-Zarr directory)")
+
+
+def open_slide(path: str | Path, chunk: int = 1024) -> Slide:
+    """Open any supported slide lazily; ``chunk`` sets the dask block edge of every level."""
+    path = Path(path)
+    kind = sniff_format(path)
+    if kind == "tiff":
+        from sparseseg.io.tiff import open_tiff_slide
+
+        slide = open_tiff_slide(path, chunk=chunk)
+    elif kind == "zarr":
+        from sparseseg.io.omezarr import open_omezarr_slide
+
+        slide = open_omezarr_slide(path, chunk=chunk)
+    else:
+        from sparseseg.io.plain import open_plain_image
+
+        slide = open_plain_image(path, chunk=chunk)
+    check_dtype(path, slide.dtype)
+    return slide
