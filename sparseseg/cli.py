@@ -78,9 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # tifffile logs every oddity it repairs; our errors say what matters
+        logging.getLogger("tifffile").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except InputError as exc:
+        log.debug("details", exc_info=True)
         print(f"sparseseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

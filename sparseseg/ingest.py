@@ -8,6 +8,8 @@ Everything is written under a temporary sibling and moved to DST only when compl
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask
@@ -105,7 +107,10 @@ def ingest(src: str | Path, dst: str | Path, *, ngff: str = "0.4", pixel_size_um
     if dst.absolute() == src.absolute():
         raise InputError(dst, "destination is the source itself")
     mode = resolve_mode(tissue, slide.n_channels, slide.dtype)
-    with staged_directory(dst, overwrite=overwrite) as tmp:
+    # A private thread pool: on failure, leaving the ``with`` waits for in-flight block writes, so
+    # the staging directory is removed only after nothing can write into it any more.
+    with (staged_directory(dst, overwrite=overwrite) as tmp, ThreadPoolExecutor(os.cpu_count()) as pool,
+          dask.config.set(scheduler="threads", pool=pool)):
         group = zarr.open_group(tmp, mode="w", zarr_format=zarr_format_of(ngff))
         try:
             arrays = write_image_pyramid(slide, group, ngff, chunk, progress)

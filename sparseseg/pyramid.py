@@ -26,8 +26,9 @@ def _pad_to_even(x: da.Array) -> da.Array:
     pad = [(0, 0)] * (x.ndim - 2) + [(0, x.shape[-2] % 2), (0, x.shape[-1] % 2)]
     if not any(p[1] for p in pad):
         return x
-    # da.pad appends the edge as its own 1-pixel chunk; restore the original (even) block edge
-    return da.pad(x, pad, mode="edge").rechunk(x.chunksize)
+    # da.pad appends the edge as its own 1-pixel chunk; restore an even block edge
+    even_chunks = x.chunksize[:-2] + tuple(c + c % 2 for c in x.chunksize[-2:])
+    return da.pad(x, pad, mode="edge").rechunk(even_chunks)
 
 
 def _mean_2x2_block(block: np.ndarray) -> np.ndarray:

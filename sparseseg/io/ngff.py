@@ -121,7 +121,10 @@ def write_label_metadata(image_group: zarr.Group, version: str, name: str,
     labels_group = image_group.require_group("labels")
     _, attrs = read_ome_attrs(labels_group)
     names = [n for n in attrs.get("labels", []) if n != name] + [name]
-    add_metadata(labels_group, {"labels": names}, fmt=fmt)
+    container: dict[str, Any] = {"labels": names}
+    if fmt.version != "0.4":  # 0.5 groups carry the version inside "ome"
+        container["version"] = fmt.version
+    add_metadata(labels_group, container, fmt=fmt)
     image_label: dict[str, Any] = {"version": fmt.version, "source": {"image": "../../"}}
     if colors:
         image_label["colors"] = colors

@@ -135,7 +135,7 @@ def open_tiff_slide(path: Path, chunk: int = 1024) -> Slide:
         raise InputError(path, f"cannot read TIFF ({exc})") from None
     with tif:
         if not tif.series:
-            raise InputError(path, "TIFF holds no image series")
+            raise InputError(path, "truncated or corrupt TIFF: no readable image series")
         series = tif.series[0]
         _check_not_truncated(path, tif, series)
         keyframe = series.keyframe

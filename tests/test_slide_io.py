@@ -1,0 +1,71 @@
+"""Slide readers: same object whatever the source, picklable levels that workers open themselves."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import GENERIC_TIFF, OME_TIFF, SVS
+from distributed import Client, LocalCluster
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparseseg.cli import main
+from sparseseg.io import open_slide
+from sparseseg.pyramid import downsample_mean_2x, pyramid_shapes
+
+
+@pytest.mark.parametrize("path,fmt,n_levels", [(SVS, "svs", 1), (OME_TIFF, "ome-tiff", 4),
+                                                (GENERIC_TIFF, "tiff", 4)])
+def test_tiff_kinds_open_as_the_same_slide(path, fmt, n_levels):
+    slide = open_slide(path)
+    assert slide.source_format == fmt
+    assert slide.shape == (3, 2967, 2220) and slide.dtype == np.uint8
+    assert len(slide.levels) == n_levels
+    np.testing.assert_allclose(slide.pixel_size_um, (0.499, 0.499))
+    window = slide.levels[0][:, 1000:1300, 700:1100].compute()
+    np.testing.assert_array_equal(window, tifffile.imread(path)[1000:1300, 700:1100].transpose(2, 0, 1))
+
+
+def test_slide_levels_compute_on_process_workers():
+    """tifffile stores do not pickle; our levels carry only the path, so workers re-open the file."""
+    slide = open_slide(OME_TIFF, chunk=512)
+    restored = pickle.loads(pickle.dumps(slide.levels[1]))
+    expected = tifffile.imread(OME_TIFF, level=1).transpose(2, 0, 1).astype(np.int64).sum(axis=(1, 2))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        sums = client.compute(restored.astype(np.int64).sum(axis=(1, 2))).result()
+    np.testing.assert_array_equal(sums, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 70), w=st.integers(1, 70), chunk=st.sampled_from([2, 4, 16]), seed=st.integers(0, 9))
+def test_downsample_mean_2x_matches_numpy_reference(h, w, chunk, seed):
+    import dask.array as da
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (2, h, w), dtype=np.uint8)
+    padded = np.pad(pixels, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge").astype(np.float64)
+    expected = padded.reshape(2, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2).mean(axis=(2, 4))
+    got = downsample_mean_2x(da.from_array(pixels, chunks=(2, chunk, chunk))).compute()
+    assert got.dtype == np.uint8 and got.shape == (2, (h + 1) // 2, (w + 1) // 2)
+    np.testing.assert_array_equal(got, np.round(expected).astype(np.uint8))
+
+
+def test_pyramid_stops_when_a_level_fits_one_chunk():
+    assert pyramid_shapes((2967, 2220), 1024) == [(2967, 2220), (1484, 1110), (742, 555)]
+    assert pyramid_shapes((500, 300), 1024) == [(500, 300)]
+    assert pyramid_shapes((1025, 10), 1024) == [(1025, 10), (513, 5)]
+
+
+def test_info_reports_levels_pixel_size_and_labels(tmp_path, capsys):
+    dst = tmp_path / "slide.ome.zarr"
+    assert main(["ingest", "-q", "--ngff", "0.5", "--chunk", "512", str(SVS), str(dst)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert "NGFF 0.5, zarr v3" in out and "pixel size 0.499 x 0.499 um" in out
+    assert "0: shape (3, 2967, 2220) chunks (3, 512, 512)" in out
+    assert "3: shape (3, 371, 278)" in out and "pixel 3.992 x 3.992 um" in out
+    assert "tissue: uint8 (2967, 2220), 4 levels" in out
