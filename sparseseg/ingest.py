@@ -53,7 +53,10 @@ def write_image_pyramid(slide: Slide, group: zarr.Group, ngff: str, chunk: int,
     for level, shape in enumerate(shapes):
         target = create_level_array(group, str(level), (n_channels, *shape), (n_channels, chunk, chunk),
                                     dtype, ("c", "y", "x"))
-        source = slide.levels[0] if level == 0 else downsample_mean_2x(da.from_zarr(arrays[-1]))
+        if level == 0:
+            source = slide.levels[0]
+        else:  # read 2x2 written chunks per output chunk: no rechunk between the two levels
+            source = downsample_mean_2x(da.from_zarr(arrays[-1], chunks=(n_channels, 2 * chunk, 2 * chunk)))
         _store(source, target, f"level {level} {shape[0]}x{shape[1]}", progress)
         arrays.append(target)
     windows = _display_windows(arrays[-1][...])

@@ -78,13 +78,10 @@ def resample_mask_block(mask: np.ndarray, shift: int, shape_yx: tuple[int, int],
     ``shift`` = (output level - mask level): >0 coarser, <0 finer. Each output pixel takes the mask
     pixel under its centre, so the label pyramid overlays the image levels exactly.
     """
-    ys = np.arange(y0, y0 + shape_yx[0])
-    xs = np.arange(x0, x0 + shape_yx[1])
+    ys, xs = np.arange(y0, y0 + shape_yx[0]), np.arange(x0, x0 + shape_yx[1])
     if shift >= 0:
-        ys = (ys << shift) + ((1 << shift) >> 1)
-        xs = (xs << shift) + ((1 << shift) >> 1)
+        ys, xs = (ys << shift) + ((1 << shift) >> 1), (xs << shift) + ((1 << shift) >> 1)
     else:
         ys, xs = ys >> -shift, xs >> -shift
-    ys = np.minimum(ys, mask.shape[0] - 1)
-    xs = np.minimum(xs, mask.shape[1] - 1)
-    return mask[np.ix_(ys, xs)].astype(np.uint8)
+    ys, xs = np.minimum(ys, mask.shape[0] - 1), np.minimum(xs, mask.shape[1] - 1)
+    return mask.take(ys, axis=0).take(xs, axis=1).astype(np.uint8)

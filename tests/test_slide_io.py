@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sparseseg.cli import main
 from sparseseg.io import open_slide
 from sparseseg.pyramid import downsample_mean_2x, pyramid_shapes
+from sparseseg.tissue import resample_mask_block
 
 
 @pytest.mark.parametrize("path,fmt,n_levels", [(SVS, "svs", 1), (OME_TIFF, "ome-tiff", 4),
@@ -40,17 +41,39 @@ def test_slide_levels_compute_on_process_workers():
     np.testing.assert_array_equal(sums, expected)
 
 
-@settings(max_examples=40, deadline=None)
-@given(h=st.integers(1, 70), w=st.integers(1, 70), chunk=st.sampled_from([2, 4, 16]), seed=st.integers(0, 9))
-def test_downsample_mean_2x_matches_numpy_reference(h, w, chunk, seed):
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 70), w=st.integers(1, 70), chunk=st.sampled_from([2, 4, 16]), seed=st.integers(0, 9),
+       dtype=st.sampled_from(["uint8", "uint16", "int16", "float32"]))
+def test_downsample_mean_2x_matches_numpy_reference(h, w, chunk, seed, dtype):
     import dask.array as da
 
-    pixels = np.random.default_rng(seed).integers(0, 256, (2, h, w), dtype=np.uint8)
+    info = np.iinfo(dtype) if dtype != "float32" else np.iinfo(np.int16)
+    pixels = np.random.default_rng(seed).integers(info.min, info.max, (2, h, w), endpoint=True).astype(dtype)
     padded = np.pad(pixels, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge").astype(np.float64)
     expected = padded.reshape(2, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2).mean(axis=(2, 4))
     got = downsample_mean_2x(da.from_array(pixels, chunks=(2, chunk, chunk))).compute()
-    assert got.dtype == np.uint8 and got.shape == (2, (h + 1) // 2, (w + 1) // 2)
-    np.testing.assert_array_equal(got, np.round(expected).astype(np.uint8))
+    assert got.dtype == pixels.dtype and got.shape == (2, (h + 1) // 2, (w + 1) // 2)
+    if dtype == "float32":
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    else:  # integers round half up
+        np.testing.assert_array_equal(got, np.floor(expected + 0.5).astype(dtype))
+
+
+@settings(max_examples=80, deadline=None)
+@given(mh=st.integers(1, 30), mw=st.integers(1, 30), shift=st.integers(-3, 3), data=st.data())
+def test_resample_mask_block_takes_the_mask_pixel_under_each_centre(mh, mw, shift, data):
+    mask = np.random.default_rng(mh * 31 + mw).random((mh, mw)) > 0.5
+    scale = 2.0**shift  # output pixel size in mask pixels
+    height = max(1, int(np.ceil(mh / scale)))
+    width = max(1, int(np.ceil(mw / scale)))
+    y0 = data.draw(st.integers(0, height - 1))
+    x0 = data.draw(st.integers(0, width - 1))
+    h = data.draw(st.integers(1, height - y0))
+    w = data.draw(st.integers(1, width - x0))
+    got = resample_mask_block(mask, shift, (h, w), y0, x0)
+    centre_y = np.minimum(((np.arange(y0, y0 + h) + 0.5) * scale).astype(int), mh - 1)
+    centre_x = np.minimum(((np.arange(x0, x0 + w) + 0.5) * scale).astype(int), mw - 1)
+    np.testing.assert_array_equal(got, mask[np.ix_(centre_y, centre_x)])
 
 
 def test_pyramid_stops_when_a_level_fits_one_chunk():
