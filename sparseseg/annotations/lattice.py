@@ -1,0 +1,82 @@
+"""Pixel-interface geometry on the half-pixel lattice and exact distances from pixel centres to it.
+
+Lattice point (a, b) is the position (a/2, b/2); pixel (i, j) has its centre at lattice (2i+1, 2j+1).
+A pixel interface is a unit segment; from any pixel centre, its nearest point is the segment's
+midpoint or one of its end corners, and all three are lattice points. The Euclidean distance
+transform on the lattice, read at the odd-odd points and halved, is therefore the *exact*
+distance from each pixel centre to a union of interfaces (and to any other lattice points).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:  # the `edt` package is 2-3x faster than scipy on these sizes; same exact result
+    import edt as _edt
+except ImportError:  # pragma: no cover - exercised only where edt is not installed
+    _edt = None
+from scipy import ndimage as ndi
+
+
+def empty_lattice(shape: tuple[int, int]) -> np.ndarray:
+    return np.zeros((2 * shape[0] + 1, 2 * shape[1] + 1), bool)
+
+
+def interfaces(horizontal: np.ndarray, vertical: np.ndarray) -> np.ndarray:
+    """Lattice of the interfaces flagged between vertical neighbours and between horizontal neighbours.
+
+    horizontal: bool (H-1, W); True marks the interface between pixels (i, j) and (i+1, j).
+    vertical: bool (H, W-1); True marks the interface between pixels (i, j) and (i, j+1).
+    """
+    h, w = horizontal.shape[0] + 1, horizontal.shape[1]
+    lattice = empty_lattice((h, w))
+    rows = lattice[2:-1:2]  # interface rows y = 1 .. H-1
+    rows[:, 0:-1:2] |= horizontal
+    rows[:, 1::2] |= horizontal
+    rows[:, 2::2] |= horizontal
+    cols = lattice[:, 2:-1:2]  # interface columns x = 1 .. W-1
+    cols[0:-1:2] |= vertical
+    cols[1::2] |= vertical
+    cols[2::2] |= vertical
+    return lattice
+
+
+def label_interfaces(labels: np.ndarray, where) -> np.ndarray:
+    """Interfaces between 4-neighbours (a, b) of ``labels`` for which ``where(a, b)`` is True."""
+    return interfaces(where(labels[:-1], labels[1:]), where(labels[:, :-1], labels[:, 1:]))
+
+
+def set_boundary(inside: np.ndarray) -> np.ndarray:
+    """Boundary of a pixel set: interfaces with exactly one side inside (the image edge excluded)."""
+    return label_interfaces(inside, np.not_equal)
+
+
+def centre_distance(lattice: np.ndarray) -> np.ndarray:
+    """float32 (H, W): exact Euclidean distance (pixels) from each pixel centre to the lattice set.
+
+    Pixels get +inf when the set is empty.
+    """
+    h, w = (lattice.shape[0] - 1) // 2, (lattice.shape[1] - 1) // 2
+    if not lattice.any():
+        return np.full((h, w), np.inf, np.float32)
+    return (lattice_distance(lattice)[1::2, 1::2] * 0.5).astype(np.float32)
+
+
+def lattice_distance(lattice: np.ndarray) -> np.ndarray:
+    """Distance (in lattice steps) from every lattice point to the nearest set point."""
+    free = ~lattice
+    if _edt is not None:
+        return _edt.edt(free.view(np.uint8), black_border=False, parallel=1)
+    return ndi.distance_transform_edt(free)
+
+
+def centre_gradient(lattice_dist: np.ndarray) -> np.ndarray:
+    """float32 (2, H, W) unit gradient at pixel centres, from the lattice points half a pixel away.
+
+    Where the two one-sided neighbours cancel (a medial axis), the vector is 0.
+    """
+    gy = lattice_dist[2::2, 1::2] - lattice_dist[0:-2:2, 1::2]
+    gx = lattice_dist[1::2, 2::2] - lattice_dist[1::2, 0:-2:2]
+    norm = np.hypot(gy, gx)
+    safe = np.where(norm > 1e-6, norm, 1.0)
+    return np.stack([np.where(norm > 1e-6, gy / safe, 0.0), np.where(norm > 1e-6, gx / safe, 0.0)]).astype(np.float32)

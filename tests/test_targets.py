@@ -1,0 +1,101 @@
+"""The Sketchpose theorem on random synthetic scenes, and the dense special case."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage as ndi
+
+from sparseseg.annotations import PatchAnnotation, compute_targets
+from sparseseg.annotations.lattice import centre_distance, label_interfaces
+
+
+def random_scene(rng: np.random.Generator, shape=(48, 56)) -> np.ndarray:
+    """Instance labels with separate and touching objects: blobs, some split into touching cells."""
+    labels = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    next_id = 1
+    for _ in range(rng.integers(2, 7)):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        ry, rx = rng.uniform(3, 12), rng.uniform(3, 12)
+        blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        if rng.random() < 0.5:  # split into touching cells along a random line
+            angle = rng.uniform(0, np.pi)
+            side = (np.cos(angle) * (yy - cy) + np.sin(angle) * (xx - cx)) > 0
+            labels[blob & side] = next_id
+            labels[blob & ~side] = next_id + 1
+            next_id += 2
+        else:
+            labels[blob] = next_id
+            next_id += 1
+    return labels
+
+
+def true_distance(labels: np.ndarray) -> np.ndarray:
+    """Distance from each pixel centre to the true boundaries (interfaces between different labels)."""
+    return centre_distance(label_interfaces(labels, np.not_equal))
+
+
+def random_sparse_annotation(rng: np.random.Generator, labels: np.ndarray) -> PatchAnnotation:
+    """Keep random blobs of the truth (assumptions hold by construction), plus extras."""
+    noise = ndi.gaussian_filter(rng.standard_normal(labels.shape), rng.uniform(2, 6))
+    keep = noise > np.quantile(noise, rng.uniform(0.2, 0.95))
+    partial = np.where(keep, np.where(labels > 0, labels + 1, 1), 0).astype(np.uint32)
+    ids = np.unique(labels[labels > 0])
+    complete = [k + 1 for k in ids if keep[labels == k].all() and rng.random() < 0.7]
+    true_b = label_interfaces(labels, np.not_equal)
+    pieces = true_b & (rng.random(true_b.shape) < rng.uniform(0, 0.3))  # manual pieces on E
+    return PatchAnnotation(partial=partial, boundary=pieces, complete=frozenset(complete))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_theorem_targets_equal_true_distance_on_valid_set(seed):
+    rng = np.random.default_rng(seed)
+    labels = random_scene(rng)
+    truth = true_distance(labels)
+    annotation = random_sparse_annotation(rng, labels)
+    targets = compute_targets(annotation)
+    d = targets.valid
+    np.testing.assert_allclose(np.abs(targets.distance[d]), truth[d], atol=1e-6)
+    assert (np.sign(targets.distance[d]) == np.where(labels[d] > 0, 1, -1)).all()
+    strokes = targets.strokes
+    assert (targets.lower_bound[strokes] <= truth[strokes] + 1e-6).all()
+    assert not (d & ~strokes).any()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_dense_annotation_makes_every_pixel_valid_with_omnipose_targets(seed):
+    rng = np.random.default_rng(seed)
+    labels = random_scene(rng)
+    targets = compute_targets(PatchAnnotation.from_dense(labels))
+    assert targets.valid.all()
+    truth = true_distance(labels)
+    signed = np.where(labels > 0, truth, -truth)
+    np.testing.assert_allclose(targets.distance, signed, atol=1e-6)
+    np.testing.assert_allclose(targets.lower_bound, truth, atol=1e-6)
+    norms = np.hypot(*targets.flow)
+    assert ((np.abs(norms - 1) < 1e-5) | (norms == 0)).all()
+    assert (norms == 0).mean() < 0.05  # only medial-axis ties have no direction
+
+
+def test_flow_points_away_from_the_boundary_inside_a_disk():
+    yy, xx = np.mgrid[:41, :41]
+    disk = ((yy - 20) ** 2 + (xx - 20) ** 2 < 15**2).astype(np.int32)
+    targets = compute_targets(PatchAnnotation.from_dense(disk))
+    inside = (disk > 0) & (np.hypot(yy - 20, xx - 20) > 3)
+    radial = np.stack([yy - 20, xx - 20]) / np.maximum(np.hypot(yy - 20, xx - 20), 1e-9)
+    cosine = (targets.flow * -radial).sum(0)  # flow climbs the distance: towards the centre
+    assert np.median(cosine[inside]) > 0.97  # a pixelated disk is only nearly round
+    outside = (disk == 0) & (np.hypot(yy - 20, xx - 20) < 19)
+    assert np.median((targets.flow * -radial).sum(0)[outside]) > 0.97  # background flows towards objects
+
+
+def test_background_only_strokes_have_no_valid_pixels_but_a_lower_bound():
+    partial = np.zeros((20, 20), np.uint32)
+    partial[5:15, 5:15] = 1
+    targets = compute_targets(PatchAnnotation(partial=partial))
+    assert not targets.valid.any()
+    assert targets.lower_bound[10, 10] == 4.5  # centre 10.5, stroke outline at 5 and 15
