@@ -80,3 +80,14 @@ def centre_gradient(lattice_dist: np.ndarray) -> np.ndarray:
     norm = np.hypot(gy, gx)
     safe = np.where(norm > 1e-6, norm, 1.0)
     return np.stack([np.where(norm > 1e-6, gy / safe, 0.0), np.where(norm > 1e-6, gx / safe, 0.0)]).astype(np.float32)
+
+
+def lattice_support(lattice: np.ndarray) -> np.ndarray:
+    """bool (H, W): pixels whose centre values interpolate (bilinearly) some set lattice point."""
+    h, w = (lattice.shape[0] - 1) // 2, (lattice.shape[1] - 1) // 2
+    support = np.zeros((h, w), bool)
+    a, b = np.nonzero(lattice)
+    for rows in ((a - 1) // 2, a // 2):
+        for cols in ((b - 1) // 2, b // 2):
+            support[np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)] = True
+    return support

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparseseg.annotations.lattice import (centre_distance, centre_gradient, label_interfaces,
-                                           lattice_distance, set_boundary)
+                                           lattice_distance, lattice_support, set_boundary)
 from sparseseg.annotations.model import BACKGROUND, FIRST_OBJECT, UNKNOWN, PatchAnnotation
 
 #: Foreground of unknown identity (image-level mask) in the internal state map.
@@ -40,6 +40,7 @@ class Targets:
     complete: np.ndarray      # pixels of completely drawn objects
     boundary: np.ndarray      # B on the half-pixel lattice
     boundary_pieces: np.ndarray  # lattice points where the distance must be 0 (eikonal loss)
+    boundary_support: np.ndarray  # pixels a boundary piece runs through (they are annotated too)
 
     @property
     def strokes(self) -> np.ndarray:
@@ -107,4 +108,5 @@ def compute_targets(annotation: PatchAnnotation) -> Targets:
     lower = np.where(strokes & np.isfinite(dist_cb), dist_cb, 0.0).astype(np.float32)
     complete = np.isin(state, list(annotation.complete)) if annotation.complete else np.zeros_like(s0)
     return Targets(s0=s0, s1=s1, s1_sign_only=sign_only, valid=valid, distance=distance, flow=flow,
-                   lower_bound=lower, complete=complete, boundary=boundary, boundary_pieces=pieces)
+                   lower_bound=lower, complete=complete, boundary=boundary, boundary_pieces=pieces,
+                   boundary_support=lattice_support(pieces))

@@ -1,0 +1,173 @@
+"""Partial-annotation losses (torch) on distance + flow predictions (science.md sections 2-5).
+
+Predictions: ``distance`` (N, H, W), positive inside objects; ``flow`` (N, 2, H, W). Targets come
+from ``sparseseg.annotations.targets`` via ``batch_targets``. Every label term only reads pixels
+that carry annotation; unknown pixels enter only the eikonal loss's label-free regulariser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sparseseg.annotations.targets import Targets
+
+
+@dataclass
+class TargetBatch:
+    """Targets of N patches as tensors (bool masks, float32 values)."""
+
+    s0: torch.Tensor
+    s1: torch.Tensor
+    s1_sign_only: torch.Tensor
+    valid: torch.Tensor
+    distance: torch.Tensor
+    flow: torch.Tensor
+    lower_bound: torch.Tensor
+    complete: torch.Tensor
+    boundary_pieces: torch.Tensor  # (N, 2H+1, 2W+1) lattice
+    boundary_support: torch.Tensor
+
+    @property
+    def known(self) -> torch.Tensor:
+        """Pixels any label term reads: strokes, sign-only foreground, pixels under boundary pieces."""
+        return self.s0 | self.s1 | self.s1_sign_only | self.boundary_support
+
+
+def batch_targets(targets: list[Targets], device: torch.device | str = "cpu") -> TargetBatch:
+    def stack(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([getattr(t, name) for t in targets])).to(device)
+
+    return TargetBatch(**{name: stack(name) for name in TargetBatch.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class SketchposeWeights:
+    distance: float = 2.0
+    flow: float = 2.0
+    inequality: float = 1.0
+
+
+@dataclass(frozen=True)
+class EikonalWeights:
+    unit_flow: float = 1.0
+    unit_gradient: float = 1.0
+    coupling: float = 1.0
+    boundary: float = 1.0
+    sign: float = 1.0
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` (0 when the mask is empty, keeping the graph)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def sketchpose_loss(distance: torch.Tensor, flow: torch.Tensor, t: TargetBatch,
+                    weights: SketchposeWeights = SketchposeWeights()) -> torch.Tensor:
+    """Distance MSE and flow MSE on D, plus the one-sided inequality on all strokes.
+
+    The inequality penalises a predicted distance *magnitude* below the lower bound dist(x, CB):
+    ReLU(lb - s * d)^2 with s = +1 on foreground and -1 on background strokes.
+    """
+    l_distance = _masked_mean((distance - t.distance) ** 2, t.valid)
+    l_flow = _masked_mean(((flow - t.flow) ** 2).sum(1), t.valid)
+    sign = t.s1.to(distance.dtype) * 2 - 1
+    shortfall = F.relu(t.lower_bound - sign * distance) ** 2
+    l_ineq = _masked_mean(shortfall, t.s0 | t.s1)
+    return weights.distance * l_distance + weights.flow * l_flow + weights.inequality * l_ineq
+
+
+def masked_object_loss(distance: torch.Tensor, flow: torch.Tensor, t: TargetBatch,
+                       weights: SketchposeWeights = SketchposeWeights()) -> torch.Tensor:
+    """Sugawara-style subset loss: full targets on completely drawn objects and background in D.
+
+    Background strokes outside D only carry their sign (penalise a positive predicted distance);
+    every other pixel is ignored.
+    """
+    exact = t.complete | (t.s0 & t.valid)
+    l_distance = _masked_mean((distance - t.distance) ** 2, exact)
+    l_flow = _masked_mean(((flow - t.flow) ** 2).sum(1), exact)
+    l_sign = _masked_mean(F.relu(distance) ** 2, t.s0 & ~t.valid)
+    return weights.distance * l_distance + weights.flow * l_flow + weights.inequality * l_sign
+
+
+def _pad_linear(phi: torch.Tensor) -> torch.Tensor:
+    """Pad (N, H, W) by one pixel, extrapolating the edge slope (exact for linear fields)."""
+    rows = torch.cat([2 * phi[:, :1] - phi[:, 1:2], phi, 2 * phi[:, -1:] - phi[:, -2:-1]], 1)
+    return torch.cat([2 * rows[:, :, :1] - rows[:, :, 1:2], rows, 2 * rows[:, :, -1:] - rows[:, :, -2:-1]], 2)
+
+
+def upwind_gradient(phi: torch.Tensor) -> torch.Tensor:
+    """Godunov upwind gradient (N, 2, H, W) of a signed distance-like field (N, H, W).
+
+    Where phi >= 0 each axis uses the difference to its smaller neighbour (phi - min)_+, pointing
+    uphill; where phi < 0 the scheme is applied to -phi, so both sides of the zero level follow the
+    viscosity solution of |grad phi| = 1. The patch edge extrapolates the edge slope linearly.
+    """
+    sign = torch.where(phi.detach() >= 0, 1.0, -1.0).to(phi.dtype)
+    u = sign * phi
+    padded = _pad_linear(phi)
+    components = []
+    for before, after in ((padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]), (padded[:, 1:-1, :-2], padded[:, 1:-1, 2:])):
+        before, after = sign * before, sign * after  # neighbours seen with the centre's sign
+        smaller = torch.minimum(before, after)
+        direction = torch.where(before <= after, 1.0, -1.0).to(phi.dtype)  # uphill away from the smaller side
+        components.append(direction * F.relu(u - smaller))
+    return sign[:, None] * torch.stack(components, 1)
+
+
+def lattice_values(phi: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of ``phi`` (N, H, W) at every half-pixel lattice point: (N, 2H+1, 2W+1)."""
+    p = F.pad(phi[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    rows = torch.empty(p.shape[0], 2 * phi.shape[1] + 1, p.shape[2], dtype=phi.dtype, device=phi.device)
+    rows[:, 1::2] = p[:, 1:-1]
+    rows[:, 0::2] = (p[:, :-1] + p[:, 1:]) / 2
+    out = torch.empty(p.shape[0], rows.shape[1], 2 * phi.shape[2] + 1, dtype=phi.dtype, device=phi.device)
+    out[:, :, 1::2] = rows[:, :, 1:-1]
+    out[:, :, 0::2] = (rows[:, :, :-1] + rows[:, :, 1:]) / 2
+    return out
+
+
+def eikonal_regulariser(distance: torch.Tensor, flow: torch.Tensor, region: torch.Tensor,
+                        weights: EikonalWeights = EikonalWeights()) -> torch.Tensor:
+    """Label-free part of the Sketchpose-2 loss over ``region``: unit flow, unit upwind gradient, coupling."""
+    grad = upwind_gradient(distance)
+    unit_flow = (flow.norm(dim=1) - 1) ** 2
+    unit_grad = (grad.norm(dim=1) - 1) ** 2
+    coupling = ((grad - flow) ** 2).sum(1)
+    return (weights.unit_flow * _masked_mean(unit_flow, region)
+            + weights.unit_gradient * _masked_mean(unit_grad, region)
+            + weights.coupling * _masked_mean(coupling, region))
+
+
+def known_stencil(known: torch.Tensor) -> torch.Tensor:
+    """Pixels whose whole 4-neighbour stencil is annotated (the patch edge counts as annotated)."""
+    k = F.pad(known[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
+    return (k[:, 1:-1, 1:-1] * k[:, :-2, 1:-1] * k[:, 2:, 1:-1] * k[:, 1:-1, :-2] * k[:, 1:-1, 2:]) > 0
+
+
+def eikonal_loss(distance: torch.Tensor, flow: torch.Tensor, t: TargetBatch,
+                 weights: EikonalWeights = EikonalWeights(), region: str = "all") -> torch.Tensor:
+    """Sketchpose-2 loss: eikonal regulariser + zero on boundary pieces + sign on S0 / S1.
+
+    ``region='all'`` regularises every pixel as published (what lets points and curve pieces
+    propagate into unannotated areas); ``region='known'`` only where the stencil is annotated.
+    Foreground of unknown identity (masks, points) enters the sign term.
+    """
+    if region == "all":
+        mask = torch.ones_like(t.s0)
+    elif region == "known":
+        mask = known_stencil(t.known)
+    else:
+        raise ValueError(f"region must be 'all' or 'known', got {region!r}")
+    l_reg = eikonal_regulariser(distance, flow, mask, weights)
+    l_boundary = _masked_mean(lattice_values(distance) ** 2, t.boundary_pieces)
+    l_sign = _masked_mean(F.relu(distance), t.s0) + _masked_mean(F.relu(-distance), t.s1 | t.s1_sign_only)
+    return l_reg + weights.boundary * l_boundary + weights.sign * l_sign
+
+
+LOSSES = {"sketchpose": sketchpose_loss, "eikonal": eikonal_loss, "masked": masked_object_loss}

@@ -1,0 +1,94 @@
+"""Partial-annotation losses: minimum at the exact distance, gradients, and blindness to unknown pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_targets import random_scene, random_sparse_annotation
+
+from sparseseg.annotations import PatchAnnotation, compute_targets
+from sparseseg.losses import (batch_targets, eikonal_loss, eikonal_regulariser, masked_object_loss,
+                              sketchpose_loss, upwind_gradient)
+
+
+def _batch(seed: int, dense: bool = False):
+    rng = np.random.default_rng(seed)
+    labels = random_scene(rng)
+    annotation = PatchAnnotation.from_dense(labels) if dense else random_sparse_annotation(rng, labels)
+    return labels, batch_targets([compute_targets(annotation)])
+
+
+def _exact_prediction(seed: int):
+    labels, t = _batch(seed, dense=True)
+    return t, t.distance.clone().double(), t.flow.clone().double()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_eikonal_loss_is_near_minimal_at_the_exact_signed_distance(seed):
+    t, phi, v = _exact_prediction(seed)
+    base = eikonal_loss(phi, v, t).item()
+    rng = np.random.default_rng(seed)
+    for scale in (0.1, 0.3):
+        noise = torch.from_numpy(rng.normal(0, scale, phi.shape))
+        assert eikonal_loss(phi + noise, v, t).item() > base
+        flow_noise = torch.from_numpy(rng.normal(0, scale, v.shape))
+        assert eikonal_loss(phi, v + flow_noise, t).item() > base
+    # and exact targets are a minimum of the data-driven losses too
+    assert sketchpose_loss(phi, v, t).item() == pytest.approx(0.0, abs=1e-12)
+    assert masked_object_loss(phi, v, t).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_upwind_gradient_has_unit_length_on_a_linear_ramp():
+    y = torch.arange(12, dtype=torch.float64)[:, None].expand(12, 9)
+    phi = (y - 5.5)[None]  # signed distance to the line y = 5.5, positive below it
+    grad = upwind_gradient(phi)
+    np.testing.assert_allclose(grad[0, 0, 1:-1].numpy(), 1.0)
+    np.testing.assert_allclose(grad[0, 1].numpy(), 0.0)
+
+
+@pytest.mark.parametrize("loss", [sketchpose_loss, masked_object_loss, eikonal_loss])
+def test_autograd_gradient_matches_finite_differences(loss):
+    _, t = _batch(3)
+    crop = slice(14, 22), slice(20, 28)  # a small window keeps gradcheck fast
+    t.__dict__.update({k: getattr(t, k)[:, crop[0], crop[1]] for k in
+                       ("s0", "s1", "s1_sign_only", "valid", "distance", "lower_bound", "complete",
+                        "boundary_support")})
+    t.flow = t.flow[:, :, crop[0], crop[1]]
+    t.boundary_pieces = t.boundary_pieces[:, 28:45, 40:57]
+    rng = np.random.default_rng(0)
+    phi = torch.from_numpy(rng.normal(0, 3, t.s0.shape)).requires_grad_()
+    v = torch.from_numpy(rng.normal(0, 1, t.flow.shape)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: loss(a, b, t), (phi, v), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_predictions_on_unknown_pixels_change_no_label_term(seed):
+    _, t = _batch(seed)
+    unknown = ~t.known
+    assert unknown.any()
+    rng = np.random.default_rng(seed)
+    phi = torch.from_numpy(rng.normal(0, 3, t.s0.shape))
+    v = torch.from_numpy(rng.normal(0, 1, t.flow.shape))
+    phi2 = torch.where(unknown, phi + torch.from_numpy(rng.normal(0, 5, phi.shape)), phi)
+    v2 = torch.where(unknown[:, None], v + torch.from_numpy(rng.normal(0, 5, v.shape)), v)
+    for loss in (sketchpose_loss, masked_object_loss):
+        assert loss(phi2, v2, t).item() == loss(phi, v, t).item()
+    assert eikonal_loss(phi2, v2, t, region="known").item() == pytest.approx(
+        eikonal_loss(phi, v, t, region="known").item(), rel=1e-12)
+    # region='all' regularises unknown pixels too, but only through the label-free regulariser
+    everywhere = torch.ones_like(t.s0)
+    label_part = eikonal_loss(phi, v, t) - eikonal_regulariser(phi, v, everywhere)
+    label_part2 = eikonal_loss(phi2, v2, t) - eikonal_regulariser(phi2, v2, everywhere)
+    assert label_part2.item() == pytest.approx(label_part.item(), rel=1e-9, abs=1e-12)
+
+
+def test_inequality_penalises_magnitudes_below_the_lower_bound_only():
+    partial = np.zeros((16, 16), np.uint32)
+    partial[4:12, 4:12] = 1  # a background stroke: lower bound up to 4 px at its centre
+    t = batch_targets([compute_targets(PatchAnnotation(partial=partial))])
+    far_enough = -t.lower_bound.double() - 1.0  # more negative than required: no penalty
+    zero_flow = torch.zeros(1, 2, 16, 16, dtype=torch.float64)
+    assert sketchpose_loss(far_enough, zero_flow, t).item() == 0.0
+    too_small = -0.5 * t.lower_bound.double()
+    assert sketchpose_loss(too_small, zero_flow, t).item() > 0.0
