@@ -32,6 +32,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_annotations_import(args: argparse.Namespace) -> int:
+    from sparseseg.annotations.geojson import DEFAULT_CLASS_ROLES
+    from sparseseg.annotations.importer import import_annotations
+
+    roles = None
+    if args.class_map:
+        roles = dict(DEFAULT_CLASS_ROLES)
+        for item in args.class_map:
+            name, sep, role = item.partition("=")
+            if not sep or not name.strip():
+                raise InputError(None, f"--class-map expects NAME=ROLE, got {item!r}")
+            roles[name.strip().lower()] = role.strip().lower()
+    summary = import_annotations(args.slide, args.file, kind=args.kind, class_roles=roles, overwrite=args.overwrite)
+    print(f"imported {args.file} into {args.slide}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sparseseg.demo import run_demo
 
@@ -66,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser("annotations", help="manage sparse annotations of a slide",
+                       description="Sparse annotations stored in the slide's OME-Zarr (see docs/annotations.md).")
+    annotations = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = annotations.add_parser("import", help="import a label image or a QuPath GeoJSON export",
+                               description="Import annotations into SLIDE.ome.zarr: a label image (TIFF/PNG/zarr "
+                               "at level-0 size) or a QuPath GeoJSON export (level-0 pixel coordinates).")
+    p.add_argument("slide", type=Path, help="SLIDE.ome.zarr (from `sparseseg ingest`)")
+    p.add_argument("file", type=Path, help="label image (.tif/.png/.zarr) or GeoJSON (.geojson/.json[.gz])")
+    p.add_argument("--kind", choices=("partial", "dense", "foreground"), default="partial",
+                   help="label images: partial = 0 unknown / 1 background / k>=2 objects (default); dense = "
+                        "0 background / k>0 complete objects; foreground = image-level mask (>0 foreground)")
+    p.add_argument("--class-map", action="append", metavar="NAME=ROLE",
+                   help="GeoJSON: map a QuPath class to object|background|foreground|boundary|point|ignore "
+                        "(repeatable; added to the defaults)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing annotations")
+    p.set_defaults(func=_cmd_annotations_import)
+
     p = sub.add_parser("demo", help="run the pipeline on the bundled CC0 demo slide",
                        description="Run the main job on the bundled CC0 slide and print where the outputs are.")
     p.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
@@ -84,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except InputError as exc:
         log.debug("details", exc_info=True)
-        print(f"sparseseg {args.command}: error: {exc}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
+        print(f"sparseseg {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sparseseg {args.command}: interrupted", file=sys.stderr)

@@ -62,3 +62,18 @@ def downsample_mean_2x(x: da.Array) -> da.Array:
     even = _pad_to_even(x)
     halved = even.chunks[:-2] + tuple(tuple(c // 2 for c in ax) for ax in even.chunks[-2:])
     return da.map_blocks(mean_2x2, even, chunks=halved, dtype=x.dtype)
+
+
+def _centre_sample_block(block: np.ndarray) -> np.ndarray:
+    return block[..., 1::2, 1::2]
+
+
+def downsample_nearest_2x(x: da.Array) -> da.Array:
+    """Labels: each coarse pixel takes the fine pixel at offset (1, 1) of its 2x2 block.
+
+    That pixel touches the block centre, matching the image levels' half-pixel translation; an odd
+    edge repeats its last row/column. Values are never interpolated.
+    """
+    even = _pad_to_even(x)
+    halved = even.chunks[:-2] + tuple(tuple(c // 2 for c in ax) for ax in even.chunks[-2:])
+    return da.map_blocks(_centre_sample_block, even, chunks=halved, dtype=x.dtype)

@@ -89,17 +89,19 @@ def boundary_from_pixels(mask: np.ndarray) -> np.ndarray:
     return lattice
 
 
-def boundary_from_polylines(polylines: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+def boundary_from_polylines(polylines: list[np.ndarray], shape: tuple[int, int], clip: bool = False) -> np.ndarray:
     """Rasterise (y, x) polylines in pixel coordinates onto the half-pixel lattice.
 
     Each segment is sampled every quarter pixel and snapped to the nearest lattice point, so a
-    lattice point is at most 0.35 px from the drawn curve. Points outside the patch are refused.
+    lattice point is at most 0.35 px from the drawn curve. Points outside the patch are refused,
+    or dropped with ``clip`` (a patch cut from a larger annotated image).
     """
     h, w = shape
     lattice = np.zeros((2 * h + 1, 2 * w + 1), bool)
     for line in polylines:
         line = np.asarray(line, np.float64).reshape(-1, 2)
-        if line.size and (line.min() < 0 or (line[:, 0] > h).any() or (line[:, 1] > w).any()):
+        outside = line.size and (line.min() < 0 or (line[:, 0] > h).any() or (line[:, 1] > w).any())
+        if outside and not clip:
             raise ValueError(f"polyline leaves the {h}x{w} patch: {line.min(0)}..{line.max(0)}")
         if len(line) == 1:
             samples = line
@@ -110,5 +112,6 @@ def boundary_from_polylines(polylines: list[np.ndarray], shape: tuple[int, int])
                 pieces.append(a + (b - a) * np.linspace(0, 1, n)[:, None])
             samples = np.concatenate(pieces)
         idx = np.rint(samples * 2).astype(int)
-        lattice[idx[:, 0], idx[:, 1]] = True
+        inside = (idx[:, 0] >= 0) & (idx[:, 0] <= 2 * h) & (idx[:, 1] >= 0) & (idx[:, 1] <= 2 * w)
+        lattice[idx[inside, 0], idx[inside, 1]] = True
     return lattice

@@ -1,0 +1,149 @@
+"""Annotations inside the slide's OME-Zarr (encoding documented in docs/annotations.md).
+
+- ``labels/annotations``: uint32 partial instance map (0 unknown, 1 background, k >= 2 objects),
+  a label pyramid with exactly the image's levels;
+- ``labels/foreground``: optional uint8 image-level foreground mask (1 foreground, 0 background);
+- ``tables/annotations/{points,boundaries,complete}``: seeds (y, x, object id or 0), boundary
+  polylines as rows (line id, y, x), ids of completely drawn objects; level-0 pixel coordinates.
+Every write goes to a hidden sibling first and is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from sparseseg.annotations.model import BACKGROUND, PatchAnnotation, boundary_from_polylines
+from sparseseg.errors import InputError
+from sparseseg.io.ngff import create_level_array, read_ome_attrs, write_image_metadata, write_label_metadata
+from sparseseg.pyramid import downsample_nearest_2x, level_factors
+
+ANNOTATIONS = "annotations"
+FOREGROUND = "foreground"
+TABLES = "tables/annotations"
+
+
+def image_levels(slide_path: Path) -> tuple[str, list[tuple[int, int]], tuple[float, float] | None, int]:
+    """(NGFF version, level (Y, X) shapes, level-0 pixel size, chunk edge) of the slide image."""
+    from sparseseg.io.omezarr import open_omezarr_slide
+
+    slide = open_omezarr_slide(Path(slide_path))
+    group = zarr.open_group(slide_path, mode="r")
+    version, attrs = read_ome_attrs(group)
+    datasets = attrs["multiscales"][0]["datasets"]
+    shapes = [tuple(group[d["path"]].shape[-2:]) for d in datasets]
+    chunk = int(group[datasets[0]["path"]].chunks[-1])
+    return version, shapes, slide.pixel_size_um, chunk
+
+
+def write_label_pyramid(slide_path: Path, name: str, level0_block: Callable[[tuple[slice, slice]], np.ndarray],
+                        dtype: np.dtype, overwrite: bool, method: str, colors=None, properties=None) -> None:
+    """Write ``labels/<name>`` chunk by chunk from ``level0_block(window)``, then nearest-downsample.
+
+    The label group is built under a hidden name and renamed into place only once complete.
+    """
+    version, shapes, pixel_size, chunk = image_levels(slide_path)
+    group = zarr.open_group(slide_path, mode="r+")
+    labels = group.require_group("labels")
+    final = Path(slide_path) / "labels" / name
+    if final.exists() and not overwrite:
+        raise InputError(final, "already exists (use --overwrite to replace it)")
+    staging_name = f".{name}.partial-{uuid.uuid4().hex[:8]}"
+    staging = labels.create_group(staging_name)
+    try:
+        arrays = []
+        for level, shape in enumerate(shapes):
+            target = create_level_array(staging, str(level), shape, (chunk, chunk), dtype, ("y", "x"))
+            if level == 0:
+                chunks = da.core.normalize_chunks((chunk, chunk), shape)
+                source = da.map_blocks(_block_from_callable, dask.delayed(level0_block, pure=True),
+                                       chunks=chunks, dtype=dtype)
+            else:
+                source = downsample_nearest_2x(da.from_zarr(arrays[-1], chunks=(2 * chunk, 2 * chunk)))
+            da.store(source.rechunk(target.chunks), target, lock=False, scheduler="threads")
+            arrays.append(target)
+        write_image_metadata(staging, version, name=name, n_levels=len(shapes), pixel_size_um=pixel_size,
+                             level_factors=level_factors(shapes), omero=None, channel_axis=False,
+                             method="level 0 as annotated; coarser levels: pixel at the 2x2 block centre")
+    except BaseException:
+        shutil.rmtree(Path(slide_path) / "labels" / staging_name, ignore_errors=True)
+        raise
+    if final.exists():
+        trash = final.with_name(f".{name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, trash)
+        os.replace(Path(slide_path) / "labels" / staging_name, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(Path(slide_path) / "labels" / staging_name, final)
+    group = zarr.open_group(slide_path, mode="r+")
+    write_label_metadata(group, version, name, colors=colors, properties=properties)
+
+
+def _block_from_callable(fn, block_info=None) -> np.ndarray:
+    (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    return fn((slice(y0, y1), slice(x0, x1)))
+
+
+def write_annotation_tables(slide_path: Path, points: np.ndarray, boundaries: list[np.ndarray],
+                            complete: set[int] | frozenset[int]) -> None:
+    """Replace ``tables/annotations`` (points, boundary polylines, complete ids)."""
+    root = zarr.open_group(slide_path, mode="r+")
+    tables = root.require_group("tables")
+    staging_name = f".annotations.partial-{uuid.uuid4().hex[:8]}"
+    staging = tables.create_group(staging_name)
+    rows = [np.column_stack([np.full(len(line), i, np.float64), line]) for i, line in enumerate(boundaries)]
+    arrays = {"points": np.asarray(points, np.float64).reshape(-1, 3),
+              "boundaries": np.concatenate(rows) if rows else np.zeros((0, 3)),
+              "complete": np.asarray(sorted(complete), np.uint32)}
+    for key, value in arrays.items():
+        target = staging.create_array(key, shape=value.shape, dtype=value.dtype,
+                                      chunks=tuple(max(1, s) for s in value.shape))
+        if value.size:
+            target[...] = value
+    staging.attrs["columns"] = {"points": ["y", "x", "object"], "boundaries": ["line", "y", "x"],
+                                "complete": ["object"]}
+    final = Path(slide_path) / TABLES
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(Path(slide_path) / "tables" / staging_name, final)
+
+
+def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice]) -> PatchAnnotation:
+    """The PatchAnnotation of a level-0 window (points and lines shifted/clipped to it)."""
+    root = zarr.open_group(slide_path, mode="r")
+    if f"labels/{ANNOTATIONS}" not in root:
+        raise InputError(slide_path, "has no labels/annotations (run `sparseseg annotations import` first)")
+    rows, cols = window
+    partial = root[f"labels/{ANNOTATIONS}/0"][rows, cols]
+    foreground = None
+    if f"labels/{FOREGROUND}" in root:
+        foreground = root[f"labels/{FOREGROUND}/0"][rows, cols].astype(bool)
+    points = np.zeros((0, 2))
+    boundary = None
+    complete: frozenset[int] = frozenset()
+    if TABLES in root:
+        tables = root[TABLES]
+        pts = tables["points"][...]
+        inside = (pts[:, 0] >= rows.start) & (pts[:, 0] < rows.stop) & (pts[:, 1] >= cols.start) & (pts[:, 1] < cols.stop)
+        points = pts[inside, :2] - (rows.start, cols.start)
+        lines = tables["boundaries"][...]
+        if len(lines):
+            shifted = lines[:, 1:] - (rows.start, cols.start)
+            polylines = [shifted[lines[:, 0] == i] for i in np.unique(lines[:, 0])]
+            boundary = boundary_from_polylines(polylines, partial.shape, clip=True)
+        present = set(np.unique(partial).tolist())
+        complete = frozenset(int(k) for k in tables["complete"][...] if int(k) in present)
+    return PatchAnnotation(partial=partial, boundary=boundary, points=points, foreground=foreground,
+                           complete=complete)
+
+
+ANNOTATION_COLOURS = [{"label-value": BACKGROUND, "rgba": [80, 80, 255, 96]}]
+ANNOTATION_PROPERTIES = [{"label-value": BACKGROUND, "role": "background"}]
