@@ -30,6 +30,7 @@ class TargetBatch:
     complete: torch.Tensor
     boundary_pieces: torch.Tensor  # (N, 2H+1, 2W+1) lattice
     boundary_support: torch.Tensor
+    point_boundary: torch.Tensor   # (N, 2H+1, 2W+1) lattice, heuristic (points + foreground mask)
 
     @property
     def known(self) -> torch.Tensor:
@@ -58,6 +59,7 @@ class EikonalWeights:
     coupling: float = 1.0
     boundary: float = 1.0
     sign: float = 1.0
+    point_boundary: float = 0.25
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -156,7 +158,9 @@ def eikonal_loss(distance: torch.Tensor, flow: torch.Tensor, t: TargetBatch,
 
     ``region='all'`` regularises every pixel as published (what lets points and curve pieces
     propagate into unannotated areas); ``region='known'`` only where the stencil is annotated.
-    Foreground of unknown identity (masks, points) enters the sign term.
+    Foreground of unknown identity (masks, points) enters the sign term; with a foreground mask,
+    the Voronoi lines between points of one blob are pulled to zero with the (low) weight
+    ``point_boundary``, which is what separates touching objects annotated only by mask + points.
     """
     if region == "all":
         mask = torch.ones_like(t.s0)
@@ -165,9 +169,11 @@ def eikonal_loss(distance: torch.Tensor, flow: torch.Tensor, t: TargetBatch,
     else:
         raise ValueError(f"region must be 'all' or 'known', got {region!r}")
     l_reg = eikonal_regulariser(distance, flow, mask, weights)
-    l_boundary = _masked_mean(lattice_values(distance) ** 2, t.boundary_pieces)
+    on_lattice = lattice_values(distance) ** 2
+    l_boundary = _masked_mean(on_lattice, t.boundary_pieces)
+    l_points = _masked_mean(on_lattice, t.point_boundary)
     l_sign = _masked_mean(F.relu(distance), t.s0) + _masked_mean(F.relu(-distance), t.s1 | t.s1_sign_only)
-    return l_reg + weights.boundary * l_boundary + weights.sign * l_sign
+    return l_reg + weights.boundary * l_boundary + weights.sign * l_sign + weights.point_boundary * l_points
 
 
 LOSSES = {"sketchpose": sketchpose_loss, "eikonal": eikonal_loss, "masked": masked_object_loss}

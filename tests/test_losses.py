@@ -8,7 +8,7 @@ import torch
 from test_targets import random_scene, random_sparse_annotation
 
 from sparseseg.annotations import PatchAnnotation, compute_targets
-from sparseseg.losses import (batch_targets, eikonal_loss, eikonal_regulariser, masked_object_loss,
+from sparseseg.losses import (EikonalWeights, batch_targets, eikonal_loss, eikonal_regulariser, masked_object_loss,
                               sketchpose_loss, upwind_gradient)
 
 
@@ -56,6 +56,7 @@ def test_autograd_gradient_matches_finite_differences(loss):
                         "boundary_support")})
     t.flow = t.flow[:, :, crop[0], crop[1]]
     t.boundary_pieces = t.boundary_pieces[:, 28:45, 40:57]
+    t.point_boundary = t.point_boundary[:, 28:45, 40:57]
     rng = np.random.default_rng(0)
     phi = torch.from_numpy(rng.normal(0, 3, t.s0.shape)).requires_grad_()
     v = torch.from_numpy(rng.normal(0, 1, t.flow.shape)).requires_grad_()
@@ -92,3 +93,41 @@ def test_inequality_penalises_magnitudes_below_the_lower_bound_only():
     assert sketchpose_loss(far_enough, zero_flow, t).item() == 0.0
     too_small = -0.5 * t.lower_bound.double()
     assert sketchpose_loss(too_small, zero_flow, t).item() > 0.0
+
+
+def _fit_free_field(t, weights, steps=800):
+    torch.manual_seed(0)
+    shape = t.s0.shape[1:]
+    phi = (0.01 * torch.randn(1, *shape)).requires_grad_()  # a network never outputs exact zeros
+    v = (0.01 * torch.randn(1, 2, *shape)).requires_grad_()
+    optimiser = torch.optim.Adam([phi, v], lr=0.2)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        eikonal_loss(phi, v, t, weights).backward()
+        optimiser.step()
+    return phi.detach()[0].numpy()
+
+
+def test_foreground_mask_and_points_separate_touching_objects_under_the_eikonal_loss():
+    """LACSS-style weak labels: one mask blob made of two touching disks, one point per disk.
+
+    Fitting a free field to the eikonal loss gives a distance that is positive inside, negative
+    outside, and - only thanks to the points - dips on the seam between the two disks."""
+    yy, xx = np.mgrid[:40, :64]
+    mask = ((yy - 20) ** 2 + (xx - 22) ** 2 < 12**2) | ((yy - 20) ** 2 + (xx - 41) ** 2 < 12**2)
+    annotation = PatchAnnotation(partial=np.zeros(mask.shape, np.uint32), foreground=mask,
+                                 points=np.array([[20.5, 22.5], [20.5, 41.5]]))
+    t = batch_targets([compute_targets(annotation)])
+    assert t.point_boundary.any() and t.s1_sign_only.sum() == mask.sum() and t.s0.sum() == (~mask).sum()
+    for weights, separated in ((EikonalWeights(), True), (EikonalWeights(point_boundary=0.0), False)):
+        field = _fit_free_field(t, weights)
+        assert (field[mask] > 0).mean() > 0.95 and (field[~mask] < 0).mean() > 0.95
+        seam = field[14:27, 31:33].max()  # the neck between the disks, on the Voronoi line
+        inside = min(field[20, 22], field[20, 41])
+        assert (seam < 0.3 * inside) if separated else (seam > 0.7 * inside), (seam, inside)
+
+
+def test_points_on_background_are_rejected():
+    partial = np.ones((10, 10), np.uint32)
+    with pytest.raises(ValueError, match="lies on a background stroke"):
+        compute_targets(PatchAnnotation(partial=partial, points=np.array([[5.0, 5.0]])))

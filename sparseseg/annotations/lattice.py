@@ -75,11 +75,15 @@ def centre_gradient(lattice_dist: np.ndarray) -> np.ndarray:
 
     Where the two one-sided neighbours cancel (a medial axis), the vector is 0.
     """
-    gy = lattice_dist[2::2, 1::2] - lattice_dist[0:-2:2, 1::2]
-    gx = lattice_dist[1::2, 2::2] - lattice_dist[1::2, 0:-2:2]
-    norm = np.hypot(gy, gx)
-    safe = np.where(norm > 1e-6, norm, 1.0)
-    return np.stack([np.where(norm > 1e-6, gy / safe, 0.0), np.where(norm > 1e-6, gx / safe, 0.0)]).astype(np.float32)
+    flow = np.empty((2, (lattice_dist.shape[0] - 1) // 2, (lattice_dist.shape[1] - 1) // 2), np.float32)
+    np.subtract(lattice_dist[2::2, 1::2], lattice_dist[0:-2:2, 1::2], out=flow[0])
+    np.subtract(lattice_dist[1::2, 2::2], lattice_dist[1::2, 0:-2:2], out=flow[1])
+    norm = np.hypot(flow[0], flow[1])
+    flat = norm <= 1e-6
+    norm[flat] = 1.0
+    flow /= norm
+    flow[:, flat] = 0.0
+    return flow
 
 
 def lattice_support(lattice: np.ndarray) -> np.ndarray:

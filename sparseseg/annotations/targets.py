@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from sparseseg.annotations.lattice import (centre_distance, centre_gradient, label_interfaces,
                                            lattice_distance, lattice_support, set_boundary)
@@ -41,6 +42,7 @@ class Targets:
     boundary: np.ndarray      # B on the half-pixel lattice
     boundary_pieces: np.ndarray  # lattice points where the distance must be 0 (eikonal loss)
     boundary_support: np.ndarray  # pixels a boundary piece runs through (they are annotated too)
+    point_boundary: np.ndarray    # lattice: Voronoi lines between points inside one foreground-mask blob
 
     @property
     def strokes(self) -> np.ndarray:
@@ -82,6 +84,27 @@ def _known_boundary(state: np.ndarray, complete: frozenset[int]) -> np.ndarray:
     return lattice
 
 
+def point_voronoi_boundaries(foreground: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Interfaces between the Voronoi cells of points that share one connected foreground blob.
+
+    A heuristic separation for touching objects annotated only by a mask and one point each
+    (LACSS-style weak labels): not a guaranteed true boundary, so it never enters B or D.
+    """
+    h, w = foreground.shape
+    lattice = np.zeros((2 * h + 1, 2 * w + 1), bool)
+    if len(points) < 2:
+        return lattice
+    blobs, _ = ndi.label(foreground)
+    seeds = np.zeros((h, w), np.int64)
+    rows = np.minimum(points[:, 0].astype(int), h - 1)
+    cols = np.minimum(points[:, 1].astype(int), w - 1)
+    seeds[rows, cols] = np.arange(1, len(points) + 1)
+    _, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    cells = seeds[iy, ix]
+    cells[(blobs == 0) | (blobs[iy, ix] != blobs)] = 0  # a cell never crosses into another blob
+    return label_interfaces(cells, lambda a, b: (a != b) & (a > 0) & (b > 0))
+
+
 def compute_targets(annotation: PatchAnnotation) -> Targets:
     """All Sketchpose targets of a patch; see the module docstring for the definitions."""
     state = _state_map(annotation)
@@ -98,7 +121,8 @@ def compute_targets(annotation: PatchAnnotation) -> Targets:
     lattice_b = lattice_distance(boundary) if boundary.any() else None
     dist_b = (lattice_b[1::2, 1::2] * 0.5).astype(np.float32) if lattice_b is not None \
         else np.full(state.shape, np.inf, np.float32)
-    dist_cb = centre_distance(complete_boundary)
+    # CB adds the strokes' outlines to B; where it adds nothing (dense labels) reuse dist(x, B)
+    dist_cb = dist_b if np.array_equal(complete_boundary, boundary) else centre_distance(complete_boundary)
     valid = strokes & np.isfinite(dist_b) & (dist_b <= dist_cb)  # no known boundary: nothing valid
     sign = np.where(s1, 1.0, -1.0).astype(np.float32)
     distance = np.where(valid, sign * dist_b, 0.0).astype(np.float32)
@@ -109,4 +133,6 @@ def compute_targets(annotation: PatchAnnotation) -> Targets:
     complete = np.isin(state, list(annotation.complete)) if annotation.complete else np.zeros_like(s0)
     return Targets(s0=s0, s1=s1, s1_sign_only=sign_only, valid=valid, distance=distance, flow=flow,
                    lower_bound=lower, complete=complete, boundary=boundary, boundary_pieces=pieces,
-                   boundary_support=lattice_support(pieces))
+                   boundary_support=lattice_support(pieces),
+                   point_boundary=point_voronoi_boundaries(annotation.foreground.astype(bool), annotation.points)
+                   if annotation.foreground is not None else np.zeros_like(pieces))
