@@ -57,7 +57,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparseseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sparseseg", description="Whole-slide nucleus/cell segmentation "
+                                     "trained from sparse annotations.")
     parser.add_argument("--version", action="version", version=f"sparseseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
