@@ -63,9 +63,14 @@ class EikonalWeights:
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ``mask`` (0 when the mask is empty, keeping the graph)."""
+    """Per-image mean of ``values`` over ``mask`` (0 for an empty mask), averaged over the batch.
+
+    Every patch weighs the same whatever its annotated area, so data-parallel ranks averaging
+    their losses reproduce the single-process loss of the same global batch exactly.
+    """
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+    per_image = (values * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1.0)
+    return per_image.mean()
 
 
 def sketchpose_loss(distance: torch.Tensor, flow: torch.Tensor, t: TargetBatch,

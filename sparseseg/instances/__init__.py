@@ -1,0 +1,1 @@
+"""Instances from predicted distance + flow (Euler integration), and their stitching."""

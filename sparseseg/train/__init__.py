@@ -1,0 +1,1 @@
+"""Training from sparse annotations: patches, normalisation, checkpoints, loop, data parallelism."""

@@ -1,0 +1,52 @@
+"""Checkpoints: weights + everything inference and resumption need, loadable with weights_only=True.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no pickled classes),
+so ``torch.load(path, weights_only=True)`` reads it without executing code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparseseg.errors import InputError
+from sparseseg.model.unet import UNet, UNetConfig
+
+FORMAT = "sparseseg-checkpoint-v1"
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    **metadata: Any) -> None:
+    """Write atomically (temporary file, then rename): a crash never leaves a truncated checkpoint."""
+    net = model.module if hasattr(model, "module") else model
+    state = {"format": FORMAT, "config": net.config.to_dict(),
+             "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+             "halo": net.halo, "downsampling": net.downsampling, **metadata}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or corrupt files
+        raise InputError(path, f"not a loadable sparseseg checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InputError(path, f"not a sparseseg checkpoint (expected format {FORMAT!r})")
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> UNet:
+    model = UNet(UNetConfig(**state["config"]))
+    model.load_state_dict(state["state_dict"])
+    return model

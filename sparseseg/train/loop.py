@@ -1,0 +1,170 @@
+"""The training loop: one process, or one rank of torch DistributedDataParallel.
+
+Each rank draws its own share of every global batch (see ``data.draw_patch``), so no pixel data
+travels between processes; rank 0 validates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from sparseseg.errors import InputError
+from sparseseg.losses import LOSSES, batch_targets
+from sparseseg.model.unet import UNet, UNetConfig, split_outputs
+from sparseseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from sparseseg.train.data import Augment, draw_patch
+
+log = logging.getLogger(__name__)
+
+#: The "step" validation patches are drawn at: never reached by training, so never a training patch.
+VALIDATION_STEP = 10**9
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "sketchpose"
+    patch: int = 128
+    margin: int = 32          # targets are computed on patch + 2 margin, then cropped
+    batch: int = 8            # global batch (split over ranks)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    steps: int = 200          # upper bound; --minutes may stop earlier
+    minutes: float | None = None
+    seed: int = 0
+    augment: bool = True
+    val_patches: int = 16
+    val_every: int = 50
+    checkpoint_every: int = 100
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise InputError(None, f"--loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _batch(sources, normalizations, config: TrainConfig, step: int, indices: range, augment: bool, device):
+    patches = [draw_patch(sources, normalizations, config.patch, config.margin, config.seed, step, i,
+                          Augment() if augment else None) for i in indices]
+    images = torch.from_numpy(np.stack([p.image for p in patches])).to(device)
+    return images, batch_targets([p.targets for p in patches], device)
+
+
+def _loss(model, images, targets, loss_name: str) -> torch.Tensor:
+    distance, flow, _ = split_outputs(model(images))
+    return LOSSES[loss_name](distance, flow, targets)
+
+
+def _lr_factor(progress: float) -> float:
+    """Linear warm-up over the first 5 %, then cosine decay to 5 % of the base rate."""
+    if progress < 0.05:
+        return max(progress / 0.05, 0.05)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - 0.05) / 0.95)))
+
+
+def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, init: Path | None = None,
+          resume: bool = False, command: str = "", pixel_size_um: float | None = None,
+          progress: bool = True, val_sources=None) -> dict:
+    """Train and write ``out`` (checkpoint); returns {'history': [...], 'step': n}."""
+    rank, world = _rank_world()
+    if config.batch % world:
+        raise InputError(None, f"global batch {config.batch} must be divisible by the {world} workers")
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    start_step, history, optimizer_state = 0, [], None
+    if resume:
+        state = load_checkpoint(out)
+        model = model_from_checkpoint(state)
+        start_step, history, optimizer_state = int(state["step"]), list(state.get("history", [])), state.get("optimizer")
+    elif init is not None:
+        state = load_checkpoint(init)
+        if state["config"]["in_channels"] != model_config.in_channels:
+            raise InputError(init, f"checkpoint expects {state['config']['in_channels']} input channels, "
+                                   f"the data has {model_config.in_channels}")
+        model = model_from_checkpoint(state)
+    else:
+        model = UNet(model_config)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    net = model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    normalizations = [s.normalization for s in sources]
+    val_sources = val_sources or sources
+    val_norms = [s.normalization for s in val_sources]
+    per_rank = config.batch // world
+    started = time.monotonic()
+    bar = tqdm(total=config.steps, initial=start_step, desc="train", disable=not (progress and rank == 0),
+               dynamic_ncols=True)
+    step = start_step
+    meta = dict(normalization={"method": "percentile", "per_source": [n.to_dict() for n in normalizations]},
+                pixel_size_um=pixel_size_um, command=command, loss=config.loss, train_config=asdict(config))
+    while step < config.steps:
+        elapsed_min = (time.monotonic() - started) / 60
+        stop = torch.tensor([config.minutes is not None and elapsed_min >= config.minutes], dtype=torch.int32)
+        if world > 1:
+            dist.broadcast(stop, 0)  # rank 0's clock decides for everyone
+        if stop.item():
+            break
+        progress_fraction = step / config.steps if config.minutes is None else min(
+            1.0, max(step / config.steps, elapsed_min / config.minutes))
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * _lr_factor(progress_fraction)
+        model.train()
+        images, targets = _batch(sources, normalizations, config, step,
+                                 range(rank * per_rank, (rank + 1) * per_rank), config.augment, device)
+        loss = _loss(model, images.contiguous(memory_format=torch.channels_last), targets, config.loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        reported = loss.detach().clone()
+        if world > 1:  # log the global-batch loss, not rank 0's share
+            dist.all_reduce(reported)
+            reported /= world
+        record = {"step": step, "loss": float(reported)}
+        if rank == 0 and (step % config.val_every == 0 or step == config.steps):
+            record["val_loss"] = validation_loss(net, val_sources, val_norms, config, device)
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        bar.update(1)
+        if rank == 0 and step % config.checkpoint_every == 0:
+            save_checkpoint(out, net, optimizer, step=step, history=history, **meta)
+    bar.close()
+    if rank == 0:
+        if not history or "val_loss" not in history[-1]:
+            history.append({"step": step, "val_loss": validation_loss(net, val_sources, val_norms, config, device)})
+        save_checkpoint(out, net, optimizer, step=step, history=history, **meta)
+    return {"history": history, "step": step}
+
+
+@torch.no_grad()
+def validation_loss(model: UNet, sources, normalizations, config: TrainConfig, device) -> float:
+    """Mean loss over a fixed set of un-augmented patches, drawn at ``VALIDATION_STEP``."""
+    model.eval()
+    images, targets = _batch(sources, normalizations, config, VALIDATION_STEP, range(config.val_patches), False,
+                             device)
+    losses = [float(_loss(model, images[i:i + 4], _slice_targets(targets, i, i + 4), config.loss))
+              for i in range(0, config.val_patches, 4)]
+    return float(np.mean(losses))
+
+
+def _slice_targets(t, a: int, b: int):
+    return type(t)(**{k: getattr(t, k)[a:b] for k in t.__dataclass_fields__})

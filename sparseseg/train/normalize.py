@@ -1,0 +1,37 @@
+"""Global intensity normalisation: per-channel percentiles of a whole (low-resolution) image.
+
+Computed once per slide/image - never per tile, which would change results from tile to tile -
+and recorded in the checkpoint (method and parameters) so inference normalises the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+LOW_PERCENTILE = 1.0
+HIGH_PERCENTILE = 99.8
+
+
+@dataclass(frozen=True)
+class Normalization:
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """(C, ...) -> float32, (x - low) / (high - low) per channel."""
+        low = np.asarray(self.low, np.float32).reshape(-1, *([1] * (pixels.ndim - 1)))
+        high = np.asarray(self.high, np.float32).reshape(low.shape)
+        return ((pixels.astype(np.float32) - low) / np.maximum(high - low, 1e-6)).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"method": "percentile", "low_percentile": LOW_PERCENTILE, "high_percentile": HIGH_PERCENTILE,
+                **{k: list(v) for k, v in asdict(self).items()}}
+
+
+def percentile_normalization(pixels: np.ndarray) -> Normalization:
+    """Percentiles per channel of a (C, H, W) image (a whole image or a slide's low level)."""
+    flat = np.asarray(pixels).reshape(pixels.shape[0], -1)
+    low, high = np.percentile(flat, [LOW_PERCENTILE, HIGH_PERCENTILE], axis=1)
+    return Normalization(low=tuple(float(v) for v in low), high=tuple(float(v) for v in high))
