@@ -49,6 +49,17 @@ def _cmd_annotations_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sparseseg.train.cli import run_train
+
+    result = run_train(args)
+    history = result["history"]
+    val = [h["val_loss"] for h in history if "val_loss" in h]
+    print(f"wrote {args.out} after {result['step']} steps; validation loss {val[0]:.4f} -> {val[-1]:.4f}"
+          if val else f"wrote {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sparseseg.demo import run_demo
 
@@ -101,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing annotations")
     p.set_defaults(func=_cmd_annotations_import)
 
+    p = sub.add_parser("train", help="train a distance+flow U-Net from sparse annotations",
+                       description="Train from annotated slides (--data) or image folders (--images/--annotations), "
+                       "in one process or data-parallel over Dask workers (--workers/--scheduler).")
+    from sparseseg.train.cli import add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("demo", help="run the pipeline on the bundled CC0 demo slide",
                        description="Run the main job on the bundled CC0 slide and print where the outputs are.")
     p.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
@@ -110,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in checkpoints as the exact training command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # tifffile logs every oddity it repairs; our errors say what matters

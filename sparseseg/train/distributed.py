@@ -36,7 +36,8 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, address: str, port: int, spec: dict, out: str, model_config: dict,
-               config: dict, init: str | None, resume: bool, command: str, pixel_size_um: float | None) -> dict:
+               config: dict, init: str | None, resume: bool, command: str, pixel_size_um: float | None,
+               timeout_s: float) -> dict:
     import torch
     import torch.distributed as dist
 
@@ -45,7 +46,7 @@ def _rank_main(rank: int, world: int, address: str, port: int, spec: dict, out: 
     if backend == "nccl":
         torch.cuda.set_device(0)  # one GPU per worker (CUDA_VISIBLE_DEVICES set by the cluster)
     dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))
+                            timeout=timedelta(seconds=timeout_s))
     try:
         sources = open_sources(spec)
         return train(sources, Path(out), UNetConfig(**model_config), TrainConfig(**config),
@@ -57,8 +58,11 @@ def _rank_main(rank: int, world: int, address: str, port: int, spec: dict, out: 
 
 def train_on_dask(spec: dict, out: Path, model_config: UNetConfig, config: TrainConfig, *, workers: int | None = None,
                   scheduler: str | None = None, init: Path | None = None, resume: bool = False, command: str = "",
-                  pixel_size_um: float | None = None) -> dict:
-    """Run ``train`` as DDP over ``workers`` local processes or every worker of ``scheduler``."""
+                  pixel_size_um: float | None = None, timeout_s: float = 300.0) -> dict:
+    """Run ``train`` as DDP over ``workers`` local processes or every worker of ``scheduler``.
+
+    ``timeout_s`` bounds how long a rank waits for a lost peer before the run fails.
+    """
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -78,7 +82,7 @@ def train_on_dask(spec: dict, out: Path, model_config: UNetConfig, config: Train
         port = client.run(_free_port, workers=[master])[master]
         futures = [client.submit(_rank_main, rank, world, host, port, spec, str(out), model_config.to_dict(),
                                  asdict(config), str(init) if init else None, resume, command, pixel_size_um,
-                                 workers=[address], pure=False, retries=0, allow_other_workers=False)
+                                 timeout_s, workers=[address], pure=False, retries=0, allow_other_workers=False)
                    for rank, address in enumerate(worker_addresses)]
         failed = next((f for f in as_completed(futures) if f.status != "finished"), None)
         if failed is not None:  # the first failure ends the run: the other ranks would wait forever
