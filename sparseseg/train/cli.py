@@ -66,8 +66,11 @@ def run_train(args: argparse.Namespace) -> dict:
                          minutes=args.minutes, seed=args.seed, device=device)
     model_config = UNetConfig(in_channels=channels.pop(), depth=args.depth, width=args.width)
     command = "sparseseg " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
+    # with 5+ images/slides, every 5th is held out for the validation loss (never trained on)
+    val_sources = sources[4::5] if len(sources) >= 5 else None
+    train_sources = [s for i, s in enumerate(sources) if i % 5 != 4] if val_sources else sources
     if args.workers or args.scheduler:
         return train_on_dask(spec, args.out, model_config, config, workers=args.workers, scheduler=args.scheduler,
                              init=args.init, resume=args.resume, command=command, pixel_size_um=pixel_size)
-    return train(sources, args.out, model_config, config, init=args.init, resume=args.resume, command=command,
-                 pixel_size_um=pixel_size, progress=not args.quiet)
+    return train(train_sources, args.out, model_config, config, init=args.init, resume=args.resume, command=command,
+                 pixel_size_um=pixel_size, progress=not args.quiet, val_sources=val_sources)

@@ -44,7 +44,10 @@ class TrainConfig:
     val_patches: int = 16
     val_every: int = 50
     checkpoint_every: int = 100
+    cpu_minutes: float | None = None   # budget in process CPU time (fair comparisons on a busy machine)
     device: str = "cpu"
+    amp: bool = True           # bf16 autocast on CUDA (no effect on CPU, where it does not help)
+    compile: bool = False      # torch.compile the network
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -101,6 +104,8 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
         model = UNet(model_config)
     model = model.to(device).to(memory_format=torch.channels_last)
     net = model
+    if config.compile:
+        model = torch.compile(model)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -111,6 +116,7 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
     val_norms = [s.normalization for s in val_sources]
     per_rank = config.batch // world
     started = time.monotonic()
+    cpu_started = time.process_time()
     bar = tqdm(total=config.steps, initial=start_step, desc="train", disable=not (progress and rank == 0),
                dynamic_ncols=True)
     step = start_step
@@ -118,19 +124,28 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
                 pixel_size_um=pixel_size_um, command=command, loss=config.loss, train_config=asdict(config))
     while step < config.steps:
         elapsed_min = (time.monotonic() - started) / 60
-        stop = torch.tensor([config.minutes is not None and elapsed_min >= config.minutes], dtype=torch.int32)
+        cpu_min = (time.process_time() - cpu_started) / 60
+        stop = torch.tensor([(config.minutes is not None and elapsed_min >= config.minutes)
+                             or (config.cpu_minutes is not None and cpu_min >= config.cpu_minutes)], dtype=torch.int32)
         if world > 1:
             dist.broadcast(stop, 0)  # rank 0's clock decides for everyone
         if stop.item():
             break
-        progress_fraction = step / config.steps if config.minutes is None else min(
-            1.0, max(step / config.steps, elapsed_min / config.minutes))
+        progress_fraction = step / config.steps
+        if config.minutes is not None:
+            progress_fraction = max(progress_fraction, elapsed_min / config.minutes)
+        if config.cpu_minutes is not None:
+            progress_fraction = max(progress_fraction, cpu_min / config.cpu_minutes)
+        progress_fraction = min(1.0, progress_fraction)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * _lr_factor(progress_fraction)
         model.train()
         images, targets = _batch(sources, normalizations, config, step,
                                  range(rank * per_rank, (rank + 1) * per_rank), config.augment, device)
-        loss = _loss(model, images.contiguous(memory_format=torch.channels_last), targets, config.loss)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+            output = model(images.contiguous(memory_format=torch.channels_last))
+        distance, flow, _ = split_outputs(output.float())
+        loss = LOSSES[config.loss](distance, flow, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,1 @@
+"""Accuracy metrics and per-object measurements."""

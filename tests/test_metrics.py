@@ -1,0 +1,55 @@
+"""Accuracy metrics agree with StarDist's independent implementation on real, perturbed DSB labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import DSB
+from scipy import ndimage as ndi
+
+from sparseseg.metrics.matching import THRESHOLDS, matching, summarize
+
+stardist_matching = pytest.importorskip("stardist.matching")
+
+
+def perturbations(truth: np.ndarray, rng: np.random.Generator):
+    """Realistic prediction errors: dilation, erosion, dropped, merged, split and shifted nuclei."""
+    yield ndi.grey_dilation(truth, size=3)
+    eroded = truth * ndi.binary_erosion(truth > 0, iterations=2)
+    yield eroded
+    dropped = truth.copy()
+    dropped[np.isin(dropped, rng.choice(np.unique(truth)[1:], 10, replace=False))] = 0
+    yield dropped
+    merged = truth.copy()
+    ids = np.unique(truth)[1:]
+    for a, b in rng.choice(ids, (8, 2), replace=False):
+        merged[merged == b] = a
+    yield merged
+    split = truth.copy()
+    yy, xx = np.indices(truth.shape)
+    split[(split > 0) & (xx % 9 == 0)] += 1000  # stripes become separate objects
+    yield split
+    yield np.roll(truth, (2, -3), axis=(0, 1))
+
+
+@pytest.mark.parametrize("name", ["fluo_0402a81e", "he_0121d675", "he_65c8527c"])
+def test_metrics_match_stardist_on_real_perturbed_predictions(name):
+    truth = tifffile.imread(DSB / "labels" / f"{name}.tif").astype(np.int64)
+    for pred in perturbations(truth, np.random.default_rng(0)):
+        ours = matching(truth, pred)
+        for mine, threshold in zip(ours, THRESHOLDS):
+            ref = stardist_matching.matching(truth, pred, thresh=threshold)
+            assert (mine.tp, mine.fp, mine.fn) == (ref.tp, ref.fp, ref.fn)
+            for field, other in (("precision", "precision"), ("recall", "recall"), ("f1", "f1"),
+                                 ("accuracy", "accuracy"), ("mean_matched_iou", "mean_matched_score"),
+                                 ("panoptic_quality", "panoptic_quality")):
+                assert getattr(mine, field) == pytest.approx(float(getattr(ref, other)), abs=1e-6)
+
+
+def test_perfect_and_empty_predictions():
+    truth = tifffile.imread(DSB / "labels" / "he_65c8527c.tif")
+    perfect = summarize(matching(truth, truth))
+    assert perfect == {"f1@0.5": 1.0, "pq@0.5": 1.0, "mAP": 1.0}
+    empty = summarize(matching(truth, np.zeros_like(truth)))
+    assert empty == {"f1@0.5": 0.0, "pq@0.5": 0.0, "mAP": 0.0}
