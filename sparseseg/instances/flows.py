@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 
@@ -26,24 +25,40 @@ class InstanceParams:
     max_steps: int = 200
     step_factor: float = 2.0         # steps = step_factor x the largest predicted distance
     merge_ratio: float = 0.5         # merge touching clusters whose saddle distance >= ratio x the lower peak
+    n_steps: int | None = None       # fixed step count (block-wise segmentation needs one independent of the block)
+
+
+def sample_bilinear(field: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (M, C) of ``field`` (C, H, W) at float64 pixel positions (M, 2), edges clamped.
+
+    Written out in absolute pixel coordinates (no [-1, 1] normalisation by the window size), so a
+    trajectory computed in a block is bit-identical to the same trajectory in the whole image.
+    """
+    h, w = field.shape[-2:]
+    y0 = pos[:, 0].floor().clamp(0, h - 1)
+    x0 = pos[:, 1].floor().clamp(0, w - 1)
+    fy, fx = (pos[:, 0] - y0).clamp(0, 1), (pos[:, 1] - x0).clamp(0, 1)
+    y0, x0 = y0.long(), x0.long()
+    y1, x1 = (y0 + 1).clamp(max=h - 1), (x0 + 1).clamp(max=w - 1)
+    f = field.to(pos.dtype)
+    top = f[:, y0, x0] * (1 - fx) + f[:, y0, x1] * fx
+    bottom = f[:, y1, x0] * (1 - fx) + f[:, y1, x1] * fx
+    return (top * (1 - fy) + bottom * fy).T
 
 
 def euler_endpoints(flow: torch.Tensor, seeds: torch.Tensor, n_steps: int,
                     trail: torch.Tensor | None = None) -> torch.Tensor:
     """Integrate positions (M, 2) (y, x) along flow (2, H, W); step size decays 1 -> 0.25 (damping).
 
-    With ``trail`` (bool (H, W)), marks every pixel visited during the second half of the steps:
-    the trajectories' tails run along each object's medial axis and connect its branches.
+    Positions are float64. With ``trail`` (bool (H, W)), marks every pixel visited during the
+    second half of the steps: the trajectories' tails run along each object's medial axis and
+    connect its branches.
     """
     h, w = flow.shape[-2:]
-    grid_scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=flow.device, dtype=flow.dtype)
-    pos = seeds.clone()
-    field = flow[None]
+    pos = seeds.to(torch.float64)
     for t in range(n_steps):
-        xy = torch.stack([pos[:, 1], pos[:, 0]], -1) * grid_scale - 1  # grid_sample wants (x, y) in [-1, 1]
-        v = F.grid_sample(field, xy[None, :, None, :], mode="bilinear", align_corners=True)[0, :, :, 0]
         step = max(0.25, 1.0 - t / n_steps)
-        pos = pos + step * v.T
+        pos = pos + step * sample_bilinear(flow, pos)
         pos[:, 0].clamp_(0, h - 1)
         pos[:, 1].clamp_(0, w - 1)
         if trail is not None and t >= n_steps // 2:
@@ -124,7 +139,7 @@ def flows_to_labels(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torc
     if not bool(foreground.any()):
         return labels
     seeds = torch.nonzero(foreground).to(torch.float32)
-    n_steps = int(min(params.max_steps, max(10, params.step_factor * float(distance_t.max()))))
+    n_steps = params.n_steps or int(min(params.max_steps, max(10, params.step_factor * float(distance_t.max()))))
     trail = torch.zeros(shape, dtype=torch.bool, device=distance_t.device)
     ends = euler_endpoints(flow_t, seeds, n_steps, trail).cpu().numpy()
     clusters = cluster_endpoints(ends, trail.cpu().numpy())

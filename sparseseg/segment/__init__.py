@@ -1,0 +1,1 @@
+"""Whole-slide segmentation: block plan, block work on Dask workers, stitching by ownership."""

@@ -1,0 +1,86 @@
+"""The block plan: which pixels each block reads, predicts, labels, owns and writes.
+
+A block's *core* is a tile of the model grid (origins on multiples of the block size, itself a
+multiple of the network's downsampling factor and of the output chunk). Around it:
+- the *label context* adds ``margin`` px: instances are computed on core + margin, so any object
+  smaller than the margin that is anchored in the core lies entirely inside it;
+- the *read region* adds the network ``halo`` on top: the network output on the label context
+  then equals whole-image output (halo >= receptive field, origins aligned).
+Every object is *owned* by exactly one block - the one whose core holds its anchor (the top-left
+pixel of its bounding box) - and only the owner keeps it. All regions are clipped to the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+Window = tuple[slice, slice]
+
+
+def _clip(start: int, stop: int, size: int) -> slice:
+    return slice(max(0, start), min(size, stop))
+
+
+@dataclass(frozen=True)
+class Block:
+    index: tuple[int, int]
+    core: Window
+    context: Window   # core + margin (instances)
+    read: Window      # context + halo (network input)
+
+    @property
+    def name(self) -> str:
+        return f"{self.index[0]}_{self.index[1]}"
+
+    def owns(self, y: int, x: int) -> bool:
+        """Whether an object anchored at global pixel (y, x) belongs to this block (side-effect free)."""
+        return self.core[0].start <= y < self.core[0].stop and self.core[1].start <= x < self.core[1].stop
+
+    def context_in_read(self) -> Window:
+        """The label context in read-region coordinates (where to crop the network output)."""
+        return (slice(self.context[0].start - self.read[0].start, self.context[0].stop - self.read[0].start),
+                slice(self.context[1].start - self.read[1].start, self.context[1].stop - self.read[1].start))
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    shape: tuple[int, int]
+    block: int
+    margin: int
+    halo: int
+    factor: int
+
+    def __post_init__(self):
+        for name, value in (("block", self.block), ("margin", self.margin), ("halo", self.halo)):
+            if value % self.factor:
+                raise ValueError(f"{name}={value} must be a multiple of the network's downsampling factor "
+                                 f"{self.factor} (tile origins must align with its pooling grid)")
+        if self.block <= 0:
+            raise ValueError(f"block must be positive, got {self.block}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(-(-s // self.block) for s in self.shape)  # type: ignore[return-value]
+
+    def blocks(self) -> Iterator[Block]:
+        h, w = self.shape
+        for by in range(self.grid[0]):
+            for bx in range(self.grid[1]):
+                y0, x0 = by * self.block, bx * self.block
+                y1, x1 = y0 + self.block, x0 + self.block
+                m, r = self.margin, self.margin + self.halo
+                yield Block(index=(by, bx), core=(_clip(y0, y1, h), _clip(x0, x1, w)),
+                            context=(_clip(y0 - m, y1 + m, h), _clip(x0 - m, x1 + m, w)),
+                            read=(_clip(y0 - r, y1 + r, h), _clip(x0 - r, x1 + r, w)))
+
+    def blocks_touching(self, window: Window) -> list[Block]:
+        """Blocks whose label context intersects ``window`` (their objects may reach into it)."""
+        return [b for b in self.blocks()
+                if b.context[0].start < window[0].stop and window[0].start < b.context[0].stop
+                and b.context[1].start < window[1].stop and window[1].start < b.context[1].stop]
+
+    def amplification(self) -> float:
+        """Network input pixels read per output pixel written (the halo and margin overhead)."""
+        read = sum((b.read[0].stop - b.read[0].start) * (b.read[1].stop - b.read[1].start) for b in self.blocks())
+        return read / (self.shape[0] * self.shape[1])
