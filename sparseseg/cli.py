@@ -60,6 +60,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from sparseseg.segment.segment import segment_slide
+
+    result = segment_slide(args.slide, args.model, name=args.name, block=args.block, margin=args.margin,
+                           workers=args.workers, scheduler=args.scheduler, device=args.device, resume=args.resume,
+                           overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {result.labels}: {result.n_objects} objects from {result.n_blocks} blocks "
+          f"({result.skipped_blocks} without tissue skipped)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sparseseg.demo import run_demo
 
@@ -120,6 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("segment", help="segment every cell of a slide into labels/<name>",
+                       description="Predict distance + flow block by block on Dask workers (halo from the "
+                       "network's receptive field), derive instances from the flows, stitch them across block "
+                       "borders by ownership, and write a uint32 label pyramid.")
+    p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
+    p.add_argument("--model", type=Path, required=True, metavar="MODEL.pt")
+    p.add_argument("--name", default="cells", help="label group name (default cells)")
+    p.add_argument("--block", type=int, default=2048, metavar="PX", help="block edge in px, a multiple of the network downsampling factor (default 2048)")
+    p.add_argument("--margin", type=int, default=48, metavar="PX",
+                   help="instance context around each block; must exceed the largest object (default 48)")
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, metavar="N", help="local Dask worker processes (default 1)")
+    cluster.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    p.add_argument("--resume", action="store_true", help="reuse the blocks finished by an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing label group")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_segment)
+
     p = sub.add_parser("demo", help="run the pipeline on the bundled CC0 demo slide",
                        description="Run the main job on the bundled CC0 slide and print where the outputs are.")
     p.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
@@ -134,8 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # recorded in checkpoints as the exact training command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # tifffile logs every oddity it repairs; our errors say what matters
+    if not args.verbose:  # tifffile logs every oddity it repairs, distributed every worker start
         logging.getLogger("tifffile").setLevel(logging.ERROR)
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except InputError as exc:

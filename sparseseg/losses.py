@@ -50,6 +50,16 @@ class SketchposeWeights:
     distance: float = 2.0
     flow: float = 2.0
     inequality: float = 1.0
+    #: Background deeper than this (px) only has to stay at least this negative: far-background
+    #: distances would otherwise dominate the loss (Omnipose likewise uses a fixed negative value).
+    background_cap: float = 5.0
+
+
+def _capped(distance: torch.Tensor, target: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prediction and target with values below -cap raised to -cap (only where the target is)."""
+    floor = torch.full_like(target, -cap)
+    deep = target < -cap
+    return torch.where(deep, torch.maximum(distance, floor), distance), torch.maximum(target, floor)
 
 
 @dataclass(frozen=True)
@@ -80,10 +90,12 @@ def sketchpose_loss(distance: torch.Tensor, flow: torch.Tensor, t: TargetBatch,
     The inequality penalises a predicted distance *magnitude* below the lower bound dist(x, CB):
     ReLU(lb - s * d)^2 with s = +1 on foreground and -1 on background strokes.
     """
-    l_distance = _masked_mean((distance - t.distance) ** 2, t.valid)
-    l_flow = _masked_mean(((flow - t.flow) ** 2).sum(1), t.valid)
+    d, target = _capped(distance, t.distance, weights.background_cap)
+    l_distance = _masked_mean((d - target) ** 2, t.valid)
+    l_flow = _masked_mean(((flow - t.flow) ** 2).sum(1), t.valid & (t.distance >= -weights.background_cap))
     sign = t.s1.to(distance.dtype) * 2 - 1
-    shortfall = F.relu(t.lower_bound - sign * distance) ** 2
+    bound = torch.where(t.s0, t.lower_bound.clamp(max=weights.background_cap), t.lower_bound)
+    shortfall = F.relu(bound - sign * distance) ** 2
     l_ineq = _masked_mean(shortfall, t.s0 | t.s1)
     return weights.distance * l_distance + weights.flow * l_flow + weights.inequality * l_ineq
 
@@ -96,8 +108,9 @@ def masked_object_loss(distance: torch.Tensor, flow: torch.Tensor, t: TargetBatc
     every other pixel is ignored.
     """
     exact = t.complete | (t.s0 & t.valid)
-    l_distance = _masked_mean((distance - t.distance) ** 2, exact)
-    l_flow = _masked_mean(((flow - t.flow) ** 2).sum(1), exact)
+    d, target = _capped(distance, t.distance, weights.background_cap)
+    l_distance = _masked_mean((d - target) ** 2, exact)
+    l_flow = _masked_mean(((flow - t.flow) ** 2).sum(1), exact & (t.distance >= -weights.background_cap))
     l_sign = _masked_mean(F.relu(distance) ** 2, t.s0 & ~t.valid)
     return weights.distance * l_distance + weights.flow * l_flow + weights.inequality * l_sign
 

@@ -131,3 +131,15 @@ def test_points_on_background_are_rejected():
     partial = np.ones((10, 10), np.uint32)
     with pytest.raises(ValueError, match="lies on a background stroke"):
         compute_targets(PatchAnnotation(partial=partial, points=np.array([[5.0, 5.0]])))
+
+
+def test_deep_background_only_has_to_stay_below_the_cap():
+    partial = np.ones((1, 60), np.uint32)
+    partial[0, :4] = 2  # an object at the left: background 0.5 .. 55.5 px from it
+    t = batch_targets([compute_targets(PatchAnnotation(partial=partial, complete=frozenset({2})))])
+    assert t.distance.min() < -50
+    flow = t.flow.double()
+    deep_enough = torch.where(t.distance < -5, torch.full_like(t.distance, -6.0), t.distance).double()
+    assert sketchpose_loss(deep_enough, flow, t).item() == pytest.approx(0.0, abs=1e-12)
+    too_shallow = torch.where(t.distance < -5, torch.full_like(t.distance, -3.0), t.distance).double()
+    assert sketchpose_loss(too_shallow, flow, t).item() > 0.0
