@@ -17,3 +17,35 @@ DSB = DATA / "dsb2018"
 def dsb_pairs() -> list[tuple[Path, Path]]:
     """(image PNG, instance-label TIFF) pairs of the committed DSB2018 images."""
     return [(p, DSB / "labels" / f"{p.stem}.tif") for p in sorted((DSB / "images").glob("*.png"))]
+
+
+@pytest.fixture(scope="session")
+def fluo_training_folders(tmp_path_factory) -> dict[str, str]:
+    """Two real DSB fluorescence images with 30 % GP-sparse partial annotations, as a user's folders."""
+    import shutil
+
+    import tifffile
+
+    from sparseseg.annotations.sparsify import sparsify_dense
+
+    root = tmp_path_factory.mktemp("fluo-data")
+    (root / "images").mkdir()
+    (root / "annotations").mkdir()
+    for name in ("fluo_0402a81e", "fluo_9586e48a"):
+        shutil.copy(DSB / "images" / f"{name}.png", root / "images" / f"{name}.png")
+        labels = tifffile.imread(DSB / "labels" / f"{name}.tif")
+        tifffile.imwrite(root / "annotations" / f"{name}.tif", sparsify_dense(labels, 0.3, seed=0).partial)
+    return {"images": str(root / "images"), "annotations": str(root / "annotations")}
+
+
+@pytest.fixture(scope="session")
+def fluo_model(fluo_training_folders, tmp_path_factory) -> Path:
+    """A small nuclei model trained briefly (about 30 s) through the CLI on the folders above."""
+    from sparseseg.cli import main
+
+    out = tmp_path_factory.mktemp("model") / "fluo.pt"
+    code = main(["train", "--images", fluo_training_folders["images"], "--annotations",
+                 fluo_training_folders["annotations"], "--out", str(out), "--epochs", "50", "--patch", "96",
+                 "--batch", "8", "--depth", "2", "--width", "16", "--lr", "3e-3", "--pixel-size", "0.5", "-q"])
+    assert code == 0
+    return out

@@ -27,21 +27,12 @@ from sparseseg.train.distributed import open_sources, train_on_dask
 from sparseseg.train.loop import TrainConfig, train
 from sparseseg.train.normalize import percentile_normalization
 
-TRAIN = ["fluo_0402a81e", "fluo_9586e48a"]
 HELD_OUT = "fluo_ed8c31b0"
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """Real DSB images with 30 % GP-sparse partial annotations, as a user's two folders."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "images").mkdir()
-    (root / "annotations").mkdir()
-    for name in TRAIN:
-        shutil.copy(DSB / "images" / f"{name}.png", root / "images" / f"{name}.png")
-        labels = tifffile.imread(DSB / "labels" / f"{name}.tif")
-        tifffile.imwrite(root / "annotations" / f"{name}.tif", sparsify_dense(labels, 0.3, seed=0).partial)
-    return {"images": str(root / "images"), "annotations": str(root / "annotations")}
+def folders(fluo_training_folders):
+    return fluo_training_folders
 
 
 SMALL = UNetConfig(in_channels=1, depth=2, width=8)
@@ -93,13 +84,8 @@ def test_lost_worker_fails_cleanly_and_training_resumes(folders, tmp_path):
                                                                            saved_step + 3]
 
 
-def test_short_training_on_real_data_lowers_the_loss_and_yields_nuclei(folders, tmp_path):
-    out = tmp_path / "model.pt"
-    code = main(["train", "--images", folders["images"], "--annotations", folders["annotations"], "--out", str(out),
-                 "--epochs", "50", "--patch", "96", "--batch", "8", "--depth", "2", "--width", "16", "--lr", "3e-3",
-                 "--pixel-size", "0.5", "-q"])
-    assert code == 0
-    state = load_checkpoint(out)
+def test_short_training_on_real_data_lowers_the_loss_and_yields_nuclei(fluo_model):
+    state = load_checkpoint(fluo_model)
     val = [h["val_loss"] for h in state["history"] if "val_loss" in h]
     assert val[-1] < 0.6 * val[0]
     assert state["pixel_size_um"] == 0.5 and state["halo"] == 28 and state["command"].startswith("sparseseg train")

@@ -31,7 +31,7 @@ from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.segment.blocks import BlockPlan
 from sparseseg.segment.blockwork import BlockJob, run_block
 from sparseseg.train.checkpoint import load_checkpoint
-from sparseseg.train.normalize import percentile_normalization
+from sparseseg.train.normalize import slide_normalization
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,7 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if params.n_steps is None:
         raise ValueError("block-wise segmentation needs a fixed InstanceParams.n_steps")
-    low = next((lv for lv in info.levels if max(lv.shape[1:]) <= 2048), info.levels[-1])
-    normalization = percentile_normalization(np.asarray(low))  # once per slide, never per block
+    normalization = slide_normalization(info.levels)  # once per slide, never per block
     shape = info.shape[1:]
     plan = BlockPlan(shape=shape, block=block, margin=margin, halo=int(state["halo"]), factor=int(state["downsampling"]))
     work = slide / "labels" / f".{name}.work"

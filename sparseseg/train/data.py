@@ -22,7 +22,7 @@ from sparseseg.annotations.model import PatchAnnotation
 from sparseseg.annotations.store import ANNOTATIONS, read_annotation_patch
 from sparseseg.annotations.targets import Targets, compute_targets
 from sparseseg.errors import InputError
-from sparseseg.train.normalize import Normalization, percentile_normalization
+from sparseseg.train.normalize import Normalization, percentile_normalization, slide_normalization
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -79,8 +79,7 @@ class SlideSource:
         self.shape = tuple(self.image.shape[1:])
         self.n_channels = self.image.shape[0]
         self.pixel_size_um = slide.pixel_size_um
-        low = next((lv for lv in slide.levels if max(lv.shape[1:]) <= 2048), slide.levels[-1])
-        self.normalization = percentile_normalization(np.asarray(low))
+        self.normalization = slide_normalization(slide.levels)
         label_levels = root[f"labels/{ANNOTATIONS}"]
         n_levels = len([k for k in label_levels.array_keys()])
         level = next((k for k in range(n_levels) if max(label_levels[str(k)].shape) <= coarse_max_px), n_levels - 1)

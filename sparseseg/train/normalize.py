@@ -35,3 +35,12 @@ def percentile_normalization(pixels: np.ndarray) -> Normalization:
     flat = np.asarray(pixels).reshape(pixels.shape[0], -1)
     low, high = np.percentile(flat, [LOW_PERCENTILE, HIGH_PERCENTILE], axis=1)
     return Normalization(low=tuple(float(v) for v in low), high=tuple(float(v) for v in high))
+
+
+def slide_normalization(levels, max_px: int = 2048) -> Normalization:
+    """Percentiles of a slide's finest pyramid level that fits ``max_px`` (or its coarsest level).
+
+    One rule for training and inference, computed once per slide, so both normalise identically.
+    """
+    low = next((lv for lv in levels if max(lv.shape[1:]) <= max_px), levels[-1])
+    return percentile_normalization(np.asarray(low))

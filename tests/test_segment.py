@@ -1,0 +1,120 @@
+"""`sparseseg segment` on real content: tiled equals whole image, lost workers and crashes change nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from conftest import DSB
+from distributed import Client, LocalCluster
+from test_stitch import assert_same_objects
+
+from sparseseg.infer.tiling import predict_whole
+from sparseseg.ingest import ingest
+from sparseseg.instances.flows import InstanceParams, flows_to_labels
+from sparseseg.io.omezarr import open_omezarr_slide
+from sparseseg.segment.blocks import BlockPlan
+from sparseseg.segment.blockwork import BlockJob, predict_read_region
+from sparseseg.segment.segment import segment_slide
+from sparseseg.train.checkpoint import load_checkpoint, model_from_checkpoint
+from sparseseg.train.normalize import slide_normalization
+
+BLOCK = 96  # does not divide 520 x 694; a multiple of the model's downsampling factor (4)
+
+
+@pytest.fixture()
+def slide(tmp_path):
+    """A real-content, non-square slide: DSB fluorescence nuclei tiled 2 x 2 (520 x 694)."""
+    image = iio.imread(DSB / "images" / "fluo_0402a81e.png")
+    mosaic = np.vstack([np.hstack([image, image[:, ::-1]])] * 2)
+    src = tmp_path / "mosaic.tif"
+    tifffile.imwrite(src, mosaic, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    return ingest(src, tmp_path / "slide.ome.zarr", chunk=128, tissue="none")
+
+
+def whole_image_labels(slide, model_path) -> tuple[np.ndarray, np.ndarray]:
+    info = open_omezarr_slide(slide)
+    pixels = np.asarray(info.levels[0])
+    model = model_from_checkpoint(load_checkpoint(model_path)).eval()
+    output = predict_whole(model, slide_normalization(info.levels).apply(pixels))
+    return output, flows_to_labels(output[0], output[1:3], InstanceParams(n_steps=50))
+
+
+def test_block_network_outputs_equal_whole_image_outputs(slide, fluo_model):
+    output, _ = whole_image_labels(slide, fluo_model)
+    state = load_checkpoint(fluo_model)
+    info = open_omezarr_slide(slide)
+    job = BlockJob(slide=str(slide), checkpoint=str(fluo_model), checkpoint_mtime_ns=fluo_model.stat().st_mtime_ns,
+                   device="cpu", normalization=slide_normalization(info.levels), params=InstanceParams(n_steps=50),
+                   image_shape=info.shape[1:], work="")
+    plan = BlockPlan(shape=info.shape[1:], block=BLOCK, margin=48, halo=state["halo"], factor=state["downsampling"])
+    for block in plan.blocks():
+        np.testing.assert_allclose(predict_read_region(job, block), output[(slice(0, 3), *block.context)],
+                                   atol=1e-4, rtol=0)
+
+
+def test_segment_equals_whole_image_segmentation(slide, fluo_model):
+    _, whole = whole_image_labels(slide, fluo_model)
+    result = segment_slide(slide, fluo_model, block=BLOCK, margin=48, workers=2, progress=False)
+    tiled = zarr.open_group(slide, mode="r")["labels/cells/0"][...]
+    assert result.n_objects == int(tiled.max()) and tiled.dtype == np.uint32
+    assert whole.max() > 150
+    assert_same_objects(whole, tiled)  # F1 at IoU 0.9 is then exactly 1: no split, merged or duplicated cell
+    root = zarr.open_group(slide, mode="r")
+    assert [root[f"labels/cells/{k}"].shape for k in range(2)] == [root[str(k)].shape[1:] for k in range(2)]
+    from ome_zarr_models.v04 import ImageLabel
+
+    ImageLabel.from_zarr(root["labels/cells"])
+    assert not [p for p in (slide / "labels").iterdir() if p.name.startswith(".cells")]
+
+
+def test_killing_a_worker_mid_run_gives_identical_labels(slide, fluo_model, tmp_path):
+    segment_slide(slide, fluo_model, name="reference", block=BLOCK, workers=2, progress=False)
+    reference = zarr.open_group(slide, mode="r")["labels/reference/0"][...]
+    work = slide / "labels" / ".cells.work" / "blocks"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        killed = []
+
+        def kill_one_worker_when_blocks_appear():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (work.exists() and len(list(work.glob("*.npz"))) >= 3):
+                time.sleep(0.05)
+            pids = client.run(os.getpid)
+            os.kill(pids[sorted(pids)[0]], signal.SIGKILL)
+            killed.append(True)
+
+        killer = threading.Thread(target=kill_one_worker_when_blocks_appear)
+        killer.start()
+        segment_slide(slide, fluo_model, block=BLOCK, scheduler=cluster.scheduler_address, progress=False)
+        killer.join()
+    assert killed
+    np.testing.assert_array_equal(zarr.open_group(slide, mode="r")["labels/cells/0"][...], reference)
+
+
+def test_interrupted_run_resumes_to_identical_labels(slide, fluo_model):
+    segment_slide(slide, fluo_model, name="reference", block=BLOCK, workers=1, progress=False)
+    reference = zarr.open_group(slide, mode="r")["labels/reference/0"][...]
+    work = slide / "labels" / ".cells.work" / "blocks"
+    command = [sys.executable, "-m", "sparseseg.cli", "segment", str(slide), "--model", str(fluo_model),
+               "--block", str(BLOCK), "--workers", "1", "-q"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (work.exists() and len(list(work.glob("*.npz"))) >= 10):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and its worker processes: a crash
+    process.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in work.glob("*.npz")}
+    assert 10 <= len(finished) < 48
+    assert not (slide / "labels" / "cells").exists()  # never marked complete
+    assert subprocess.run(command + ["--resume"], timeout=300).returncode == 0
+    np.testing.assert_array_equal(zarr.open_group(slide, mode="r")["labels/cells/0"][...], reference)
