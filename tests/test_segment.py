@@ -118,3 +118,46 @@ def test_interrupted_run_resumes_to_identical_labels(slide, fluo_model):
     assert not (slide / "labels" / "cells").exists()  # never marked complete
     assert subprocess.run(command + ["--resume"], timeout=300).returncode == 0
     np.testing.assert_array_equal(zarr.open_group(slide, mode="r")["labels/cells/0"][...], reference)
+
+
+@pytest.mark.parametrize("scale", [0.8, 1.37])
+def test_resampled_windows_equal_the_whole_resampled_image(scale):
+    from sparseseg.segment.rescale import model_grid_shape, resample_window, source_window
+
+    pixels = iio.imread(DSB / "images" / "he_65c8527c.png").transpose(2, 0, 1)
+    source = pixels.shape[1:]
+    grid = model_grid_shape(source, scale)
+    whole = resample_window(pixels, (0, 0), (slice(0, grid[0]), slice(0, grid[1])), scale, source)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y0, x0 = rng.integers(0, grid[0] - 1), rng.integers(0, grid[1] - 1)
+        window = (slice(y0, rng.integers(y0 + 1, grid[0] + 1)), slice(x0, rng.integers(x0 + 1, grid[1] + 1)))
+        src = source_window(window, scale, source)
+        part = resample_window(pixels[(slice(None), *src)], (src[0].start, src[1].start), window, scale, source)
+        np.testing.assert_array_equal(part, whole[(slice(None), *window)])
+
+
+def test_segment_at_another_pixel_size_equals_whole_image_segmentation(tmp_path, fluo_model):
+    """The slide has 0.4 um pixels, the model 0.5 um: segmentation runs on the resampled grid."""
+    from sparseseg.segment.rescale import level0_to_model_indices, model_grid_shape, resample_window
+
+    image = iio.imread(DSB / "images" / "fluo_0402a81e.png")
+    mosaic = np.hstack([image, image[:, ::-1]])
+    src = tmp_path / "fine.tif"
+    tifffile.imwrite(src, mosaic, resolution=(1e4 / 0.4, 1e4 / 0.4), resolutionunit="CENTIMETER")
+    slide_path = ingest(src, tmp_path / "fine.ome.zarr", chunk=128, tissue="none")
+    segment_slide(slide_path, fluo_model, block=BLOCK, workers=1, progress=False)
+    tiled = zarr.open_group(slide_path, mode="r")["labels/cells/0"][...]
+
+    scale = 0.4 / 0.5
+    info = open_omezarr_slide(slide_path)
+    grid = model_grid_shape(mosaic.shape, scale)
+    resampled = resample_window(mosaic[None], (0, 0), (slice(0, grid[0]), slice(0, grid[1])), scale, mosaic.shape)
+    model = model_from_checkpoint(load_checkpoint(fluo_model)).eval()
+    output = predict_whole(model, slide_normalization(info.levels).apply(resampled))
+    labels = flows_to_labels(output[0], output[1:3], InstanceParams(n_steps=50))
+    rows = level0_to_model_indices(0, mosaic.shape[0], scale, grid[0])
+    cols = level0_to_model_indices(0, mosaic.shape[1], scale, grid[1])
+    whole = labels[np.ix_(rows, cols)]
+    assert tiled.shape == mosaic.shape and whole.max() > 100
+    assert_same_objects(whole, tiled)

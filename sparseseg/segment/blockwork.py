@@ -48,6 +48,8 @@ class BlockJob:
     image_shape: tuple[int, int]
     work: str
     threads: int = 0
+    scale: float = 1.0                            # slide pixel size / model pixel size
+    source_shape: tuple[int, int] | None = None   # level-0 shape when scale != 1 (image_shape is the model grid)
 
 
 def predict_read_region(job: BlockJob, block: Block) -> np.ndarray:
@@ -60,8 +62,16 @@ def predict_read_region(job: BlockJob, block: Block) -> np.ndarray:
     # at the image's bottom/right, read on to the zero-padded canvas, as whole-image inference does
     stop_y = -(-h // factor) * factor if rows.stop == h else rows.stop
     stop_x = -(-w // factor) * factor if cols.stop == w else cols.stop
-    pixels = image[:, rows.start: min(stop_y, h), cols.start: min(stop_x, w)]
-    normalised = job.normalization.apply(pixels)
+    if job.scale == 1.0:
+        normalised = job.normalization.apply(image[:, rows.start: min(stop_y, h), cols.start: min(stop_x, w)])
+    else:  # resample the read region onto the model grid from global coordinates (block-exact)
+        from sparseseg.segment.rescale import resample_window, source_window
+
+        grid_window = (slice(rows.start, min(stop_y, h)), slice(cols.start, min(stop_x, w)))
+        src = source_window(grid_window, job.scale, job.source_shape)
+        pixels = image[(slice(None), *src)]
+        normalised = job.normalization.apply(
+            resample_window(pixels, (src[0].start, src[1].start), grid_window, job.scale, job.source_shape))
     canvas = read_canvas(normalised, slice(0, stop_y - rows.start), slice(0, stop_x - cols.start))
     with torch.no_grad():
         x = torch.from_numpy(canvas)[None].to(job.device).contiguous(memory_format=torch.channels_last)

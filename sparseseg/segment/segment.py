@@ -30,6 +30,7 @@ from sparseseg.instances.flows import InstanceParams
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.segment.blocks import BlockPlan
 from sparseseg.segment.blockwork import BlockJob, run_block
+from sparseseg.segment.rescale import level0_to_model_indices, model_grid_shape
 from sparseseg.train.checkpoint import load_checkpoint
 from sparseseg.train.normalize import slide_normalization
 
@@ -107,10 +108,11 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
         raise InputError(model, f"model expects {state['config']['in_channels']} channels, "
                                 f"{slide} has {info.n_channels}")
     model_um, slide_um = state.get("pixel_size_um"), info.pixel_size_um
-    if model_um and slide_um and abs(slide_um[0] / model_um - 1) > 0.15:
-        raise InputError(slide, f"pixel size {slide_um[0]:.3g} um differs from the model's {model_um:.3g} um; "
-                                "rescaling the slide to the model's pixel size is not supported yet: re-ingest "
-                                "the slide at that resolution")
+    scale = 1.0
+    if model_um and slide_um and abs(slide_um[0] / model_um - 1) > 0.02:
+        scale = slide_um[0] / model_um  # segment on the model grid, write labels at level 0
+    elif model_um and not slide_um:
+        log.warning("%s records no pixel size: assuming the model's (%.3g um)", slide, model_um)
     final = slide / "labels" / name
     if final.exists() and not overwrite:
         raise InputError(final, "already exists (use --overwrite to replace it)")
@@ -118,10 +120,11 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
     if params.n_steps is None:
         raise ValueError("block-wise segmentation needs a fixed InstanceParams.n_steps")
     normalization = slide_normalization(info.levels)  # once per slide, never per block
-    shape = info.shape[1:]
+    source_shape = tuple(info.shape[1:])
+    shape = model_grid_shape(source_shape, scale) if scale != 1.0 else source_shape
     plan = BlockPlan(shape=shape, block=block, margin=margin, halo=int(state["halo"]), factor=int(state["downsampling"]))
     work = slide / "labels" / f".{name}.work"
-    fingerprint = _fingerprint(model=str(model.resolve()), mtime=model.stat().st_mtime_ns, block=block,
+    fingerprint = _fingerprint(model=str(model.resolve()), mtime=model.stat().st_mtime_ns, block=block, scale=scale,
                                margin=margin, params=asdict(params), normalization=asdict(normalization))
     stamp = work / "fingerprint.json"
     if work.exists() and not (resume and stamp.exists() and json.loads(stamp.read_text())["id"] == fingerprint):
@@ -132,7 +135,7 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
     blocks = list(plan.blocks())
     job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
                    device=device, normalization=normalization, params=params, image_shape=tuple(shape),
-                   work=str(work))
+                   work=str(work), scale=scale, source_shape=source_shape)
     cluster = None
     if scheduler:
         client = Client(scheduler)
@@ -169,8 +172,17 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
     from sparseseg.annotations.store import write_label_pyramid
 
     _load_block.cache_clear()
-    write_label_pyramid(slide, name, lambda window: compose_window(window, plan, work, offsets), np.uint32,
-                        overwrite, "flow-derived instances, stitched by block ownership",
+    def level0_window(window):
+        if scale == 1.0:
+            return compose_window(window, plan, work, offsets)
+        rows = level0_to_model_indices(window[0].start, window[0].stop, scale, shape[0])
+        cols = level0_to_model_indices(window[1].start, window[1].stop, scale, shape[1])
+        grid = compose_window((slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)),
+                              plan, work, offsets)
+        return grid[np.ix_(rows - rows[0], cols - cols[0])]
+
+    write_label_pyramid(slide, name, level0_window, np.uint32, overwrite,
+                        f"flow-derived instances at {scale:.4g}x, stitched by block ownership",
                         properties=[{"label-value": 0, "class": "background"}])
     shutil.rmtree(work, ignore_errors=True)
     _record_result(slide, name, total, state, block, margin)

@@ -1,0 +1,108 @@
+"""Benchmark `segment` on real-content slides of 8k x 8k (1x) and 16k x 16k (4x area).
+
+Prints, measured in one run: (1) overhead = segment wall time / pure network forward time over
+the same blocks and threads; (2) halo amplification = pixels computed / pixels written; (3) peak
+RSS per worker at 1x and 4x; (4) wall time 4x / 1x; (5) throughput in megapixels/s.
+The slides tile the CC0 CMU-1 region (JPEG-tiled TIFF, then `sparseseg ingest`); the model is the
+committed DSB nuclei checkpoint (or --model).
+
+    python bench/segment.py [--edge 8192] [--block 2048] [--model MODEL.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import write_mosaic  # noqa: E402  (the ingest benchmark's real-content mosaic)
+
+from sparseseg.ingest import ingest  # noqa: E402
+from sparseseg.io.omezarr import open_omezarr_slide  # noqa: E402
+from sparseseg.segment.blocks import BlockPlan  # noqa: E402
+from sparseseg.segment.blockwork import BlockJob, predict_read_region  # noqa: E402
+from sparseseg.segment.segment import segment_slide  # noqa: E402
+from sparseseg.train.checkpoint import load_checkpoint  # noqa: E402
+from sparseseg.train.normalize import slide_normalization  # noqa: E402
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "sparseseg" / "data" / "models" / "dsb_nuclei_rgb.pt"
+
+
+def _worker_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def forward_only_seconds(slide: Path, model: Path, block: int, margin: int) -> float:
+    """Network forward over exactly the blocks segment reads, same thread count, nothing else."""
+    info = open_omezarr_slide(slide)
+    state = load_checkpoint(model)
+    plan = BlockPlan(shape=info.shape[1:], block=block, margin=margin, halo=state["halo"],
+                     factor=state["downsampling"])
+    job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
+                   device="cpu", normalization=slide_normalization(info.levels), params=None,
+                   image_shape=info.shape[1:], work="")
+    predict_read_region(job, next(iter(plan.blocks())))  # load the model once, as workers do
+    start = time.perf_counter()
+    for b in plan.blocks():
+        predict_read_region(job, b)
+    return time.perf_counter() - start
+
+
+def run(edge: int, workdir: Path, model: Path, block: int, margin: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    source = workdir / f"mosaic-{edge}.tif"
+    if not source.exists():
+        write_mosaic(source, edge)
+    slide = workdir / f"slide-{edge}.ome.zarr"
+    if not slide.exists():
+        ingest(source, slide)
+    shutil.rmtree(slide / "labels" / "cells", ignore_errors=True)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        start = time.perf_counter()
+        result = segment_slide(slide, model, block=block, margin=margin, scheduler=cluster.scheduler_address,
+                               progress=False)
+        wall = time.perf_counter() - start
+        rss = max(client.run(_worker_peak_rss_mb).values())
+    labels = zarr.open_group(slide, mode="r")["labels/cells/0"]
+    return {"edge": edge, "wall": wall, "objects": result.n_objects, "amplification": result.amplification,
+            "worker_rss_mb": rss, "skipped": result.skipped_blocks, "blocks": result.n_blocks,
+            "shape": labels.shape}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edge", type=int, default=8192)
+    parser.add_argument("--block", type=int, default=2048)
+    parser.add_argument("--margin", type=int, default=48)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sparseseg-bench/segment"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    small = run(args.edge, args.workdir, args.model, args.block, args.margin)
+    forward = forward_only_seconds(args.workdir / f"slide-{args.edge}.ome.zarr", args.model, args.block, args.margin)
+    large = run(2 * args.edge, args.workdir, args.model, args.block, args.margin)
+    mpx = args.edge**2 / 1e6
+    print(f"1x {args.edge}^2: segment {small['wall']:.1f} s, {small['objects']} objects, "
+          f"{small['blocks']} blocks ({small['skipped']} without tissue)")
+    print(f"1x pure network forward over the same blocks and threads: {forward:.1f} s")
+    print(f"(1) overhead segment / forward: {small['wall'] / forward:.2f}  (goal <= 1.3)")
+    print(f"(2) halo amplification (pixels computed / written): {small['amplification']:.3f}  (goal <= 1.2)")
+    print(f"(3) peak RSS per worker: 1x {small['worker_rss_mb']:.0f} MB, 4x {large['worker_rss_mb']:.0f} MB, "
+          f"ratio {large['worker_rss_mb'] / small['worker_rss_mb']:.3f}  (goal <= 1.15)")
+    print(f"(4) wall time 4x / 1x: {large['wall'] / small['wall']:.2f}  (goal <= 4.4)")
+    print(f"(5) throughput: {mpx / small['wall']:.2f} Mpx/s at 1x, {4 * mpx / large['wall']:.2f} Mpx/s at 4x")
+
+
+if __name__ == "__main__":
+    main()
