@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import sys
 from collections.abc import Sequence
@@ -65,9 +66,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     result = segment_slide(args.slide, args.model, name=args.name, block=args.block, margin=args.margin,
                            workers=args.workers, scheduler=args.scheduler, device=args.device, resume=args.resume,
-                           overwrite=args.overwrite, progress=not args.quiet)
+                           overwrite=args.overwrite, large_objects=args.large_objects, progress=not args.quiet)
     print(f"wrote {result.labels}: {result.n_objects} objects from {result.n_blocks} blocks "
-          f"({result.skipped_blocks} without tissue skipped)")
+          f"({result.skipped_blocks} without tissue skipped, {result.dropped_objects} objects larger than "
+          f"--margin dropped)")
     return 0
 
 
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler")
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     p.add_argument("--resume", action="store_true", help="reuse the blocks finished by an interrupted run")
+    p.add_argument("--large-objects", choices=("drop", "error"), default="drop",
+                   help="an object larger than --margin could be cut at a block edge: drop it (counted, default) "
+                        "or stop with an error")
     p.add_argument("--overwrite", action="store_true", help="replace an existing label group")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
@@ -159,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # before distributed configures logging
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in checkpoints as the exact training command

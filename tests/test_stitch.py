@@ -29,10 +29,12 @@ def tiled_labels(fields: np.ndarray, plan: BlockPlan, tmp_path) -> np.ndarray:
     work = tmp_path / "work"
     (work / "blocks").mkdir(parents=True, exist_ok=True)
     job = BlockJob(slide="", checkpoint="", checkpoint_mtime_ns=0, device="cpu",
-                   normalization=Normalization((0.0,), (1.0,)), params=PARAMS, image_shape=plan.shape, work=str(work))
+                   normalization=Normalization((0.0,), (1.0,)), params=PARAMS, image_shape=plan.shape, work=str(work),
+                   large_objects="error")
     offsets, total = {}, 0
     for block in plan.blocks():
-        count = run_block(job, block, False, predict=lambda job, b: fields[(slice(None), *b.context)])
+        count, dropped = run_block(job, block, False, predict=lambda job, b: fields[(slice(None), *b.context)])
+        assert dropped == 0
         offsets[block.name] = total
         total += count
     return compose_window((slice(0, plan.shape[0]), slice(0, plan.shape[1])), plan, work, offsets)

@@ -48,6 +48,7 @@ class BlockJob:
     image_shape: tuple[int, int]
     work: str
     threads: int = 0
+    large_objects: str = "drop"                   # an owned object reaching the context edge: "drop" or "error"
     scale: float = 1.0                            # slide pixel size / model pixel size
     source_shape: tuple[int, int] | None = None   # level-0 shape when scale != 1 (image_shape is the model grid)
 
@@ -80,33 +81,42 @@ def predict_read_region(job: BlockJob, block: Block) -> np.ndarray:
     return output[:, crop[0], crop[1]].cpu().numpy()
 
 
-def owned_instances(output: np.ndarray, block: Block, job: BlockJob) -> np.ndarray:
-    """uint32 labels on the label context holding only the objects this block owns (ids 1..n)."""
+def owned_instances(output: np.ndarray, block: Block, job: BlockJob) -> tuple[np.ndarray, int]:
+    """(uint32 labels on the label context holding only the owned objects (ids 1..n), number dropped).
+
+    An owned object that reaches the context edge may be cut: it is dropped (counted) or, with
+    ``job.large_objects == "error"``, raises ObjectTooLargeError.
+    """
     labels = flows_to_labels(output[0], output[1:3], job.params, device=job.device)
     y0, x0 = block.context[0].start, block.context[1].start
     h, w = job.image_shape
     ch, cw = labels.shape
     keep = np.zeros(int(labels.max()) + 1, np.uint32)
     anchors = []
+    dropped = 0
     for k, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None or not block.owns(box[0].start + y0, box[1].start + x0):
             continue
         touches = ((box[0].start == 0 and y0 > 0) or (box[1].start == 0 and x0 > 0)
                    or (box[0].stop == ch and y0 + ch < h) or (box[1].stop == cw and x0 + cw < w))
-        if touches:
+        if touches and job.large_objects == "error":
             raise ObjectTooLargeError(
                 f"an object at (y={box[0].start + y0}, x={box[1].start + x0}) spans "
                 f"{box[0].stop - box[0].start}x{box[1].stop - box[1].start} px and reaches the edge of block "
-                f"{block.name}'s context: increase --margin (now {block.core[0].start - block.context[0].start or 'clipped'}"
-                " px) above the largest object size")
+                f"{block.name}'s context: increase --margin above the largest object size")
+        if touches:
+            dropped += 1
+            continue
         anchors.append((box[0].start, box[1].start, k))
     for new_id, (_, _, k) in enumerate(sorted(anchors), start=1):  # ids in anchor order: deterministic
         keep[k] = new_id
-    return keep[labels]
+    return keep[labels], dropped
 
 
-def run_block(job: BlockJob, block: Block, skip: bool, predict=predict_read_region) -> int:
-    """Process one block (or record an empty one for a block without tissue); returns its object count.
+def run_block(job: BlockJob, block: Block, skip: bool, predict=predict_read_region) -> tuple[int, int]:
+    """Process one block (or record an empty one for a block without tissue).
+
+    Returns (objects kept, objects dropped for reaching the context edge).
 
     ``predict(job, block)`` gives the (3, h, w) distance + flow on the block's label context.
     """
@@ -115,13 +125,10 @@ def run_block(job: BlockJob, block: Block, skip: bool, predict=predict_read_regi
     target = Path(job.work) / "blocks" / f"{block.name}.npz"
     if target.exists():  # done before (resume, or a retried task after a lost worker)
         with np.load(target) as done:
-            return int(done["count"])
-    if skip:
-        labels = np.zeros((0, 0), np.uint32)
-    else:
-        labels = owned_instances(predict(job, block), block, job)
+            return int(done["count"]), int(done["dropped"])
+    labels, dropped = (np.zeros((0, 0), np.uint32), 0) if skip else owned_instances(predict(job, block), block, job)
     count = int(labels.max()) if labels.size else 0
     tmp = target.with_name(f".{block.name}.{os.getpid()}.partial.npz")
-    np.savez_compressed(tmp, labels=labels, count=np.int64(count))
+    np.savez_compressed(tmp, labels=labels, count=np.int64(count), dropped=np.int64(dropped))
     os.replace(tmp, target)
-    return count
+    return count, dropped

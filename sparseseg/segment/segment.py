@@ -44,6 +44,7 @@ class SegmentResult:
     n_blocks: int
     skipped_blocks: int
     amplification: float
+    dropped_objects: int = 0
 
 
 def _tissue_skips(slide_path: Path, plan: BlockPlan) -> set[tuple[int, int]]:
@@ -96,7 +97,8 @@ def _fingerprint(**values) -> str:
 def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", block: int = 2048,
                   margin: int = 48, workers: int | None = None, scheduler: str | None = None,
                   device: str | None = None, resume: bool = False, overwrite: bool = False,
-                  params: InstanceParams = InstanceParams(n_steps=50), progress: bool = True) -> SegmentResult:
+                  params: InstanceParams = InstanceParams(n_steps=50), large_objects: str = "drop",
+                  progress: bool = True) -> SegmentResult:
     """Segment every cell of ``slide`` into ``labels/<name>``; see the module docstring."""
     import torch
     from distributed import Client, LocalCluster, as_completed
@@ -135,7 +137,7 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
     blocks = list(plan.blocks())
     job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
                    device=device, normalization=normalization, params=params, image_shape=tuple(shape),
-                   work=str(work), scale=scale, source_shape=source_shape)
+                   work=str(work), scale=scale, source_shape=source_shape, large_objects=large_objects)
     cluster = None
     if scheduler:
         client = Client(scheduler)
@@ -145,6 +147,7 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
         client = Client(cluster)
         job = replace(job, threads=max(1, (os.cpu_count() or 1) // n))
     counts: dict[str, int] = {}
+    dropped_total = 0
     try:
         futures = {client.submit(run_block, job, b, b.index in skips, pure=False, key=f"block-{b.name}-{fingerprint}"): b
                    for b in blocks}
@@ -156,7 +159,8 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
                 for other in futures:
                     other.cancel()
                 raise InputError(slide, f"block {b.name} failed: {type(error).__name__}: {error}") from None
-            counts[b.name] = future.result()
+            counts[b.name], dropped = future.result()
+            dropped_total += dropped
             bar.update(1)
         bar.close()
     finally:
@@ -185,12 +189,11 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
                         f"flow-derived instances at {scale:.4g}x, stitched by block ownership",
                         properties=[{"label-value": 0, "class": "background"}])
     shutil.rmtree(work, ignore_errors=True)
-    _record_result(slide, name, total, state, block, margin)
+    if dropped_total:
+        log.warning("%d objects larger than --margin %d px were dropped (they could be cut at block edges)",
+                    dropped_total, margin)
+    group = zarr.open_group(final, mode="r+")
+    group.attrs["sparseseg"] = {"objects": int(total), "dropped_too_large": int(dropped_total), "scale": scale,
+                                "model": str(model), "block": block, "margin": margin, "halo": int(state["halo"])}
     return SegmentResult(labels=final, n_objects=total, n_blocks=len(blocks), skipped_blocks=len(skips),
-                         amplification=plan.amplification())
-
-
-def _record_result(slide: Path, name: str, total: int, state: dict, block: int, margin: int) -> None:
-    group = zarr.open_group(slide / "labels" / name, mode="r+")
-    group.attrs["sparseseg"] = {"objects": int(total), "model_command": state.get("command", ""),
-                                "block": block, "margin": margin, "halo": int(state["halo"])}
+                         amplification=plan.amplification(), dropped_objects=dropped_total)
