@@ -73,6 +73,34 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from sparseseg.measure.run import measure_slide
+
+    summary = measure_slide(args.slide, labels=args.labels, regions=args.regions, truth=args.truth, out=args.out,
+                            progress=not args.quiet)
+    density = summary["density_per_mm2"]
+    print(f"{summary['cells']} cells, {summary['tissue_area_mm2']:.4f} mm2 of tissue, "
+          f"{density:.4f} cells/mm2" if density is not None else f"{summary['cells']} cells")
+    if "accuracy" in summary:
+        a = summary["accuracy"]
+        print("accuracy: " + ", ".join(f"{k} {a[k]:.4f}" for k in ("precision@0.5", "recall@0.5", "f1@0.5", "mAP",
+                                                                   "pq@0.5", "aji", "mean_dice")))
+    print(f"report: {summary['report']}")
+    return 0
+
+
+def _cmd_export_geojson(args: argparse.Namespace) -> int:
+    from sparseseg.export.geojson import export_geojson
+    from sparseseg.io.omezarr import open_omezarr_slide
+    from sparseseg.measure.run import resolve_labels
+
+    info = open_omezarr_slide(args.slide)
+    labels = resolve_labels(Path(args.slide), args.labels, tuple(info.shape[1:]))
+    count = export_geojson(labels, Path(args.out), classification=args.classification, pixel_size_um=info.pixel_size_um)
+    print(f"wrote {count} detections to {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sparseseg.demo import run_demo
 
@@ -154,6 +182,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing label group")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("measure", help="per-object table, per-region metrics, accuracy and an HTML report",
+                       description="Measure every object of a label image of the slide (streamed block by block), "
+                       "aggregate per region, compare with ground truth, and write a report.")
+    p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
+    p.add_argument("--labels", default="cells", metavar="NAME_OR_FILE",
+                   help="label group of the slide (default cells) or a TIFF/PNG/zarr label image of level-0 size")
+    p.add_argument("--regions", default="grid:250um", metavar="grid:SIZEum|tissue|FILE.geojson",
+                   help="square grid (default grid:250um), tissue components, or ROI polygons from a GeoJSON file")
+    p.add_argument("--truth", metavar="NAME_OR_FILE", help="ground-truth labels (group or file) for accuracy")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default SLIDE-measure next to the slide)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_measure)
+
+    p = sub.add_parser("export", help="export results", description="Export results for other tools.")
+    export = p.add_subparsers(dest="action", required=True, metavar="FORMAT")
+    p = export.add_parser("geojson", help="QuPath-importable GeoJSON of the cells",
+                          description="One detection Feature per object (contour in level-0 pixel coordinates), "
+                          "streamed; .gz compresses.")
+    p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
+    p.add_argument("--labels", default="cells", metavar="NAME_OR_FILE", help="label group or label image file")
+    p.add_argument("--out", required=True, metavar="F", help="cells.geojson or cells.geojson.gz")
+    p.add_argument("--classification", default="Nucleus", help="QuPath class of the detections (default Nucleus)")
+    p.set_defaults(func=_cmd_export_geojson)
 
     p = sub.add_parser("demo", help="run the pipeline on the bundled CC0 demo slide",
                        description="Run the main job on the bundled CC0 slide and print where the outputs are.")

@@ -1,0 +1,1 @@
+"""Measurements: per-object tables, regions, accuracy, report."""

@@ -1,0 +1,88 @@
+"""A self-contained HTML report (+ PNGs) of a measured slide: open the file, no server needed."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from skimage.segmentation import find_boundaries  # noqa: E402
+
+from sparseseg.measure.regions import Regions  # noqa: E402
+
+
+def thumbnail_with_labels(image_level: np.ndarray, labels_level: np.ndarray, out: Path) -> None:
+    """RGB thumbnail (from the image's coarsest level) with object outlines in green."""
+    rgb = image_level[:3] if image_level.shape[0] >= 3 else np.repeat(image_level[:1], 3, axis=0)
+    rgb = rgb.transpose(1, 2, 0).astype(np.float32)
+    low, high = np.percentile(rgb, [0.5, 99.5])
+    rgb = np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
+    rgb[find_boundaries(labels_level, mode="inner")] = (0.0, 1.0, 0.2)
+    plt.imsave(out, rgb)
+
+
+def density_heatmap(table: pd.DataFrame, regions: Regions, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if regions.grid_shape is not None:
+        n_rows, n_cols = regions.grid_shape
+        grid = np.full((n_rows, n_cols), np.nan)
+        for region, density in zip(table["region"], table["density_per_mm2"]):
+            grid[(region - 1) // n_cols, (region - 1) % n_cols] = density
+        im = ax.imshow(grid, cmap="magma")
+        ax.set_title(f"cells per mm\u00b2 of tissue ({regions.kind})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        im = None
+        ax.bar(table["name"].astype(str), table["density_per_mm2"].fillna(0))
+        ax.set_ylabel("cells per mm\u00b2 of tissue")
+        ax.tick_params(axis="x", rotation=60)
+    if im is not None:
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_curve(table: pd.DataFrame, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(table["threshold"], table["f1"], "o-", label="F1")
+    ax.plot(table["threshold"], table["accuracy"], "s-", label="DSB AP")
+    ax.plot(table["threshold"], table["panoptic_quality"], "^-", label="PQ")
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out_dir: Path, slide: Path, summary: dict, region_table: pd.DataFrame,
+                 accuracy: pd.DataFrame | None, accuracy_summary: dict | None,
+                 accuracy_regions: pd.DataFrame | None) -> Path:
+    """report.html next to the PNGs it embeds by relative path."""
+    parts = [f"<h1>sparseseg report: {html.escape(slide.name)}</h1>",
+             f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>",
+             '<h2>Slide and segmentation</h2><img src="thumbnail.png" style="max-width:100%">',
+             '<h2>Density per region</h2><img src="density.png">',
+             "<h2>Regions</h2>", region_table.to_html(index=False, float_format=lambda v: f"{v:.4g}")]
+    if accuracy is not None:
+        parts += ["<h2>Accuracy against ground truth</h2>",
+                  f"<pre>{html.escape(json.dumps(accuracy_summary, indent=2))}</pre>",
+                  '<img src="accuracy.png">', accuracy.to_html(index=False, float_format=lambda v: f"{v:.4f}")]
+        if accuracy_regions is not None:
+            parts += ["<h3>Per region (IoU 0.5)</h3>",
+                      accuracy_regions.to_html(index=False, float_format=lambda v: f"{v:.4f}")]
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>sparseseg report</title><style>"
+            "body{font-family:sans-serif;margin:2em;max-width:1100px} table{border-collapse:collapse;font-size:12px}"
+            "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    path = out_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,104 @@
+"""`sparseseg measure`: per-object table, per-region metrics, accuracy and the report for a slide."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import zarr
+from tqdm.auto import tqdm
+
+from sparseseg.errors import InputError
+from sparseseg.io.omezarr import open_omezarr_slide
+from sparseseg.measure.accuracy import accumulate, accuracy_tables
+from sparseseg.measure.objects import MeasureInputs, iter_blocks, measure_objects
+from sparseseg.measure.regions import parse_regions, region_table
+from sparseseg.measure.report import accuracy_curve, density_heatmap, thumbnail_with_labels, write_report
+
+log = logging.getLogger(__name__)
+
+
+def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int]):
+    """A label group of the slide (its level 0) or a label image file of level-0 size."""
+    group_path = slide / "labels" / name_or_file
+    if group_path.is_dir():
+        return zarr.open_group(slide, mode="r")[f"labels/{name_or_file}/0"]
+    path = Path(name_or_file)
+    if not path.exists():
+        raise InputError(slide, f"has no labels/{name_or_file}, and no file {name_or_file} exists")
+    from sparseseg.annotations.importer import open_label_image
+
+    labels = open_label_image(path)
+    if tuple(labels.shape) != tuple(shape):
+        raise InputError(path, f"label image is {labels.shape[0]}x{labels.shape[1]} but the slide's level 0 is "
+                               f"{shape[0]}x{shape[1]}")
+    return labels
+
+
+def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid:250um", truth: str | None = None,
+                  out: str | Path | None = None, block: int = 2048, margin: int = 128, progress: bool = True) -> dict:
+    """Write objects.parquet, regions.parquet/.csv, metrics.json, [accuracy*.csv], report.html to ``out``."""
+    slide = Path(slide)
+    info = open_omezarr_slide(slide)
+    shape = tuple(info.shape[1:])
+    if info.pixel_size_um is None:
+        raise InputError(slide, "records no pixel size; re-ingest it with --pixel-size UM")
+    out = Path(out) if out else slide.parent / f"{slide.name.split('.')[0]}-measure"
+    out.mkdir(parents=True, exist_ok=True)
+    label_array = resolve_labels(slide, labels, shape)
+    image = zarr.open_group(slide, mode="r")["0"]
+    rgb = info.n_channels == 3 and info.dtype == np.uint8
+    inputs = MeasureInputs(labels=label_array, image=image, pixel_size_um=info.pixel_size_um,
+                           channel_names=info.channel_names, brightfield_rgb=rgb)
+    region_set = parse_regions(regions, slide, shape, info.pixel_size_um[0])
+    n_blocks = len(list(iter_blocks(shape, block, margin)))
+    with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
+        n_objects = measure_objects(inputs, out / "objects.parquet", block=block, margin=margin,
+                                    assign_region=region_set.assign_frame, progress=bar)
+    objects = pq.read_table(out / "objects.parquet").to_pandas()
+    if "region" not in objects:
+        objects["region"] = pd.Series(dtype=np.int64)
+        objects["area_um2"] = pd.Series(dtype=np.float64)
+    per_region = region_table(objects, region_set)
+    per_region.to_parquet(out / "regions.parquet", index=False)
+    per_region.to_csv(out / "regions.csv", index=False)
+    tissue_mm2 = sum(region_set.tissue_area_um2.values()) / 1e6
+    summary = {"slide": str(slide), "labels": labels, "regions": region_set.kind, "cells": int(n_objects),
+               "tissue_area_mm2": tissue_mm2, "density_per_mm2": n_objects / tissue_mm2 if tissue_mm2 else None,
+               "area_median_um2": float(objects["area_um2"].median()) if n_objects else None}
+    accuracy = accuracy_summary = accuracy_regions = None
+    if truth is not None:
+        truth_array = resolve_labels(slide, truth, shape)
+        acc = accumulate(truth_array, label_array, block=block)
+        t_regions = region_set.assign(*acc.truth_centroids.T) if len(acc.truth_centroids) else np.zeros(0, np.int64)
+        p_regions = region_set.assign(*acc.pred_centroids.T) if len(acc.pred_centroids) else np.zeros(0, np.int64)
+        accuracy, accuracy_summary, accuracy_regions = accuracy_tables(acc, t_regions, p_regions, region_set.names)
+        accuracy.to_csv(out / "accuracy.csv", index=False)
+        accuracy_regions.to_csv(out / "accuracy_regions.csv", index=False)
+        summary["accuracy"] = accuracy_summary
+        accuracy_curve(accuracy, out / "accuracy.png")
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    _figures(slide, info, label_array, per_region, region_set, out)
+    summary["report"] = str(write_report(out, slide, summary, per_region, accuracy, accuracy_summary,
+                                         accuracy_regions))
+    if isinstance(label_array, zarr.Array) and (slide / "labels" / labels).is_dir():
+        group = zarr.open_group(slide / "labels" / labels, mode="r+")
+        group.attrs["sparseseg_measure"] = {"regions": region_set.kind, "cells": int(n_objects),
+                                            "density_per_mm2": summary["density_per_mm2"],
+                                            "per_region_cells": {str(r): int(c) for r, c in
+                                                                 zip(per_region["region"], per_region["cells"])}}
+    return summary
+
+
+def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_set, out: Path) -> None:
+    level = len(info.levels) - 1
+    image_level = np.asarray(info.levels[level])
+    factor = 2**level
+    labels_low = np.asarray(label_array[factor // 2::factor, factor // 2::factor])[: image_level.shape[1],
+                                                                                   : image_level.shape[2]]
+    thumbnail_with_labels(image_level, labels_low, out / "thumbnail.png")
+    density_heatmap(per_region, region_set, out / "density.png")

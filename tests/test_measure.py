@@ -1,0 +1,160 @@
+"""Measure stage on real DSB data: block-wise tables equal whole-image regionprops, metrics equal
+StarDist's, regions partition the objects, GeoJSON round-trips, the report is written."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+import tifffile
+import zarr
+from conftest import DSB
+from shapely.geometry import shape as to_shape
+from skimage.color import rgb2hed
+from skimage.measure import regionprops_table
+from test_metrics import perturbations
+
+from sparseseg.annotations.store import write_label_pyramid
+from sparseseg.cli import main
+from sparseseg.geometry import rasterize_polygon
+from sparseseg.ingest import ingest
+from sparseseg.measure.run import measure_slide
+
+NAME = "he_0121d675"
+PIXEL = 0.5
+
+
+@pytest.fixture()
+def slide(tmp_path):
+    """A real H&E image with its true nuclei as labels/cells and a perturbed copy as labels/pred."""
+    path = ingest(DSB / "images" / f"{NAME}.png", tmp_path / "he.ome.zarr", pixel_size_um=PIXEL, chunk=64)
+    truth = tifffile.imread(DSB / "labels" / f"{NAME}.tif").astype(np.uint32)
+    write_label_pyramid(path, "cells", lambda w: truth[w], np.uint32, False, "test truth")
+    pred = list(perturbations(truth.astype(np.int64), np.random.default_rng(0)))[3].astype(np.uint32)  # merges
+    write_label_pyramid(path, "pred", lambda w: pred[w], np.uint32, False, "test prediction")
+    return path, truth, pred
+
+
+def test_blockwise_table_equals_whole_image_regionprops(slide, tmp_path):
+    path, truth, _ = slide
+    summary = measure_slide(path, labels="cells", regions="grid:40um", out=tmp_path / "m", block=64, margin=48,
+                            progress=False)
+    table = pd.read_parquet(tmp_path / "m" / "objects.parquet").sort_values("id").reset_index(drop=True)
+    rgb = zarr.open_group(path, mode="r")["0"][...].transpose(1, 2, 0).astype(np.float32)
+    hed = rgb2hed(np.clip(rgb / 255, 0, 1)).astype(np.float32)[..., :2]
+    ref = pd.DataFrame(regionprops_table(truth, intensity_image=np.concatenate([rgb, hed], -1),
+                                         properties=("label", "area", "centroid", "bbox", "perimeter", "eccentricity",
+                                                     "solidity", "orientation", "equivalent_diameter_area",
+                                                     "intensity_mean")))
+    assert summary["cells"] == len(ref) == len(table) and table["id"].is_unique  # each object exactly once
+    np.testing.assert_array_equal(table["id"], ref["label"])
+    np.testing.assert_array_equal(table["area_px"], ref["area"])
+    np.testing.assert_allclose(table["area_um2"], ref["area"] * PIXEL**2)
+    np.testing.assert_allclose(table[["centroid_y_px", "centroid_x_px"]], ref[["centroid-0", "centroid-1"]])
+    np.testing.assert_array_equal(table[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]],
+                                  ref[["bbox-0", "bbox-1", "bbox-2", "bbox-3"]])
+    np.testing.assert_allclose(table["perimeter_um"], ref["perimeter"] * PIXEL)
+    np.testing.assert_allclose(table["equivalent_diameter_um"], ref["equivalent_diameter_area"] * PIXEL)
+    for ours, theirs in (("eccentricity", "eccentricity"), ("solidity", "solidity"), ("orientation_rad", "orientation"),
+                         ("mean_R", "intensity_mean-0"), ("mean_B", "intensity_mean-2"),
+                         ("hematoxylin_od", "intensity_mean-3"), ("eosin_od", "intensity_mean-4")):
+        np.testing.assert_allclose(table[ours], ref[theirs], rtol=1e-5, atol=1e-6)
+    crossing = ((table["bbox_y0"] // 64 != (table["bbox_y1"] - 1) // 64)
+                | (table["bbox_x0"] // 64 != (table["bbox_x1"] - 1) // 64)).sum()
+    assert crossing > 20  # many objects cross block borders and are still measured once, whole
+
+
+@pytest.mark.parametrize("regions", ["grid:40um", "tissue", "rois"])
+def test_per_region_counts_sum_to_the_global_count(slide, tmp_path, regions):
+    path, truth, _ = slide
+    if regions == "rois":
+        rois = tmp_path / "rois.geojson"
+        features = [{"type": "Feature", "properties": {"name": name},
+                     "geometry": {"type": "Polygon", "coordinates": [coords]}}
+                    for name, coords in (("left", [(0, 0), (150, 0), (150, 256), (0, 256), (0, 0)]),
+                                         ("overlapping", [(100, 0), (320, 0), (320, 120), (100, 120), (100, 0)]))]
+        rois.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+        regions = str(rois)
+    summary = measure_slide(path, labels="cells", regions=regions, out=tmp_path / "m", block=128, progress=False)
+    table = pd.read_csv(tmp_path / "m" / "regions.csv")
+    objects = pd.read_parquet(tmp_path / "m" / "objects.parquet")
+    assert table["cells"].sum() == summary["cells"] == len(np.unique(truth)) - 1
+    np.testing.assert_array_equal(objects.groupby("region").size().reindex(table["region"], fill_value=0),
+                                  table["cells"])
+    dense = table[table["tissue_area_mm2"] > 0]
+    np.testing.assert_allclose(dense["density_per_mm2"], dense["cells"] / dense["tissue_area_mm2"])
+    assert zarr.open_group(path / "labels" / "cells", mode="r").attrs["sparseseg_measure"]["cells"] == summary["cells"]
+
+
+def test_accuracy_matches_stardist_and_a_direct_aji(slide, tmp_path, capsys):
+    stardist_matching = pytest.importorskip("stardist.matching")
+    path, truth, pred = slide
+    assert main(["measure", str(path), "--labels", "pred", "--truth", "cells", "--regions", "grid:40um",
+                 "--out", str(tmp_path / "m"), "-q"]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "m" / "accuracy.csv")
+    for _, row in table.iterrows():
+        ref = stardist_matching.matching(truth, pred, thresh=row["threshold"])
+        assert (row["tp"], row["fp"], row["fn"]) == (ref.tp, ref.fp, ref.fn)
+        assert row["f1"] == pytest.approx(ref.f1, abs=1e-6)
+        assert row["panoptic_quality"] == pytest.approx(ref.panoptic_quality, abs=1e-6)
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())["accuracy"]
+    assert f"f1@0.5 {metrics['f1@0.5']:.4f}" in printed
+    assert metrics["aji"] == pytest.approx(direct_aji(truth, pred), abs=1e-9)
+    per_region = pd.read_csv(tmp_path / "m" / "accuracy_regions.csv")
+    assert per_region["tp"].sum() == table["tp"].iloc[0]
+    assert (per_region["tp"] + per_region["fn"]).sum() == len(np.unique(truth)) - 1
+    assert (per_region["tp"] + per_region["fp"]).sum() == len(np.unique(pred)) - 1
+    report = (tmp_path / "m" / "report.html").read_text()
+    assert "accuracy.png" in report and "density.png" in report and "thumbnail.png" in report
+    for png in ("accuracy.png", "density.png", "thumbnail.png"):
+        assert (tmp_path / "m" / png).stat().st_size > 1000
+
+
+def direct_aji(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Kumar et al.'s AJI written out with dense masks (slow, independent of the sparse version)."""
+    used, inter_sum, union_sum = set(), 0, 0
+    for g in np.unique(truth[truth > 0]):
+        mask = truth == g
+        best, best_iou, best_inter, best_union = None, -1.0, 0, mask.sum()
+        for s in np.unique(pred[mask & (pred > 0)]):
+            other = pred == s
+            inter, union = (mask & other).sum(), (mask | other).sum()
+            if inter / union > best_iou:
+                best, best_iou, best_inter, best_union = s, inter / union, inter, union
+        inter_sum += best_inter
+        union_sum += best_union
+        if best is not None:
+            used.add(best)
+    for s in np.unique(pred[pred > 0]):
+        if s not in used:
+            union_sum += (pred == s).sum()
+    return inter_sum / union_sum
+
+
+@pytest.mark.parametrize("suffix", [".geojson", ".geojson.gz"])
+def test_geojson_export_is_valid_and_rasterises_back(slide, tmp_path, suffix):
+    path, truth, _ = slide
+    out = tmp_path / f"cells{suffix}"
+    assert main(["export", "geojson", str(path), "--labels", "cells", "--out", str(out)]) == 0
+    opener = gzip.open if suffix.endswith(".gz") else open
+    with opener(out, "rt") as fh:
+        collection = json.load(fh)
+    features = collection["features"]
+    assert len(features) == len(np.unique(truth)) - 1
+    rebuilt = np.zeros_like(truth)
+    for feature in features:
+        geometry = to_shape(feature["geometry"])
+        assert shapely.is_valid(geometry) and feature["properties"]["objectType"] == "detection"
+        rebuilt[rasterize_polygon(geometry, (slice(0, truth.shape[0]), slice(0, truth.shape[1])))] = \
+            feature["properties"]["id"]
+        assert feature["properties"]["measurements"]["Area um^2"] == pytest.approx(
+            (truth == feature["properties"]["id"]).sum() * PIXEL**2)
+    for k in np.unique(truth[truth > 0]):
+        a, b = truth == k, rebuilt == k
+        assert (a & b).sum() / (a | b).sum() >= 0.95
+    np.testing.assert_array_equal(rebuilt, truth)  # pixel-edge polygons round-trip exactly
