@@ -1,0 +1,101 @@
+"""One cluster-spec format (YAML, deploy/clusters/) for the CLI and the flows alike.
+
+kind: local       -> distributed.LocalCluster (CPU)
+kind: local-cuda  -> dask_cuda.LocalCUDACluster, one worker per GPU (only where CUDA exists)
+kind: slurm       -> dask_jobqueue.SLURMCluster, one GPU per job, scaled to ``jobs``
+kind: scheduler   -> an existing Dask scheduler at ``address``
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparseseg.errors import InputError
+
+KINDS = ("local", "local-cuda", "slurm", "scheduler")
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(path, f"cannot read cluster spec ({exc})") from None
+    if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
+        raise InputError(path, f"cluster spec needs 'kind' in {KINDS}")
+    if spec["kind"] == "scheduler" and not spec.get("address"):
+        raise InputError(path, "kind: scheduler needs an 'address' (tcp://HOST:PORT)")
+    return spec
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def default_spec() -> dict[str, Any]:
+    """What runs with no configuration: one worker per GPU where CUDA and dask-cuda exist, else CPU."""
+    if cuda_available():
+        try:
+            import dask_cuda  # noqa: F401
+
+            return {"kind": "local-cuda"}
+        except ImportError:
+            pass
+    return {"kind": "local", "n_workers": 1, "threads_per_worker": 2}
+
+
+def slurm_cluster(spec: dict[str, Any]):
+    """A SLURMCluster with one GPU per job (not started: call ``.scale``)."""
+    from dask_jobqueue import SLURMCluster
+
+    gpus = int(spec.get("gpus_per_job", 1))
+    directives = [f"--gres=gpu:{gpus}"] + list(spec.get("job_extra_directives", []))
+    return SLURMCluster(cores=int(spec.get("cores", 8)), processes=1, memory=str(spec.get("memory", "32GB")),
+                        walltime=str(spec.get("walltime", "04:00:00")), queue=spec.get("queue"),
+                        account=spec.get("account"), job_extra_directives=directives,
+                        job_script_prologue=list(spec.get("prologue", [])),
+                        worker_extra_args=list(spec.get("worker_extra_args", [])),
+                        interface=spec.get("interface"), scheduler_options={"dashboard_address": None})
+
+
+@contextmanager
+def dask_client(spec: dict[str, Any] | None = None):
+    """A distributed Client for the spec; clusters started here are closed on exit."""
+    from distributed import Client, LocalCluster
+
+    spec = spec or default_spec()
+    kind = spec["kind"]
+    cluster = None
+    if kind == "scheduler":
+        client = Client(spec["address"])
+    elif kind == "local":
+        cluster = LocalCluster(n_workers=int(spec.get("n_workers", 1)),
+                               threads_per_worker=int(spec.get("threads_per_worker", 1)),
+                               memory_limit=spec.get("memory_limit", "auto"), dashboard_address=None)
+        client = Client(cluster)
+    elif kind == "local-cuda":
+        if not cuda_available():
+            raise InputError(None, "cluster kind local-cuda needs CUDA, which this machine lacks")
+        from dask_cuda import LocalCUDACluster
+
+        cluster = LocalCUDACluster(dashboard_address=None)
+        client = Client(cluster)
+    else:
+        cluster = slurm_cluster(spec)
+        cluster.scale(jobs=int(spec.get("jobs", 1)))
+        client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
