@@ -10,9 +10,6 @@ Every write goes to a hidden sibling first and is renamed into place when comple
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +20,9 @@ import zarr
 
 from sparseseg.annotations.model import BACKGROUND, PatchAnnotation, boundary_from_polylines
 from sparseseg.errors import InputError
-from sparseseg.io.ngff import create_level_array, read_ome_attrs, write_image_metadata, write_label_metadata
+from sparseseg.io.atomic import staged_directory
+from sparseseg.io.ngff import (create_level_array, read_ome_attrs, write_image_metadata, write_label_metadata,
+                               zarr_format_of)
 from sparseseg.pyramid import downsample_nearest_2x, level_factors
 
 ANNOTATIONS = "annotations"
@@ -51,14 +50,10 @@ def write_label_pyramid(slide_path: Path, name: str, level0_block: Callable[[tup
     The label group is built under a hidden name and renamed into place only once complete.
     """
     version, shapes, pixel_size, chunk = image_levels(slide_path)
-    group = zarr.open_group(slide_path, mode="r+")
-    labels = group.require_group("labels")
+    zarr.open_group(slide_path, mode="r+").require_group("labels")
     final = Path(slide_path) / "labels" / name
-    if final.exists() and not overwrite:
-        raise InputError(final, "already exists (use --overwrite to replace it)")
-    staging_name = f".{name}.partial-{uuid.uuid4().hex[:8]}"
-    staging = labels.create_group(staging_name)
-    try:
+    with staged_directory(final, overwrite=overwrite) as tmp:
+        staging = zarr.open_group(tmp, mode="w", zarr_format=zarr_format_of(version))
         arrays = []
         for level, shape in enumerate(shapes):
             target = create_level_array(staging, str(level), shape, (chunk, chunk), dtype, ("y", "x"))
@@ -73,18 +68,7 @@ def write_label_pyramid(slide_path: Path, name: str, level0_block: Callable[[tup
         write_image_metadata(staging, version, name=name, n_levels=len(shapes), pixel_size_um=pixel_size,
                              level_factors=level_factors(shapes), omero=None, channel_axis=False,
                              method="level 0 as annotated; coarser levels: pixel at the 2x2 block centre")
-    except BaseException:
-        shutil.rmtree(Path(slide_path) / "labels" / staging_name, ignore_errors=True)
-        raise
-    if final.exists():
-        trash = final.with_name(f".{name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, trash)
-        os.replace(Path(slide_path) / "labels" / staging_name, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(Path(slide_path) / "labels" / staging_name, final)
-    group = zarr.open_group(slide_path, mode="r+")
-    write_label_metadata(group, version, name, colors=colors, properties=properties)
+    write_label_metadata(zarr.open_group(slide_path, mode="r+"), version, name, colors=colors, properties=properties)
 
 
 def _block_from_callable(fn, block_info=None) -> np.ndarray:
@@ -95,25 +79,20 @@ def _block_from_callable(fn, block_info=None) -> np.ndarray:
 def write_annotation_tables(slide_path: Path, points: np.ndarray, boundaries: list[np.ndarray],
                             complete: set[int] | frozenset[int]) -> None:
     """Replace ``tables/annotations`` (points, boundary polylines, complete ids)."""
-    root = zarr.open_group(slide_path, mode="r+")
-    tables = root.require_group("tables")
-    staging_name = f".annotations.partial-{uuid.uuid4().hex[:8]}"
-    staging = tables.create_group(staging_name)
+    root_format = zarr.open_group(slide_path, mode="r+").require_group("tables").metadata.zarr_format
     rows = [np.column_stack([np.full(len(line), i, np.float64), line]) for i, line in enumerate(boundaries)]
     arrays = {"points": np.asarray(points, np.float64).reshape(-1, 3),
               "boundaries": np.concatenate(rows) if rows else np.zeros((0, 3)),
               "complete": np.asarray(sorted(complete), np.uint32)}
-    for key, value in arrays.items():
-        target = staging.create_array(key, shape=value.shape, dtype=value.dtype,
-                                      chunks=tuple(max(1, s) for s in value.shape))
-        if value.size:
-            target[...] = value
-    staging.attrs["columns"] = {"points": ["y", "x", "object"], "boundaries": ["line", "y", "x"],
-                                "complete": ["object"]}
-    final = Path(slide_path) / TABLES
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(Path(slide_path) / "tables" / staging_name, final)
+    with staged_directory(Path(slide_path) / TABLES, overwrite=True) as tmp:
+        staging = zarr.open_group(tmp, mode="w", zarr_format=root_format)
+        for key, value in arrays.items():
+            target = staging.create_array(key, shape=value.shape, dtype=value.dtype,
+                                          chunks=tuple(max(1, s) for s in value.shape))
+            if value.size:
+                target[...] = value
+        staging.attrs["columns"] = {"points": ["y", "x", "object"], "boundaries": ["line", "y", "x"],
+                                    "complete": ["object"]}
 
 
 def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice]) -> PatchAnnotation:
