@@ -76,23 +76,23 @@ def dask_client(spec: dict[str, Any] | None = None):
     kind = spec["kind"]
     cluster = None
     if kind == "scheduler":
-        client = Client(spec["address"])
+        client = Client(spec["address"], set_as_default=False)
     elif kind == "local":
         cluster = LocalCluster(n_workers=int(spec.get("n_workers", 1)),
                                threads_per_worker=int(spec.get("threads_per_worker", 1)),
                                memory_limit=spec.get("memory_limit", "auto"), dashboard_address=None)
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)
     elif kind == "local-cuda":
         if not cuda_available():
             raise InputError(None, "cluster kind local-cuda needs CUDA, which this machine lacks")
         from dask_cuda import LocalCUDACluster
 
         cluster = LocalCUDACluster(dashboard_address=None)
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)
     else:
         cluster = slurm_cluster(spec)
         cluster.scale(jobs=int(spec.get("jobs", 1)))
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)
     try:
         yield client
     finally:

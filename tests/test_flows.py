@@ -37,7 +37,8 @@ def make_archive(folder: Path) -> None:
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
-               SPARSESEG_HOME=str(ROOT), PREFECT_LOGGING_LEVEL="WARNING")
+               SPARSESEG_HOME=str(ROOT), PREFECT_LOGGING_LEVEL="WARNING",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # 2 busy cores start slowly
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env

@@ -140,11 +140,11 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
                    work=str(work), scale=scale, source_shape=source_shape, large_objects=large_objects)
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        client = Client(scheduler, set_as_default=False)
     else:
         n = workers or 1
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)
         job = replace(job, threads=max(1, (os.cpu_count() or 1) // n))
     counts: dict[str, int] = {}
     dropped_total = 0
@@ -152,7 +152,7 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
         futures = {client.submit(run_block, job, b, b.index in skips, pure=False, key=f"block-{b.name}-{fingerprint}"): b
                    for b in blocks}
         bar = tqdm(total=len(blocks), desc="blocks", disable=not progress, dynamic_ncols=True)
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             b = futures[future]
             if future.status != "finished":
                 error = future.exception()

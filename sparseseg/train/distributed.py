@@ -67,11 +67,11 @@ def train_on_dask(spec: dict, out: Path, model_config: UNetConfig, config: Train
 
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        client = Client(scheduler, set_as_default=False)
     else:
         cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
                                dashboard_address=None)
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)
     try:
         worker_addresses = sorted(client.scheduler_info()["workers"])
         world = len(worker_addresses)
@@ -84,7 +84,7 @@ def train_on_dask(spec: dict, out: Path, model_config: UNetConfig, config: Train
                                  asdict(config), str(init) if init else None, resume, command, pixel_size_um,
                                  timeout_s, workers=[address], pure=False, retries=0, allow_other_workers=False)
                    for rank, address in enumerate(worker_addresses)]
-        failed = next((f for f in as_completed(futures) if f.status != "finished"), None)
+        failed = next((f for f in as_completed(futures, loop=client.loop) if f.status != "finished"), None)
         if failed is not None:  # the first failure ends the run: the other ranks would wait forever
             error = failed.exception() if failed.status == "error" else RuntimeError(f"task {failed.status}")
             for future in futures:
