@@ -80,6 +80,7 @@ def dask_client(spec: dict[str, Any] | None = None):
     elif kind == "local":
         cluster = LocalCluster(n_workers=int(spec.get("n_workers", 1)),
                                threads_per_worker=int(spec.get("threads_per_worker", 1)),
+                               processes=bool(spec.get("processes", True)),
                                memory_limit=spec.get("memory_limit", "auto"), dashboard_address=None)
         client = Client(cluster, set_as_default=False)
     elif kind == "local-cuda":

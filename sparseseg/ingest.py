@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 TISSUE_COLOUR = [{"label-value": 1, "rgba": [0, 200, 0, 96]}]
 
 
-def _store(source: da.Array, target: zarr.Array, description: str, progress: bool) -> None:
+def _store(source: da.Array, target: zarr.Array, description: str, progress: bool, pool) -> None:
     """Stream ``source`` into ``target``; dask chunks must align with zarr chunks (one writer per chunk)."""
     with TqdmDaskProgress(description, enabled=progress):
-        da.store(source.rechunk(target.chunks), target, lock=False)
+        da.store(source.rechunk(target.chunks), target, lock=False, scheduler="threads", pool=pool)
 
 
 def _display_windows(level: np.ndarray) -> list[tuple[float, float]]:
@@ -45,7 +45,7 @@ def _display_windows(level: np.ndarray) -> list[tuple[float, float]]:
 
 
 def write_image_pyramid(slide: Slide, group: zarr.Group, ngff: str, chunk: int,
-                        progress: bool = False) -> list[zarr.Array]:
+                        progress: bool = False, pool=None) -> list[zarr.Array]:
     """Write level 0 from ``slide`` and each coarser level from the previous written one."""
     shapes = pyramid_shapes(slide.shape[1:], chunk)
     n_channels, dtype = slide.n_channels, slide.dtype
@@ -57,7 +57,7 @@ def write_image_pyramid(slide: Slide, group: zarr.Group, ngff: str, chunk: int,
             source = slide.levels[0]
         else:  # read 2x2 written chunks per output chunk: no rechunk between the two levels
             source = downsample_mean_2x(da.from_zarr(arrays[-1], chunks=(n_channels, 2 * chunk, 2 * chunk)))
-        _store(source, target, f"level {level} {shape[0]}x{shape[1]}", progress)
+        _store(source, target, f"level {level} {shape[0]}x{shape[1]}", progress, pool)
         arrays.append(target)
     windows = _display_windows(arrays[-1][...])
     write_image_metadata(group, ngff, name=slide.path.name, n_levels=len(shapes),
@@ -67,7 +67,7 @@ def write_image_pyramid(slide: Slide, group: zarr.Group, ngff: str, chunk: int,
 
 
 def write_tissue_labels(group: zarr.Group, arrays: list[zarr.Array], ngff: str, mode: str,
-                        pixel_size_um: tuple[float, float] | None, chunk: int) -> float:
+                        pixel_size_um: tuple[float, float] | None, chunk: int, pool=None) -> float:
     """Detect tissue at a low level and write ``labels/tissue`` with one level per image level.
 
     Returns the fraction of the image covered by tissue.
@@ -76,7 +76,7 @@ def write_tissue_labels(group: zarr.Group, arrays: list[zarr.Array], ngff: str, 
     factors = level_factors(shapes)
     sizes_um = [(pixel_size_um[1] if pixel_size_um else 0.5) * f[1] for f in factors]
     mask_level = choose_mask_level(sizes_um)
-    mask = tissue_mask(da.from_zarr(arrays[mask_level]), mode, sizes_um[mask_level])
+    mask = tissue_mask(da.from_zarr(arrays[mask_level]), mode, sizes_um[mask_level], scheduler="threads", pool=pool)
     label_group = group.require_group("labels").require_group("tissue")
     mask_ref = dask.delayed(mask, pure=True)
     writes = []
@@ -85,7 +85,7 @@ def write_tissue_labels(group: zarr.Group, arrays: list[zarr.Array], ngff: str, 
         blocks = da.map_blocks(_mask_block, mask_ref, shift=level - mask_level,
                                chunks=da.core.normalize_chunks((chunk, chunk), shape), dtype=np.uint8)
         writes.append(da.store(blocks, target, lock=False, compute=False))
-    dask.compute(*writes)
+    dask.compute(*writes, scheduler="threads", pool=pool)
     write_image_metadata(label_group, ngff, name="tissue", n_levels=len(shapes), pixel_size_um=pixel_size_um,
                          level_factors=factors, omero=None, channel_axis=False,
                          method=f"{mode} Otsu at level {mask_level}, nearest-neighbour resampling")
@@ -110,18 +110,18 @@ def ingest(src: str | Path, dst: str | Path, *, ngff: str = "0.4", pixel_size_um
     if dst.absolute() == src.absolute():
         raise InputError(dst, "destination is the source itself")
     mode = resolve_mode(tissue, slide.n_channels, slide.dtype)
-    # A private thread pool: on failure, leaving the ``with`` waits for in-flight block writes, so
-    # the staging directory is removed only after nothing can write into it any more.
-    with (staged_directory(dst, overwrite=overwrite) as tmp, ThreadPoolExecutor(os.cpu_count()) as pool,
-          dask.config.set(scheduler="threads", pool=pool)):
+    # A private thread pool, passed to every compute (never set globally: flows ingest slides in
+    # parallel threads): on failure, leaving the ``with`` waits for in-flight block writes, so the
+    # staging directory is removed only after nothing can write into it any more.
+    with staged_directory(dst, overwrite=overwrite) as tmp, ThreadPoolExecutor(os.cpu_count()) as pool:
         group = zarr.open_group(tmp, mode="w", zarr_format=zarr_format_of(ngff))
         try:
-            arrays = write_image_pyramid(slide, group, ngff, chunk, progress)
+            arrays = write_image_pyramid(slide, group, ngff, chunk, progress, pool)
         except InputError:
             raise
         except Exception as exc:  # decoding errors surface here, mid-stream
             raise InputError(src, f"failed while reading pixel data: {type(exc).__name__}: {exc}") from exc
         if mode != "none":
-            fraction = write_tissue_labels(group, arrays, ngff, mode, slide.pixel_size_um, chunk)
+            fraction = write_tissue_labels(group, arrays, ngff, mode, slide.pixel_size_um, chunk, pool)
             log.info("tissue covers %.1f%% of %s", 100 * fraction, src.name)
     return dst

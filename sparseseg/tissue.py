@@ -47,22 +47,25 @@ def tissue_feature(level: da.Array, mode: str) -> da.Array:
     return pixels.mean(axis=0)
 
 
-def otsu_threshold(feature: da.Array, bins: int = 256) -> float:
-    """Otsu's threshold from a histogram computed block by block (no whole array in memory)."""
-    lo, hi = (float(v) for v in da.compute(feature.min(), feature.max()))
+def otsu_threshold(feature: da.Array, bins: int = 256, **compute) -> float:
+    """Otsu's threshold from a histogram computed block by block (no whole array in memory).
+
+    ``compute`` is passed to dask (e.g. scheduler and pool).
+    """
+    lo, hi = (float(v) for v in da.compute(feature.min(), feature.max(), **compute))
     if hi <= lo:
         return hi
     counts, edges = da.histogram(feature, bins=bins, range=(lo, hi))
-    counts = counts.compute()
+    counts = counts.compute(**compute)
     centres = (edges[:-1] + edges[1:]) / 2
     return float(threshold_otsu(hist=(counts, centres)))
 
 
-def tissue_mask(level: da.Array, mode: str, pixel_size_um: float | None) -> np.ndarray:
+def tissue_mask(level: da.Array, mode: str, pixel_size_um: float | None, **compute) -> np.ndarray:
     """Boolean (Y, X) tissue mask of one (low-resolution) level; ``mode`` is brightfield|fluorescence."""
     feature = tissue_feature(level, mode)
-    threshold = otsu_threshold(feature)
-    mask = (feature > threshold).compute()
+    threshold = otsu_threshold(feature, **compute)
+    mask = (feature > threshold).compute(**compute)
     um = pixel_size_um or _FALLBACK_PIXEL_UM
     closing_px = max(1, round(10.0 / um))  # bridge gaps between nuclei of ~10 um
     mask = ndi.binary_closing(mask, structure=disk(closing_px), border_value=0)
