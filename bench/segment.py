@@ -86,11 +86,17 @@ def main() -> None:
     parser.add_argument("--margin", type=int, default=48)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sparseseg-bench/segment"))
+    parser.add_argument("--only-1x", action="store_true", help="measure (1) and (2) only, at 1x")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     small = run(args.edge, args.workdir, args.model, args.block, args.margin)
     forward = forward_only_seconds(args.workdir / f"slide-{args.edge}.ome.zarr", args.model, args.block, args.margin)
+    if args.only_1x:
+        print(f"1x {args.edge}^2: segment {small['wall']:.1f} s, forward {forward:.1f} s, overhead "
+              f"{small['wall'] / forward:.2f}, amplification {small['amplification']:.3f}, "
+              f"{args.edge**2 / 1e6 / small['wall']:.2f} Mpx/s, worker RSS {small['worker_rss_mb']:.0f} MB")
+        return
     large = run(2 * args.edge, args.workdir, args.model, args.block, args.margin)
     mpx = args.edge**2 / 1e6
     print(f"1x {args.edge}^2: segment {small['wall']:.1f} s, {small['objects']} objects, "
