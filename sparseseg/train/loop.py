@@ -117,8 +117,9 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
     per_rank = config.batch // world
     started = time.monotonic()
     cpu_started = time.process_time()
-    bar = tqdm(total=config.steps, initial=start_step, desc="train", disable=not (progress and rank == 0),
-               dynamic_ncols=True)
+    budgeted = config.minutes is not None or config.cpu_minutes is not None  # steps unknown in advance
+    bar = tqdm(total=None if budgeted else config.steps, initial=start_step, desc="train", unit="step",
+               disable=not (progress and rank == 0), dynamic_ncols=True)
     step = start_step
     meta = dict(normalization={"method": "percentile", "per_source": [n.to_dict() for n in normalizations]},
                 pixel_size_um=pixel_size_um, command=command, loss=config.loss, train_config=asdict(config))
