@@ -53,6 +53,13 @@ def default_spec() -> dict[str, Any]:
     return {"kind": "local", "n_workers": 1, "threads_per_worker": 2}
 
 
+def workers_spec(workers: int | None, scheduler: str | None, default_workers: int = 1) -> dict[str, Any]:
+    """The spec behind the CLI's ``--workers N`` / ``--scheduler ADDR`` (one thread per worker process)."""
+    if scheduler:
+        return {"kind": "scheduler", "address": scheduler}
+    return {"kind": "local", "n_workers": workers or default_workers, "threads_per_worker": 1}
+
+
 def slurm_cluster(spec: dict[str, Any]):
     """A SLURMCluster with one GPU per job (not started: call ``.scale``)."""
     from dask_jobqueue import SLURMCluster

@@ -7,15 +7,12 @@ cleaned with physical-size morphology (closing, hole filling, small-object remov
 
 from __future__ import annotations
 
-from typing import Literal
-
 import dask.array as da
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 
-TissueMode = Literal["auto", "brightfield", "fluorescence", "none"]
 TISSUE_MODES = ("auto", "brightfield", "fluorescence", "none")
 
 #: Pixel size assumed for morphology sizes when the slide records none (20x scanners).

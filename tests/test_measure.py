@@ -18,7 +18,7 @@ from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
 from test_metrics import perturbations
 
-from sparseseg.annotations.store import write_label_pyramid
+from sparseseg.io.labels import write_label_pyramid
 from sparseseg.cli import main
 from sparseseg.geometry import rasterize_polygon
 from sparseseg.ingest import ingest

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
 
 import imageio.v3 as iio
-import numpy as np
 import pytest
 import tifffile
 import torch
 from conftest import DSB
 from distributed import Client, LocalCluster
 
-from sparseseg.annotations.sparsify import sparsify_dense
-from sparseseg.cli import main
 from sparseseg.errors import InputError
 from sparseseg.infer.tiling import predict_whole
 from sparseseg.instances.flows import flows_to_labels

@@ -14,7 +14,8 @@ import zarr
 from sparseseg.annotations.geojson import read_qupath_geojson
 from sparseseg.annotations.model import BACKGROUND
 from sparseseg.annotations.store import (ANNOTATION_COLOURS, ANNOTATION_PROPERTIES, ANNOTATIONS, FOREGROUND,
-                                         image_levels, write_annotation_tables, write_label_pyramid)
+                                         write_annotation_tables)
+from sparseseg.io.labels import image_levels, write_label_pyramid
 from sparseseg.errors import InputError
 from sparseseg.io.ngff import read_ome_attrs
 from sparseseg.io.slide import sniff_format

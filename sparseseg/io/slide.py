@@ -44,14 +44,6 @@ class Slide:
     def n_channels(self) -> int:
         return self.levels[0].shape[0]
 
-    def level_pixel_size_um(self, level: int) -> tuple[float, float] | None:
-        """Pixel size of a pyramid level, from the level-0 size and the level's shape ratio."""
-        if self.pixel_size_um is None:
-            return None
-        y0, x0 = self.levels[0].shape[1:]
-        yl, xl = self.levels[level].shape[1:]
-        return (self.pixel_size_um[0] * y0 / yl, self.pixel_size_um[1] * x0 / xl)
-
     def with_pixel_size(self, pixel_size_um: float | tuple[float, float] | None) -> Slide:
         """The same slide with its pixel size overridden (None keeps the recorded one)."""
         if pixel_size_um is None:

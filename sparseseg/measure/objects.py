@@ -43,15 +43,8 @@ def _owned(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np
     if ids[0] != 0:
         ids, local = np.concatenate([[0], ids]), local + 1
     y0, x0 = block.context[0].start, block.context[1].start
-    h, w = labels.shape
     keep = np.zeros(ids.size, bool)
-    from scipy import ndimage as ndi
-
-    for k, box in enumerate(ndi.find_objects(local), start=1):
-        if box is None or not block.owns(box[0].start + y0, box[1].start + x0):
-            continue
-        cut = ((box[0].start == 0 and y0 > 0) or (box[1].start == 0 and x0 > 0)
-               or (box[0].stop == h and y0 + h < shape[0]) or (box[1].stop == w and x0 + w < shape[1]))
+    for k, box, cut in block.owned_objects(local, shape):
         if cut:
             raise InputError(None, f"object {ids[k]} at (y={box[0].start + y0}, x={box[1].start + x0}) is larger "
                                    f"than the measurement margin; use a larger --margin")

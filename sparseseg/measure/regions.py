@@ -7,7 +7,6 @@ count: region 0 collects what falls outside every region). Tissue area per regio
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +167,3 @@ def region_table(objects: pd.DataFrame, regions: Regions) -> pd.DataFrame:
             row[column] = cells[column].mean() if len(cells) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def regions_summary(table: pd.DataFrame) -> str:
-    return json.dumps({"regions": int(len(table)), "cells": int(table["cells"].sum())})

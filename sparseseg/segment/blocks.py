@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+from scipy import ndimage as ndi
+
 Window = tuple[slice, slice]
 
 
@@ -36,6 +39,23 @@ class Block:
     def owns(self, y: int, x: int) -> bool:
         """Whether an object anchored at global pixel (y, x) belongs to this block (side-effect free)."""
         return self.core[0].start <= y < self.core[0].stop and self.core[1].start <= x < self.core[1].stop
+
+    def owned_objects(self, labels: np.ndarray, image_shape: tuple[int, int]
+                      ) -> Iterator[tuple[int, tuple[slice, slice], bool]]:
+        """(label, bounding box, reaches the context edge) of each object of ``labels`` this block owns.
+
+        ``labels`` covers the label context. An owned object reaching an edge of the context that is
+        not the image edge may extend beyond it, so it may be cut.
+        """
+        y0, x0 = self.context[0].start, self.context[1].start
+        h, w = labels.shape
+        for k, box in enumerate(ndi.find_objects(labels), start=1):
+            if box is None or not self.owns(box[0].start + y0, box[1].start + x0):
+                continue
+            cut = ((box[0].start == 0 and y0 > 0) or (box[1].start == 0 and x0 > 0)
+                   or (box[0].stop == h and y0 + h < image_shape[0])
+                   or (box[1].stop == w and x0 + w < image_shape[1]))
+            yield k, box, cut
 
     def context_in_read(self) -> Window:
         """The label context in read-region coordinates (where to crop the network output)."""

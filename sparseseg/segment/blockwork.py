@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-from scipy import ndimage as ndi
 
 from sparseseg.infer.tiling import read_canvas
 from sparseseg.instances.flows import InstanceParams, flows_to_labels
@@ -89,16 +88,10 @@ def owned_instances(output: np.ndarray, block: Block, job: BlockJob) -> tuple[np
     """
     labels = flows_to_labels(output[0], output[1:3], job.params, device=job.device)
     y0, x0 = block.context[0].start, block.context[1].start
-    h, w = job.image_shape
-    ch, cw = labels.shape
     keep = np.zeros(int(labels.max()) + 1, np.uint32)
     anchors = []
     dropped = 0
-    for k, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None or not block.owns(box[0].start + y0, box[1].start + x0):
-            continue
-        touches = ((box[0].start == 0 and y0 > 0) or (box[1].start == 0 and x0 > 0)
-                   or (box[0].stop == ch and y0 + ch < h) or (box[1].stop == cw and x0 + cw < w))
+    for k, box, touches in block.owned_objects(labels, job.image_shape):
         if touches and job.large_objects == "error":
             raise ObjectTooLargeError(
                 f"an object at (y={box[0].start + y0}, x={box[1].start + x0}) spans "

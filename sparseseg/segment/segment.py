@@ -25,8 +25,10 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
+from sparseseg.cluster import dask_client, workers_spec
 from sparseseg.errors import InputError
 from sparseseg.instances.flows import InstanceParams
+from sparseseg.io.labels import write_label_pyramid
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.segment.blocks import BlockPlan
 from sparseseg.segment.blockwork import BlockJob, run_block
@@ -101,7 +103,7 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
                   progress: bool = True) -> SegmentResult:
     """Segment every cell of ``slide`` into ``labels/<name>``; see the module docstring."""
     import torch
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
     slide, model = Path(slide), Path(model)
     info = open_omezarr_slide(slide)
@@ -138,17 +140,11 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
     job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
                    device=device, normalization=normalization, params=params, image_shape=tuple(shape),
                    work=str(work), scale=scale, source_shape=source_shape, large_objects=large_objects)
-    cluster = None
-    if scheduler:
-        client = Client(scheduler, set_as_default=False)
-    else:
-        n = workers or 1
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster, set_as_default=False)
-        job = replace(job, threads=max(1, (os.cpu_count() or 1) // n))
+    if not scheduler:  # our own local workers share this machine's cores
+        job = replace(job, threads=max(1, (os.cpu_count() or 1) // (workers or 1)))
     counts: dict[str, int] = {}
     dropped_total = 0
-    try:
+    with dask_client(workers_spec(workers, scheduler)) as client:
         futures = {client.submit(run_block, job, b, b.index in skips, pure=False, key=f"block-{b.name}-{fingerprint}"): b
                    for b in blocks}
         bar = tqdm(total=len(blocks), desc="blocks", disable=not progress, dynamic_ncols=True)
@@ -163,18 +159,12 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
             dropped_total += dropped
             bar.update(1)
         bar.close()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
     offsets, total = {}, 0
     for b in blocks:  # block order, so ids are the same whatever order blocks finished in
         offsets[b.name] = total
         total += counts[b.name]
     if total >= 2**32 - 1:
         raise InputError(slide, f"{total} objects do not fit uint32 labels")
-    from sparseseg.annotations.store import write_label_pyramid
-
     _load_block.cache_clear()
     def level0_window(window):
         if scale == 1.0:

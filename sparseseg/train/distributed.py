@@ -13,6 +13,7 @@ from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
+from sparseseg.cluster import dask_client, workers_spec
 from sparseseg.errors import InputError
 from sparseseg.model.unet import UNetConfig
 from sparseseg.train.loop import TrainConfig, train
@@ -63,16 +64,9 @@ def train_on_dask(spec: dict, out: Path, model_config: UNetConfig, config: Train
 
     ``timeout_s`` bounds how long a rank waits for a lost peer before the run fails.
     """
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
-    cluster = None
-    if scheduler:
-        client = Client(scheduler, set_as_default=False)
-    else:
-        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster, set_as_default=False)
-    try:
+    with dask_client(workers_spec(workers, scheduler, default_workers=2)) as client:
         worker_addresses = sorted(client.scheduler_info()["workers"])
         world = len(worker_addresses)
         if world == 0:
@@ -93,7 +87,3 @@ def train_on_dask(spec: dict, out: Path, model_config: UNetConfig, config: Train
             raise InputError(None, f"distributed training failed on a worker ({type(error).__name__}: {error}); {hint}")
         results = client.gather(futures)
         return results[0]
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()

@@ -68,9 +68,12 @@ def _batch(sources, normalizations, config: TrainConfig, step: int, indices: ran
     return images, batch_targets([p.targets for p in patches], device)
 
 
-def _loss(model, images, targets, loss_name: str) -> torch.Tensor:
-    distance, flow, _ = split_outputs(model(images))
-    return LOSSES[loss_name](distance, flow, targets)
+def _loss(model, images, targets, config: TrainConfig) -> torch.Tensor:
+    """The configured loss of a batch; bf16 autocast for the network on CUDA, loss in float32."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=config.amp and images.device.type == "cuda"):
+        output = model(images.contiguous(memory_format=torch.channels_last))
+    distance, flow, _ = split_outputs(output.float())
+    return LOSSES[config.loss](distance, flow, targets)
 
 
 def _lr_factor(progress: float) -> float:
@@ -143,10 +146,7 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
         model.train()
         images, targets = _batch(sources, normalizations, config, step,
                                  range(rank * per_rank, (rank + 1) * per_rank), config.augment, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
-            output = model(images.contiguous(memory_format=torch.channels_last))
-        distance, flow, _ = split_outputs(output.float())
-        loss = LOSSES[config.loss](distance, flow, targets)
+        loss = _loss(model, images, targets, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -177,7 +177,7 @@ def validation_loss(model: UNet, sources, normalizations, config: TrainConfig, d
     model.eval()
     images, targets = _batch(sources, normalizations, config, VALIDATION_STEP, range(config.val_patches), False,
                              device)
-    losses = [float(_loss(model, images[i:i + 4], _slice_targets(targets, i, i + 4), config.loss))
+    losses = [float(_loss(model, images[i:i + 4], _slice_targets(targets, i, i + 4), config))
               for i in range(0, config.val_patches, 4)]
     return float(np.mean(losses))
 
