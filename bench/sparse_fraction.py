@@ -6,7 +6,7 @@ Sparse annotations come from dense ground truth: 100/25/10/5/1 % of pixels kept 
 MoNuSeg 2018 train (H&E, 0.25 um/px rescaled 2x to 0.5 um/px; 10 train / 3 test images). Prints
 F1@0.5, mAP (0.5:0.95) and PQ@0.5 over the held-out images (counts summed over images).
 
-    python bench/sparse_fraction.py [--cpu-minutes 4] [--datasets dsb monuseg]
+    python bench/sparse_fraction.py [--cpu-minutes 4] [--datasets dsb monuseg] [--threads N]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import tifffile
+import torch
 from skimage.transform import resize
 
 from sparseseg.annotations.sparsify import objects_and_background, sparsify_dense
@@ -121,10 +122,13 @@ def main() -> None:
     parser.add_argument("--cpu-minutes", type=float, default=4.0, help="process CPU-time budget per model")
     parser.add_argument("--datasets", nargs="+", default=["dsb", "monuseg"], choices=["dsb", "monuseg"])
     parser.add_argument("--patch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sparseseg-bench/sparse_fraction"))
     args = parser.parse_args()
     if not SHARED.exists():
         raise SystemExit(f"needs the research data in {SHARED} (not committed: MoNuSeg is CC BY-NC-SA)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for dataset in args.datasets:
         run(dataset, args.cpu_minutes, args.workdir, args.patch)
 

@@ -65,8 +65,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from sparseseg.segment.segment import segment_slide
 
     result = segment_slide(args.slide, args.model, name=args.name, block=args.block, margin=args.margin,
-                           workers=args.workers, scheduler=args.scheduler, device=args.device, resume=args.resume,
-                           overwrite=args.overwrite, large_objects=args.large_objects, progress=not args.quiet)
+                           workers=args.workers, scheduler=args.scheduler, device=args.device, threads=args.threads,
+                           resume=args.resume, overwrite=args.overwrite, large_objects=args.large_objects, progress=not args.quiet)
     print(f"wrote {result.labels}: {result.n_objects} objects from {result.n_blocks} blocks "
           f"({result.skipped_blocks} without tissue skipped, {result.dropped_objects} objects larger than "
           f"--margin dropped)")
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--workers", type=int, metavar="N", help="local Dask worker processes (default 1)")
     cluster.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler")
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per worker (default: the cores shared among local workers; with "
+                        "--scheduler, the workers' setting, which Dask makes 1)")
     p.add_argument("--resume", action="store_true", help="reuse the blocks finished by an interrupted run")
     p.add_argument("--large-objects", choices=("drop", "error"), default="drop",
                    help="an object larger than --margin could be cut at a block edge: drop it (counted, default) "

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
 from sparseseg.annotations import PatchAnnotation, compute_targets
-from sparseseg.annotations.lattice import centre_distance, label_interfaces
+from sparseseg.annotations.lattice import centre_distance, dense_flow, label_interfaces
 
 
 def random_scene(rng: np.random.Generator, shape=(48, 56)) -> np.ndarray:
@@ -79,6 +79,15 @@ def test_dense_annotation_makes_every_pixel_valid_with_omnipose_targets(seed):
     norms = np.hypot(*targets.flow)
     assert ((np.abs(norms - 1) < 1e-5) | (norms == 0)).all()
     assert (norms == 0).mean() < 0.05  # only medial-axis ties have no direction
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), pad=st.tuples(*[st.integers(0, 9)] * 4))
+def test_dense_flow_is_the_dense_target_flow_inside_objects(seed, pad):
+    """The cropped flow-QC shortcut equals the full target computation, objects at image edges included."""
+    labels = np.pad(random_scene(np.random.default_rng(seed)), ((pad[0], pad[1]), (pad[2], pad[3])))
+    expected = compute_targets(PatchAnnotation.from_dense(labels)).flow * (labels > 0)
+    np.testing.assert_array_equal(dense_flow(labels), expected)
 
 
 def test_flow_points_away_from_the_boundary_inside_a_disk():

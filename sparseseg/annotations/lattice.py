@@ -62,12 +62,31 @@ def centre_distance(lattice: np.ndarray) -> np.ndarray:
     return (lattice_distance(lattice)[1::2, 1::2] * 0.5).astype(np.float32)
 
 
-def lattice_distance(lattice: np.ndarray) -> np.ndarray:
+def lattice_distance(lattice: np.ndarray, threads: int = 1) -> np.ndarray:
     """Distance (in lattice steps) from every lattice point to the nearest set point."""
     free = ~lattice
     if _edt is not None:
-        return _edt.edt(free.view(np.uint8), black_border=False, parallel=1)
+        return _edt.edt(free.view(np.uint8), black_border=False, parallel=threads)
     return ndi.distance_transform_edt(free)
+
+
+def dense_flow(labels: np.ndarray, threads: int = 1) -> np.ndarray:
+    """float32 (2, H, W): unit flow inside each object of a complete label image, 0 on background.
+
+    The target flow of dense labels (gradient of the exact distance to the object's outline, which
+    includes interfaces with touching objects). Every boundary interface touches a labelled pixel,
+    so the computation is restricted to the labelled pixels' bounding box plus one pixel.
+    """
+    flow = np.zeros((2, *labels.shape), np.float32)
+    rows, cols = np.flatnonzero(labels.any(1)), np.flatnonzero(labels.any(0))
+    if not rows.size:
+        return flow
+    box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+    crop = labels[box]
+    inside = crop > 0
+    flow[(slice(None), *box)] = centre_gradient(
+        lattice_distance(label_interfaces(crop, np.not_equal), threads)) * inside
+    return flow
 
 
 def centre_gradient(lattice_dist: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from sparseseg.annotations.lattice import dense_flow
+
 
 @dataclass(frozen=True)
 class InstanceParams:
@@ -105,9 +107,9 @@ def merge_lobes(labels: np.ndarray, distance: np.ndarray, ratio: float) -> np.nd
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     saddle = np.maximum.reduceat(pairs[:, 2], starts)
     a, b = pairs[starts, 0].astype(np.int64), pairs[starts, 1].astype(np.int64)
-    peaks = np.zeros(n + 1)
-    ids = np.arange(1, n + 1)
-    peaks[1:] = ndi.maximum(distance, labels, ids)
+    peaks = np.full(n + 1, -np.inf)
+    inside = labels > 0
+    np.maximum.at(peaks, labels[inside], distance[inside])  # per-cluster peak, no sort of the whole block
     merge = (saddle >= ratio * np.minimum(peaks[a], peaks[b])) & (saddle > 1.0)  # never across a thin neck
     graph = coo_matrix((np.ones(merge.sum()), (a[merge], b[merge])), shape=(n + 1, n + 1))
     _, component = connected_components(graph, directed=False)
@@ -117,16 +119,15 @@ def merge_lobes(labels: np.ndarray, distance: np.ndarray, ratio: float) -> np.nd
     return remap[labels].astype(labels.dtype)
 
 
-def flow_errors(labels: np.ndarray, flow: np.ndarray) -> dict[int, float]:
+def flow_errors(labels: np.ndarray, flow: np.ndarray, threads: int = 1) -> dict[int, float]:
     """Mean squared difference per object between the predicted flow and the flow of its own mask."""
-    from sparseseg.annotations import PatchAnnotation, compute_targets
-
     if labels.max() == 0:
         return {}
-    mask_flow = compute_targets(PatchAnnotation.from_dense(labels)).flow
-    error = ((mask_flow - flow) ** 2).sum(0)
-    ids = np.unique(labels[labels > 0])
-    return dict(zip(ids.tolist(), ndi.mean(error, labels, ids)))
+    error = ((dense_flow(labels, threads) - flow) ** 2).sum(0)
+    sizes = np.bincount(labels.ravel())
+    sums = np.bincount(labels.ravel(), weights=error.ravel(), minlength=sizes.size)
+    ids = np.flatnonzero(sizes[1:]) + 1
+    return dict(zip(ids.tolist(), (sums[ids] / sizes[ids]).tolist()))
 
 
 def flows_to_labels(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
@@ -148,18 +149,22 @@ def flows_to_labels(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torc
     labels[cells[:, 0], cells[:, 1]] = clusters
     labels = merge_lobes(labels, distance_t.cpu().numpy(), params.merge_ratio).astype(np.uint32)
     flow_np = flow_t.cpu().numpy()
-    errors = flow_errors(labels, flow_np)
+    errors = flow_errors(labels, flow_np, torch.get_num_threads())
     sizes = np.bincount(labels.ravel())
-    bad = [k for k, e in errors.items() if e > params.flow_error_threshold or sizes[k] < params.min_size]
-    labels[np.isin(labels, bad)] = 0
-    return relabel_sequential(labels)
+    keep = np.ones(sizes.size, bool)
+    keep[0] = False
+    keep[[k for k, e in errors.items() if e > params.flow_error_threshold or sizes[k] < params.min_size]] = False
+    return relabel_sequential(np.where(keep[labels], labels, 0))
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Compact ids 1..N in order of first appearance (row-major), uint32."""
-    ids, first = np.unique(labels.ravel(), return_index=True)
-    order = ids[np.argsort(first)]
-    order = order[order > 0]
-    lut = np.zeros(int(labels.max()) + 1, np.uint32)
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)  # increasing: the first occurrence of an id is its smallest index
+    first = np.full(int(labels.max()) + 1, flat.size, np.int64)
+    np.minimum.at(first, flat[where], where)
+    present = np.flatnonzero(first < flat.size)
+    order = present[np.argsort(first[present])]
+    lut = np.zeros(first.size, np.uint32)
     lut[order] = np.arange(1, order.size + 1, dtype=np.uint32)
     return lut[labels]

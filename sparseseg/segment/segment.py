@@ -98,10 +98,14 @@ def _fingerprint(**values) -> str:
 
 def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", block: int = 2048,
                   margin: int = 48, workers: int | None = None, scheduler: str | None = None,
-                  device: str | None = None, resume: bool = False, overwrite: bool = False,
+                  device: str | None = None, threads: int | None = None, resume: bool = False, overwrite: bool = False,
                   params: InstanceParams = InstanceParams(n_steps=50), large_objects: str = "drop",
                   progress: bool = True) -> SegmentResult:
-    """Segment every cell of ``slide`` into ``labels/<name>``; see the module docstring."""
+    """Segment every cell of ``slide`` into ``labels/<name>``; see the module docstring.
+
+    ``threads``: torch threads per worker. Default: this machine's cores shared among our own local
+    workers; with ``scheduler``, the workers' own setting (Dask's nanny sets OMP_NUM_THREADS=1).
+    """
     import torch
     from distributed import as_completed
 
@@ -140,7 +144,9 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
     job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
                    device=device, normalization=normalization, params=params, image_shape=tuple(shape),
                    work=str(work), scale=scale, source_shape=source_shape, large_objects=large_objects)
-    if not scheduler:  # our own local workers share this machine's cores
+    if threads:
+        job = replace(job, threads=threads)
+    elif not scheduler:  # our own local workers share this machine's cores
         job = replace(job, threads=max(1, (os.cpu_count() or 1) // (workers or 1)))
     counts: dict[str, int] = {}
     dropped_total = 0
