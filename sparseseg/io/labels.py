@@ -29,6 +29,16 @@ def image_levels(slide_path: Path) -> tuple[str, list[tuple[int, int]], tuple[fl
     return version, shapes, slide.pixel_size_um, chunk
 
 
+def coarse_label_level(group: zarr.Group, max_px: int) -> tuple[np.ndarray, int]:
+    """(array, level-0 px per array px) of a label group's finest level whose longest edge fits ``max_px``.
+
+    Falls back to the coarsest level. Used for cheap slide-wide lookups (tissue, annotated area).
+    """
+    levels = sorted(int(k) for k in group.array_keys())
+    level = next((k for k in levels if max(group[str(k)].shape) <= max_px), levels[-1])
+    return group[str(level)][...], 2**level
+
+
 def write_label_pyramid(slide_path: Path, name: str, level0_block: Callable[[tuple[slice, slice]], np.ndarray],
                         dtype: np.dtype, overwrite: bool, method: str, colors=None, properties=None) -> None:
     """Write ``labels/<name>`` chunk by chunk from ``level0_block(window)``, then nearest-downsample.

@@ -16,14 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from skimage.color import rgb2hed
-from skimage.measure import regionprops_table
 
 from sparseseg.errors import InputError
+from sparseseg.measure.features import intensity_means, object_features
 from sparseseg.segment.blocks import Block, BlockPlan
-
-_SHAPE_PROPS = ("label", "area", "bbox", "centroid", "perimeter", "equivalent_diameter_area", "eccentricity",
-                "solidity", "orientation")
-
 
 @dataclass(frozen=True)
 class MeasureInputs:
@@ -36,63 +32,86 @@ class MeasureInputs:
     brightfield_rgb: bool
 
 
+def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, local): the sorted distinct ids of ``labels`` (ids[0] = 0) and the image of their indices.
+
+    A lookup table over the id range when the ids are dense (segmentation output: consecutive
+    global ids), a sort only for sparse id sets.
+    """
+    foreground = labels[labels > 0]
+    if not foreground.size:
+        return np.zeros(1, labels.dtype), np.zeros(labels.shape, np.int32)
+    low, high = int(foreground.min()), int(foreground.max())
+    if high - low < 4 * labels.size:
+        present = np.zeros(high - low + 1, bool)
+        present[foreground - low] = True
+        ids = np.flatnonzero(present) + low
+    else:
+        ids = np.unique(foreground)
+    ids = np.concatenate([[0], ids]).astype(labels.dtype)
+    if high - low < 4 * labels.size:
+        lut = np.zeros(high - low + 2, np.int32)  # index 0: background (label - low + 1 <= 0 clipped)
+        lut[ids[1:] - low + 1] = np.arange(1, ids.size, dtype=np.int32)
+        local = lut[np.where(labels > 0, labels.astype(np.int64) - low + 1, 0)]
+    else:
+        local = np.searchsorted(ids, labels).astype(np.int32)
+    return ids, local
+
+
 def _owned(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(global ids owned by the block, local label image 0..n over the context)."""
-    ids, local = np.unique(labels, return_inverse=True)
-    local = local.reshape(labels.shape)
-    if ids[0] != 0:
-        ids, local = np.concatenate([[0], ids]), local + 1
+    """(global ids, local label image 1..n over the context holding only the objects the block owns)."""
+    ids, local = compact_ids(labels)
     y0, x0 = block.context[0].start, block.context[1].start
-    keep = np.zeros(ids.size, bool)
+    keep = np.zeros(ids.size, np.int32)
+    owned = []
     for k, box, cut in block.owned_objects(local, shape):
         if cut:
             raise InputError(None, f"object {ids[k]} at (y={box[0].start + y0}, x={box[1].start + x0}) is larger "
                                    f"than the measurement margin; use a larger --margin")
-        keep[k] = True
-    local = np.where(keep[local], local, 0)
-    return ids, local
+        owned.append(k)
+    keep[owned] = np.arange(1, len(owned) + 1, dtype=np.int32)
+    return np.concatenate([[0], ids[owned]]).astype(ids.dtype), keep[local]
+
+
+def _hed_densities(rgb: np.ndarray) -> np.ndarray:
+    """(M, 2) hematoxylin and eosin optical densities of (M, 3) RGB values (skimage colour deconvolution)."""
+    return rgb2hed(np.clip(rgb / 255.0, 0, 1)[:, None, :]).astype(np.float32)[:, 0, :2]
 
 
 def measure_block(inputs: MeasureInputs, block: Block, shape: tuple[int, int]) -> pd.DataFrame:
     """One row per object owned by ``block``: shape, position, intensity (and H&E density)."""
     labels = np.asarray(inputs.labels[block.context])
     ids, local = _owned(labels, block, shape)
-    if not local.any():
+    if ids.size == 1:
         return pd.DataFrame()
-    intensity = None
-    if inputs.image is not None:
-        pixels = np.asarray(inputs.image[(slice(None), *block.context)]).transpose(1, 2, 0).astype(np.float32)
-        intensity = pixels
-        if inputs.brightfield_rgb:
-            hed = rgb2hed(np.clip(pixels / 255.0, 0, 1)).astype(np.float32)
-            intensity = np.concatenate([pixels, hed[..., :2]], axis=-1)
-    props = list(_SHAPE_PROPS) + (["intensity_mean"] if intensity is not None else [])
-    table = regionprops_table(local, intensity_image=intensity, properties=props)
-    frame = pd.DataFrame(table)
+    features = object_features(local)
     y0, x0 = block.context[0].start, block.context[1].start
     py, px = inputs.pixel_size_um
+    bbox, centroid = features["bbox"], features["centroid"]
     out = pd.DataFrame({
-        "id": ids[frame["label"].to_numpy()].astype(np.uint32),
-        "centroid_y_px": frame["centroid-0"] + y0, "centroid_x_px": frame["centroid-1"] + x0,
-        "bbox_y0": frame["bbox-0"] + y0, "bbox_x0": frame["bbox-1"] + x0,
-        "bbox_y1": frame["bbox-2"] + y0, "bbox_x1": frame["bbox-3"] + x0,
-        "area_px": frame["area"].astype(np.int64),
+        "id": ids[1:].astype(np.uint32),
+        "centroid_y_px": centroid[:, 0] + y0, "centroid_x_px": centroid[:, 1] + x0,
+        "bbox_y0": bbox[:, 0] + y0, "bbox_x0": bbox[:, 1] + x0,
+        "bbox_y1": bbox[:, 2] + y0, "bbox_x1": bbox[:, 3] + x0,
+        "area_px": features["area"],
     })
     out["centroid_y_um"] = out["centroid_y_px"] * py
     out["centroid_x_um"] = out["centroid_x_px"] * px
     out["area_um2"] = out["area_px"] * py * px
     scale = float(np.sqrt(py * px))  # isotropic pixels assumed for lengths
-    out["perimeter_um"] = frame["perimeter"] * scale
-    out["equivalent_diameter_um"] = frame["equivalent_diameter_area"] * scale
-    out["eccentricity"] = frame["eccentricity"]
-    out["solidity"] = frame["solidity"]
-    out["orientation_rad"] = frame["orientation"]
-    if intensity is not None:
+    out["perimeter_um"] = features["perimeter"] * scale
+    out["equivalent_diameter_um"] = features["equivalent_diameter_area"] * scale
+    out["eccentricity"] = features["eccentricity"]
+    out["solidity"] = features["solidity"]
+    out["orientation_rad"] = features["orientation"]
+    if inputs.image is not None:
+        pixels = np.asarray(inputs.image[(slice(None), *block.context)])
+        means = intensity_means(local, pixels, _hed_densities if inputs.brightfield_rgb else None)
         names = [f"mean_{c}" for c in inputs.channel_names]
         if inputs.brightfield_rgb:
             names += ["hematoxylin_od", "eosin_od"]
         for i, name in enumerate(names):
-            out[name] = frame[f"intensity_mean-{i}"].astype(np.float32)
+            out[name] = means[:, i].astype(np.float32)
     return out
 
 

@@ -16,6 +16,7 @@ import zarr
 from scipy import ndimage as ndi
 
 from sparseseg.errors import InputError
+from sparseseg.io.labels import coarse_label_level
 
 
 @dataclass
@@ -38,10 +39,7 @@ def _tissue_mask(slide: Path, shape: tuple[int, int]) -> tuple[np.ndarray, float
     root = zarr.open_group(slide, mode="r")
     if "labels/tissue" not in root:
         return np.ones((1, 1), bool), float(max(shape))
-    group = root["labels/tissue"]
-    levels = sorted(int(k) for k in group.array_keys())
-    level = next((k for k in levels if max(group[str(k)].shape) <= 4096), levels[-1])
-    mask = group[str(level)][...] > 0
+    mask = coarse_label_level(root["labels/tissue"], 2048)[0] > 0
     return mask, shape[0] / mask.shape[0]
 
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from sparseseg.cluster import dask_client, workers_spec
 from sparseseg.errors import InputError
 from sparseseg.instances.flows import InstanceParams
-from sparseseg.io.labels import write_label_pyramid
+from sparseseg.io.labels import coarse_label_level, write_label_pyramid
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.segment.blocks import BlockPlan
 from sparseseg.segment.blockwork import BlockJob, run_block
@@ -54,10 +54,7 @@ def _tissue_skips(slide_path: Path, plan: BlockPlan) -> set[tuple[int, int]]:
     root = zarr.open_group(slide_path, mode="r")
     if "labels/tissue" not in root:
         return set()
-    group = root["labels/tissue"]
-    levels = sorted(int(k) for k in group.array_keys())
-    level = next((k for k in levels if max(group[str(k)].shape) <= 1024), levels[-1])
-    mask = group[str(level)][...] > 0
+    mask = coarse_label_level(root["labels/tissue"], 1024)[0] > 0
     fy, fx = (plan.shape[0] / mask.shape[0], plan.shape[1] / mask.shape[1])
     skips = set()
     for block in plan.blocks():

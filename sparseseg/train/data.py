@@ -22,6 +22,7 @@ from sparseseg.annotations.model import PatchAnnotation
 from sparseseg.annotations.store import ANNOTATIONS, read_annotation_patch
 from sparseseg.annotations.targets import Targets, compute_targets
 from sparseseg.errors import InputError
+from sparseseg.io.labels import coarse_label_level
 from sparseseg.train.normalize import Normalization, percentile_normalization, slide_normalization
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -80,11 +81,8 @@ class SlideSource:
         self.n_channels = self.image.shape[0]
         self.pixel_size_um = slide.pixel_size_um
         self.normalization = slide_normalization(slide.levels)
-        label_levels = root[f"labels/{ANNOTATIONS}"]
-        n_levels = len([k for k in label_levels.array_keys()])
-        level = next((k for k in range(n_levels) if max(label_levels[str(k)].shape) <= coarse_max_px), n_levels - 1)
-        coarse = label_levels[str(level)][...]
-        self._coarse = ((coarse > 0).astype(np.float64), 2**level)
+        coarse, factor = coarse_label_level(root[f"labels/{ANNOTATIONS}"], coarse_max_px)
+        self._coarse = ((coarse > 0).astype(np.float64), factor)
 
     def read_image(self, window: tuple[slice, slice]) -> np.ndarray:
         return self.image[(slice(None), *window)]

@@ -1,0 +1,77 @@
+"""Vectorised object features equal scikit-image's regionprops on real and awkward labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.color import rgb2hed
+from skimage.measure import regionprops_table
+
+from sparseseg.measure.features import intensity_means, object_features
+from sparseseg.measure.objects import compact_ids
+
+DSB = Path(__file__).parent / "data" / "dsb2018"
+
+
+def awkward_labels() -> np.ndarray:
+    """Single pixels, lines, diagonal chains, rings, touching objects and objects on every image edge."""
+    labels = np.zeros((40, 50), np.int32)
+    labels[0, 0] = 1                                  # one pixel in a corner
+    labels[5, 3:20] = 2                               # horizontal line
+    labels[8:30, 45] = 3                              # vertical line
+    for i in range(10):                               # diagonal chain (8-connected only)
+        labels[12 + i, 5 + i] = 4
+    yy, xx = np.mgrid[:40, :50]
+    ring = (np.hypot(yy - 25, xx - 25) < 8) & (np.hypot(yy - 25, xx - 25) > 4)
+    labels[ring] = 5                                  # a ring with a hole
+    labels[(np.hypot(yy - 25, xx - 25) <= 4)] = 6      # the hole filled by a touching object
+    labels[35:, 30:50] = 7                            # bottom-right edge
+    labels[35:, 20:30] = 8                            # touching 7 along a column
+    labels[10:14, 30:40] = 9
+    labels[10:14, 32:34] = 10                         # an object splitting another: 9 is not one piece
+    return labels
+
+
+@pytest.mark.parametrize("source", ["awkward", "he_0121d675", "fluo_0402a81e"])
+def test_object_features_equal_regionprops(source):
+    labels = awkward_labels() if source == "awkward" else tifffile.imread(DSB / "labels" / f"{source}.tif")
+    ids, local = compact_ids(labels)
+    ref = regionprops_table(local, properties=("area", "bbox", "centroid", "perimeter", "equivalent_diameter_area",
+                                               "eccentricity", "orientation", "solidity"))
+    ours = object_features(local)
+    assert len(ours["area"]) == len(ref["area"]) == ids.size - 1 > 5
+    np.testing.assert_array_equal(ours["area"], ref["area"])
+    np.testing.assert_array_equal(ours["bbox"], np.stack([ref[f"bbox-{i}"] for i in range(4)], 1))
+    np.testing.assert_allclose(ours["centroid"], np.stack([ref["centroid-0"], ref["centroid-1"]], 1), rtol=1e-12)
+    for key in ("perimeter", "equivalent_diameter_area", "solidity"):
+        np.testing.assert_allclose(ours[key], ref[key], rtol=1e-12, err_msg=key)
+    np.testing.assert_allclose(ours["eccentricity"], ref["eccentricity"], atol=1e-7)
+    np.testing.assert_allclose(ours["orientation"], ref["orientation"], atol=1e-7)
+
+
+def test_intensity_means_equal_regionprops_on_real_he():
+    import imageio.v3 as iio
+
+    labels = tifffile.imread(DSB / "labels" / "he_0121d675.tif")
+    rgb = iio.imread(DSB / "images" / "he_0121d675.png")[..., :3]
+    _, local = compact_ids(labels)
+    hed = rgb2hed(np.clip(rgb / 255, 0, 1)).astype(np.float32)[..., :2]
+    ref = regionprops_table(local, intensity_image=np.concatenate([rgb.astype(np.float32), hed], -1),
+                            properties=("intensity_mean",))
+    ours = intensity_means(local, rgb.transpose(2, 0, 1),
+                           lambda v: rgb2hed(np.clip(v / 255, 0, 1)[:, None]).astype(np.float32)[:, 0, :2])
+    np.testing.assert_allclose(ours, np.stack([ref[f"intensity_mean-{i}"] for i in range(5)], 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("offset, spread", [(0, 1000), (3_000_000_000, 1000), (5, 10**9)])
+def test_compact_ids_keeps_order_for_dense_and_sparse_id_sets(offset, spread):
+    labels = np.zeros((30, 30), np.uint64)
+    values = np.array([7, 2, 40, 41, spread], np.uint64) + np.uint64(offset)
+    for i, v in enumerate(values):
+        labels[i * 5: i * 5 + 3, 2: 9] = v
+    ids, local = compact_ids(labels)
+    np.testing.assert_array_equal(ids, np.concatenate([[0], np.sort(values)]))
+    np.testing.assert_array_equal(ids[local], labels)
