@@ -77,7 +77,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     from sparseseg.measure.run import measure_slide
 
     summary = measure_slide(args.slide, labels=args.labels, regions=args.regions, truth=args.truth, out=args.out,
-                            progress=not args.quiet)
+                            progress=not args.quiet, report=not args.no_report)
     density = summary["density_per_mm2"]
     print(f"{summary['cells']} cells, {summary['tissue_area_mm2']:.4f} mm2 of tissue, "
           f"{density:.4f} cells/mm2" if density is not None else f"{summary['cells']} cells")
@@ -85,7 +85,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         a = summary["accuracy"]
         print("accuracy: " + ", ".join(f"{k} {a[k]:.4f}" for k in ("precision@0.5", "recall@0.5", "f1@0.5", "mAP",
                                                                    "pq@0.5", "aji", "mean_dice")))
-    print(f"report: {summary['report']}")
+    if "report" in summary:
+        print(f"report: {summary['report']}")
     return 0
 
 
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="square grid (default grid:250um), tissue components, or ROI polygons from a GeoJSON file")
     p.add_argument("--truth", metavar="NAME_OR_FILE", help="ground-truth labels (group or file) for accuracy")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default SLIDE-measure next to the slide)")
+    p.add_argument("--no-report", action="store_true", help="tables and metrics only: no figures, no report.html")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_measure)
 

@@ -115,6 +115,15 @@ def test_accuracy_matches_stardist_and_a_direct_aji(slide, tmp_path, capsys):
         assert (tmp_path / "m" / png).stat().st_size > 1000
 
 
+def test_no_report_writes_the_tables_only(slide, tmp_path, capsys):
+    path, truth, _ = slide
+    assert main(["measure", str(path), "--out", str(tmp_path / "m"), "--no-report", "-q"]) == 0
+    assert f"{len(np.unique(truth)) - 1} cells" in capsys.readouterr().out
+    written = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"objects.parquet", "regions.parquet", "regions.csv", "metrics.json"} <= written
+    assert not written & {"report.html", "thumbnail.png", "density.png"}
+
+
 def direct_aji(truth: np.ndarray, pred: np.ndarray) -> float:
     """Kumar et al.'s AJI written out with dense masks (slow, independent of the sparse version)."""
     used, inter_sum, union_sum = set(), 0, 0

@@ -40,8 +40,12 @@ def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int]):
 
 
 def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid:250um", truth: str | None = None,
-                  out: str | Path | None = None, block: int = 2048, margin: int = 128, progress: bool = True) -> dict:
-    """Write objects.parquet, regions.parquet/.csv, metrics.json, [accuracy*.csv], report.html to ``out``."""
+                  out: str | Path | None = None, block: int = 2048, margin: int = 128, progress: bool = True,
+                  report: bool = True) -> dict:
+    """Write objects.parquet, regions.parquet/.csv, metrics.json, [accuracy*.csv], report.html to ``out``.
+
+    ``report=False`` skips the figures and report.html (batch runs that only need the tables).
+    """
     slide = Path(slide)
     info = open_omezarr_slide(slide)
     shape = tuple(info.shape[1:])
@@ -80,11 +84,13 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
         accuracy.to_csv(out / "accuracy.csv", index=False)
         accuracy_regions.to_csv(out / "accuracy_regions.csv", index=False)
         summary["accuracy"] = accuracy_summary
-        accuracy_curve(accuracy, out / "accuracy.png")
+        if report:
+            accuracy_curve(accuracy, out / "accuracy.png")
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
-    _figures(slide, info, label_array, per_region, region_set, out)
-    summary["report"] = str(write_report(out, slide, summary, per_region, accuracy, accuracy_summary,
-                                         accuracy_regions))
+    if report:
+        _figures(slide, info, label_array, per_region, region_set, out)
+        summary["report"] = str(write_report(out, slide, summary, per_region, accuracy, accuracy_summary,
+                                             accuracy_regions))
     if isinstance(label_array, zarr.Array) and (slide / "labels" / labels).is_dir():
         group = zarr.open_group(slide / "labels" / labels, mode="r+")
         group.attrs["sparseseg_measure"] = {"regions": region_set.kind, "cells": int(n_objects),
