@@ -3,16 +3,17 @@
 scikit-image's ``regionprops`` visits objects one by one in Python (~0.8 ms per nucleus); here the
 same quantities come from a few passes over the labelled pixels: bincount sums for area, centroid,
 second moments and mean intensities, and one vectorised pass over the border pixels for
-scikit-image's perimeter estimator (Benkrid-Crookes weights, 4-connected border). Only the convex
-area (solidity) is still computed per object, with ``skimage.morphology.convex_hull_image`` as
-regionprops does. The tests check every column against ``regionprops_table``.
+scikit-image's perimeter estimator (Benkrid-Crookes weights, 4-connected border) and the convex
+hull's candidate points. Only the hull itself (qhull) and its rasterisation (solidity) run per
+object. The tests check every column against ``regionprops_table``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import convex_hull_image
+from scipy.spatial import ConvexHull, QhullError
+from skimage.measure import grid_points_in_poly
 
 # Benkrid-Crookes perimeter weights indexed by 1 + 2 x (4-neighbours) + 10 x (diagonal neighbours) on the border
 _PERIMETER_WEIGHTS = np.zeros(50)
@@ -28,23 +29,57 @@ def _neighbour(padded: np.ndarray, rows: np.ndarray, cols: np.ndarray, dy: int, 
     return padded[rows + 1 + dy, cols + 1 + dx]
 
 
-def perimeters(labels: np.ndarray, n: int) -> np.ndarray:
-    """float64 (n + 1,): scikit-image's 4-neighbourhood perimeter of each label 1..n (index 0 unused)."""
+def border_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, labels) of the pixels with a 4-neighbour of another label (the image edge counts as 0)."""
     padded = np.pad(labels, 1)
     rows, cols = np.nonzero(labels)
     own = labels[rows, cols]
     border = np.zeros(rows.size, bool)
-    for dy, dx in _CROSS:  # border = not eroded by the cross (outside the image counts as background)
+    for dy, dx in _CROSS:
         border |= _neighbour(padded, rows, cols, dy, dx) != own
+    return rows[border], cols[border], own[border]
+
+
+def perimeters(labels: np.ndarray, n: int, border=None) -> np.ndarray:
+    """float64 (n + 1,): scikit-image's 4-neighbourhood perimeter of each label 1..n (index 0 unused)."""
+    rows, cols, own = border if border is not None else border_pixels(labels)
+    padded = np.pad(labels, 1)
     is_border = np.zeros(padded.shape, bool)
-    is_border[rows[border] + 1, cols[border] + 1] = True
-    rows, cols, own = rows[border], cols[border], own[border]
+    is_border[rows + 1, cols + 1] = True
     code = np.ones(rows.size, np.int64)
     for weight, offsets in ((2, _CROSS), (10, _DIAGONALS)):
         for dy, dx in offsets:
             same = (_neighbour(padded, rows, cols, dy, dx) == own) & _neighbour(is_border, rows, cols, dy, dx)
             code += weight * same
     return np.bincount(own, weights=_PERIMETER_WEIGHTS[code], minlength=n + 1)
+
+
+def convex_areas(n: int, bbox: np.ndarray, border) -> np.ndarray:
+    """float64 (n,): pixels of each object's convex hull image, as ``skimage.morphology.convex_hull_image``.
+
+    The hull of the pixel-edge midpoints of an object's border pixels is the hull scikit-image takes
+    (its row/column end pixels are border pixels); the midpoints are generated and deduplicated for
+    all objects at once, leaving one qhull call and one polygon rasterisation per object.
+    """
+    rows, cols, own = border
+    offsets = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])  # half-pixel steps, in doubled coordinates
+    points = (np.stack([2 * (rows - bbox[own - 1, 0]), 2 * (cols - bbox[own - 1, 1])], 1)[:, None] + offsets)
+    owner = np.repeat(own, 4)
+    points = points.reshape(-1, 2)
+    order = np.lexsort((points[:, 1], points[:, 0], owner))  # by owner, then position
+    points, owner = points[order], owner[order]
+    fresh = np.r_[True, (np.diff(owner) != 0) | (np.diff(points, axis=0) != 0).any(1)]  # drop repeats
+    points, owner = points[fresh] / 2.0, owner[fresh]
+    starts = np.searchsorted(owner, np.arange(1, n + 2))
+    areas = np.zeros(n)
+    for k in range(n):
+        try:
+            hull = ConvexHull(points[starts[k]: starts[k + 1]])
+        except QhullError:  # as scikit-image: an empty hull image
+            continue
+        shape = (int(bbox[k, 2] - bbox[k, 0]), int(bbox[k, 3] - bbox[k, 1]))
+        areas[k] = np.count_nonzero(grid_points_in_poly(shape, hull.points[hull.vertices], binarize=False) >= 1)
+    return areas
 
 
 def object_features(labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -75,12 +110,12 @@ def object_features(labels: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         eccentricity = np.where(l1 == 0, 0.0, np.sqrt(np.clip(1 - l2 / l1, 0, None)))
     orientation = np.where(a - c == 0, np.where(b < 0, np.pi / 4, -np.pi / 4), 0.5 * np.arctan2(-2 * b, c - a))
-    convex = np.array([convex_hull_image(labels[box] == k).sum() for k, box in enumerate(boxes, start=1)],
-                      np.float64)
+    border = border_pixels(labels)
+    convex = convex_areas(n, bbox, border)
     return {
         "area": count.astype(np.int64), "bbox": bbox,
         "centroid": np.stack([cy + bbox[:, 0], cx + bbox[:, 1]], 1),
-        "perimeter": perimeters(labels, n)[1:],
+        "perimeter": perimeters(labels, n, border)[1:],
         "equivalent_diameter_area": np.sqrt(4 * count / np.pi),
         "eccentricity": eccentricity, "orientation": orientation, "solidity": count / convex,
     }
