@@ -25,6 +25,7 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import write_mosaic  # noqa: E402  (the ingest benchmark's real-content mosaic)
 
+from sparseseg.cluster import worker_environment  # noqa: E402
 from sparseseg.ingest import ingest  # noqa: E402
 from sparseseg.io.omezarr import open_omezarr_slide  # noqa: E402
 from sparseseg.segment.blocks import BlockPlan  # noqa: E402
@@ -74,8 +75,9 @@ def run(edge: int, workdir: Path, model: Path, block: int, margin: int, workers:
     if not slide.exists():  # recorded at the model's pixel size: the bench times the pipeline, not resampling
         ingest(source, slide, pixel_size_um=load_checkpoint(model)["pixel_size_um"])
     shutil.rmtree(slide / "labels" / "cells", ignore_errors=True)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with worker_environment():  # as sparseseg's own local clusters (sparseseg.cluster)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
         start = time.perf_counter()
         result = segment_slide(slide, model, block=block, margin=margin, scheduler=cluster.scheduler_address,
                                threads=threads, progress=False)
