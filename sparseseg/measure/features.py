@@ -29,21 +29,26 @@ def _neighbour(padded: np.ndarray, rows: np.ndarray, cols: np.ndarray, dy: int, 
     return padded[rows + 1 + dy, cols + 1 + dx]
 
 
-def border_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, labels) of the pixels with a 4-neighbour of another label (the image edge counts as 0)."""
-    padded = np.pad(labels, 1)
-    rows, cols = np.nonzero(labels)
-    own = labels[rows, cols]
+def border_pixels(labels: np.ndarray, where: np.ndarray | None = None, padded: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, labels) of the pixels with a 4-neighbour of another label (the image edge counts as 0).
+
+    ``where``: the flat indices of the labelled pixels and ``padded``: ``np.pad(labels, 1)``, when known.
+    """
+    where = np.flatnonzero(labels) if where is None else where
+    padded = np.pad(labels, 1) if padded is None else padded
+    rows, cols = np.divmod(where, labels.shape[1])
+    own = labels.ravel()[where]
     border = np.zeros(rows.size, bool)
     for dy, dx in _CROSS:
         border |= _neighbour(padded, rows, cols, dy, dx) != own
     return rows[border], cols[border], own[border]
 
 
-def perimeters(labels: np.ndarray, n: int, border=None) -> np.ndarray:
+def perimeters(labels: np.ndarray, n: int, border=None, padded: np.ndarray | None = None) -> np.ndarray:
     """float64 (n + 1,): scikit-image's 4-neighbourhood perimeter of each label 1..n (index 0 unused)."""
     rows, cols, own = border if border is not None else border_pixels(labels)
-    padded = np.pad(labels, 1)
+    padded = np.pad(labels, 1) if padded is None else padded
     is_border = np.zeros(padded.shape, bool)
     is_border[rows + 1, cols + 1] = True
     code = np.ones(rows.size, np.int64)
@@ -110,12 +115,13 @@ def object_features(labels: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         eccentricity = np.where(l1 == 0, 0.0, np.sqrt(np.clip(1 - l2 / l1, 0, None)))
     orientation = np.where(a - c == 0, np.where(b < 0, np.pi / 4, -np.pi / 4), 0.5 * np.arctan2(-2 * b, c - a))
-    border = border_pixels(labels)
+    padded = np.pad(labels, 1)
+    border = border_pixels(labels, where, padded)
     convex = convex_areas(n, bbox, border)
     return {
         "area": count.astype(np.int64), "bbox": bbox,
         "centroid": np.stack([cy + bbox[:, 0], cx + bbox[:, 1]], 1),
-        "perimeter": perimeters(labels, n, border)[1:],
+        "perimeter": perimeters(labels, n, border, padded)[1:],
         "equivalent_diameter_area": np.sqrt(4 * count / np.pi),
         "eccentricity": eccentricity, "orientation": orientation, "solidity": count / convex,
     }

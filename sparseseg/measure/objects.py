@@ -36,26 +36,24 @@ def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids, local): the sorted distinct ids of ``labels`` (ids[0] = 0) and the image of their indices.
 
     A lookup table over the id range when the ids are dense (segmentation output: consecutive
-    global ids), a sort only for sparse id sets.
+    global ids), a sort only for sparse id sets; only labelled pixels are touched.
     """
-    foreground = labels[labels > 0]
-    if not foreground.size:
-        return np.zeros(1, labels.dtype), np.zeros(labels.shape, np.int32)
-    low, high = int(foreground.min()), int(foreground.max())
+    where = np.flatnonzero(labels)
+    values = labels.ravel()[where]
+    local = np.zeros(labels.shape, np.int32)
+    if not where.size:
+        return np.zeros(1, labels.dtype), local
+    low, high = int(values.min()), int(values.max())
     if high - low < 4 * labels.size:
-        present = np.zeros(high - low + 1, bool)
-        present[foreground - low] = True
-        ids = np.flatnonzero(present) + low
+        lut = np.zeros(high - low + 1, np.int32)
+        lut[values - low] = 1
+        ids = np.flatnonzero(lut) + low
+        lut[ids - low] = np.arange(1, ids.size + 1, dtype=np.int32)
+        local.ravel()[where] = lut[values - low]
     else:
-        ids = np.unique(foreground)
-    ids = np.concatenate([[0], ids]).astype(labels.dtype)
-    if high - low < 4 * labels.size:
-        lut = np.zeros(high - low + 2, np.int32)  # index 0: background (label - low + 1 <= 0 clipped)
-        lut[ids[1:] - low + 1] = np.arange(1, ids.size, dtype=np.int32)
-        local = lut[np.where(labels > 0, labels.astype(np.int64) - low + 1, 0)]
-    else:
-        local = np.searchsorted(ids, labels).astype(np.int32)
-    return ids, local
+        ids, inverse = np.unique(values, return_inverse=True)
+        local.ravel()[where] = inverse + 1
+    return np.concatenate([[0], ids]).astype(labels.dtype), local
 
 
 def _owned(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
