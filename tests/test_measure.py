@@ -21,6 +21,7 @@ from test_metrics import perturbations
 from sparseseg.io.labels import write_label_pyramid
 from sparseseg.cli import main
 from sparseseg.geometry import rasterize_polygon
+from sparseseg.errors import InputError
 from sparseseg.ingest import ingest
 from sparseseg.measure.run import measure_slide
 
@@ -122,6 +123,21 @@ def test_no_report_writes_the_tables_only(slide, tmp_path, capsys):
     written = {p.name for p in (tmp_path / "m").iterdir()}
     assert {"objects.parquet", "regions.parquet", "regions.csv", "metrics.json"} <= written
     assert not written & {"report.html", "thumbnail.png", "density.png"}
+
+
+def test_object_beyond_the_margin_fails_and_keeps_the_previous_table(slide, tmp_path):
+    path, truth, _ = slide
+    out = tmp_path / "m"
+    measure_slide(path, out=out, block=64, margin=48, report=False, progress=False)
+    before = (out / "objects.parquet").read_bytes()
+    big = truth.copy()
+    big[-100:, -100:] = truth.max() + 1  # wider than the margin, in the last blocks: earlier blocks are written
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    with pytest.raises(InputError, match="larger than the measurement margin"):
+        measure_slide(path, labels=str(tmp_path / "big.tif"), out=out, block=64, margin=48, report=False,
+                      progress=False)
+    assert (out / "objects.parquet").read_bytes() == before
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]
 
 
 def direct_aji(truth: np.ndarray, pred: np.ndarray) -> float:

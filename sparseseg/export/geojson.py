@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from shapely.geometry import mapping
 
 from sparseseg.geometry import mask_to_polygon
-from sparseseg.measure.objects import _owned, iter_blocks
+from sparseseg.measure.objects import iter_blocks, owned_labels
 
 COLOUR = [255, 0, 0]
 
@@ -26,7 +26,7 @@ COLOUR = [255, 0, 0]
 def _features(labels, block, shape, classification: str, measurements: dict[int, dict] | None,
               pixel_area_um2: float | None):
     window = np.asarray(labels[block.context])
-    ids, local = _owned(window, block, shape)
+    ids, local = owned_labels(window, block, shape)
     y0, x0 = block.context[0].start, block.context[1].start
     for k, box in enumerate(ndi.find_objects(local), start=1):
         if box is None:

@@ -21,6 +21,7 @@ from sparseseg.errors import InputError
 from sparseseg.measure.features import intensity_means, object_features
 from sparseseg.segment.blocks import Block, BlockPlan
 
+
 @dataclass(frozen=True)
 class MeasureInputs:
     """Lazy sources: ``labels`` (Y, X) and ``image`` (C, Y, X) support slicing (zarr / numpy)."""
@@ -56,7 +57,7 @@ def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([[0], ids]).astype(labels.dtype), local
 
 
-def _owned(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def owned_labels(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(global ids, local label image 1..n over the context holding only the objects the block owns)."""
     ids, local = compact_ids(labels)
     y0, x0 = block.context[0].start, block.context[1].start
@@ -79,7 +80,7 @@ def _hed_densities(rgb: np.ndarray) -> np.ndarray:
 def measure_block(inputs: MeasureInputs, block: Block, shape: tuple[int, int]) -> pd.DataFrame:
     """One row per object owned by ``block``: shape, position, intensity (and H&E density)."""
     labels = np.asarray(inputs.labels[block.context])
-    ids, local = _owned(labels, block, shape)
+    ids, local = owned_labels(labels, block, shape)
     if ids.size == 1:
         return pd.DataFrame()
     features = object_features(local)
@@ -141,10 +142,14 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
                 writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table.cast(writer.schema))
             total += len(frame)
-    finally:
+    except BaseException:
         if writer is not None:
             writer.close()
-    if writer is None:  # no object at all: still write a valid (empty) table
+        tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+        raise
+    if writer is not None:
+        writer.close()
+    else:  # no object at all: still write a valid (empty) table
         pq.write_table(pa.table({"id": pa.array([], pa.uint32())}), tmp)
     tmp.replace(out)
     return total

@@ -169,6 +169,7 @@ def segment_slide(slide: str | Path, model: str | Path, *, name: str = "cells", 
     if total >= 2**32 - 1:
         raise InputError(slide, f"{total} objects do not fit uint32 labels")
     _load_block.cache_clear()
+
     def level0_window(window):
         if scale == 1.0:
             return compose_window(window, plan, work, offsets)
