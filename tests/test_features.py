@@ -10,7 +10,8 @@ import tifffile
 from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
 
-from sparseseg.measure.features import intensity_means, object_features
+from sparseseg.measure.features import (hed_densities, intensity_means, object_features, object_pixels,
+                                        pixel_values)
 from sparseseg.measure.objects import compact_ids
 
 DSB = Path(__file__).parent / "data" / "dsb2018"
@@ -41,7 +42,7 @@ def test_object_features_equal_regionprops(source):
     ids, local = compact_ids(labels)
     ref = regionprops_table(local, properties=("area", "bbox", "centroid", "perimeter", "equivalent_diameter_area",
                                                "eccentricity", "orientation", "solidity"))
-    ours = object_features(local)
+    ours = object_features(labels, object_pixels(labels)[1])
     assert len(ours["area"]) == len(ref["area"]) == ids.size - 1 > 5
     np.testing.assert_array_equal(ours["area"], ref["area"])
     np.testing.assert_array_equal(ours["bbox"], np.stack([ref[f"bbox-{i}"] for i in range(4)], 1))
@@ -57,13 +58,22 @@ def test_intensity_means_equal_regionprops_on_real_he():
 
     labels = tifffile.imread(DSB / "labels" / "he_0121d675.tif")
     rgb = iio.imread(DSB / "images" / "he_0121d675.png")[..., :3]
-    _, local = compact_ids(labels)
+    _, pixels = object_pixels(labels)
+    local = pixels.image()
     hed = rgb2hed(np.clip(rgb / 255, 0, 1)).astype(np.float32)[..., :2]
     ref = regionprops_table(local, intensity_image=np.concatenate([rgb.astype(np.float32), hed], -1),
                             properties=("intensity_mean",))
-    ours = intensity_means(local, rgb.transpose(2, 0, 1),
+    ours = intensity_means(pixels.objects, pixels.n, pixel_values(rgb.transpose(2, 0, 1), pixels.flat),
                            lambda v: rgb2hed(np.clip(v / 255, 0, 1)[:, None]).astype(np.float32)[:, 0, :2])
     np.testing.assert_allclose(ours, np.stack([ref[f"intensity_mean-{i}"] for i in range(5)], 1), rtol=1e-5)
+
+
+def test_hed_densities_equal_skimage_rgb2hed():
+    rgb = np.random.default_rng(0).integers(0, 256, (5000, 3), dtype=np.uint8)
+    rgb[:8] = [[0, 0, 0], [255, 255, 255], [0, 255, 0], [255, 0, 255], [1, 2, 3], [254, 1, 128], [0, 0, 255],
+               [255, 255, 0]]
+    reference = rgb2hed(rgb[:, None, :])[:, 0, :2]  # skimage scales uint8 to [0, 1] itself
+    np.testing.assert_allclose(hed_densities(rgb), reference, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("offset, spread", [(0, 1000), (3_000_000_000, 1000), (5, 10**9)])
@@ -75,3 +85,23 @@ def test_compact_ids_keeps_order_for_dense_and_sparse_id_sets(offset, spread):
     ids, local = compact_ids(labels)
     np.testing.assert_array_equal(ids, np.concatenate([[0], np.sort(values)]))
     np.testing.assert_array_equal(ids[local], labels)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_object_features_equal_regionprops_on_random_shapes(seed):
+    """Ragged, holed, non-convex and disconnected shapes (smoothed noise, then labelled), hundreds per image."""
+    from scipy import ndimage as ndi
+    from skimage.measure import label
+
+    rng = np.random.default_rng(seed)
+    noise = ndi.gaussian_filter(rng.normal(size=(300, 280)), 1.5 + seed)
+    labels = label(noise > np.quantile(noise, 0.55), connectivity=1)
+    labels[labels % 7 == 3] = labels[labels % 7 == 3] + 1  # merge some pairs: objects in several pieces
+    ids, local = compact_ids(labels)
+    ref = regionprops_table(local, properties=("area", "bbox", "perimeter", "solidity", "eccentricity"))
+    ours = object_features(labels, object_pixels(labels)[1])
+    assert ids.size - 1 > 20
+    np.testing.assert_array_equal(ours["bbox"], np.stack([ref[f"bbox-{i}"] for i in range(4)], 1))
+    np.testing.assert_allclose(ours["perimeter"], ref["perimeter"], rtol=1e-12)
+    np.testing.assert_allclose(ours["solidity"], ref["solidity"], rtol=1e-12)
+    np.testing.assert_allclose(ours["eccentricity"], ref["eccentricity"], atol=1e-7)

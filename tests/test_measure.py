@@ -125,16 +125,37 @@ def test_no_report_writes_the_tables_only(slide, tmp_path, capsys):
     assert not written & {"report.html", "thumbnail.png", "density.png"}
 
 
-def test_object_beyond_the_margin_fails_and_keeps_the_previous_table(slide, tmp_path):
+def test_objects_larger_than_tiles_are_measured_whole(slide, tmp_path):
+    path, truth, _ = slide
+    yy, xx = np.mgrid[:256, :320]
+    rectangle = (yy >= 100) & (yy < 250) & (xx >= 30) & (xx < 200)  # spans 3 x 4 tiles of 64 px
+    ring = (np.hypot(yy - 128, xx - 250) < 60) & (np.hypot(yy - 128, xx - 250) > 50)
+    big = np.where(np.isin(truth, truth[rectangle | ring]), 0, truth)  # no nucleus left in pieces
+    big[rectangle], big[ring] = truth.max() + 1, truth.max() + 2
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    measure_slide(path, labels=str(tmp_path / "big.tif"), out=tmp_path / "m", block=64, margin=8, report=False,
+                  progress=False)
+    table = pd.read_parquet(tmp_path / "m" / "objects.parquet").set_index("id").sort_index()
+    ref = pd.DataFrame(regionprops_table(big, properties=("label", "area", "bbox", "perimeter", "solidity",
+                                                          "eccentricity"))).set_index("label")
+    assert table.index.is_unique and (table.index == ref.index).all()
+    for big_id in (truth.max() + 1, truth.max() + 2):
+        assert table.loc[big_id, "area_px"] == ref.loc[big_id, "area"] > 3000
+    np.testing.assert_allclose(table["perimeter_um"], ref["perimeter"] * PIXEL)
+    np.testing.assert_allclose(table["solidity"], ref["solidity"], rtol=1e-12)
+    np.testing.assert_allclose(table["eccentricity"], ref["eccentricity"], atol=1e-7)
+
+
+def test_an_object_in_far_apart_pieces_fails_and_keeps_the_previous_table(slide, tmp_path):
     path, truth, _ = slide
     out = tmp_path / "m"
-    measure_slide(path, out=out, block=64, margin=48, report=False, progress=False)
+    measure_slide(path, out=out, block=64, margin=8, report=False, progress=False)
     before = (out / "objects.parquet").read_bytes()
-    big = truth.copy()
-    big[-100:, -100:] = truth.max() + 1  # wider than the margin, in the last blocks: earlier blocks are written
-    tifffile.imwrite(tmp_path / "big.tif", big)
-    with pytest.raises(InputError, match="larger than the measurement margin"):
-        measure_slide(path, labels=str(tmp_path / "big.tif"), out=out, block=64, margin=48, report=False,
+    split = truth.copy()
+    split[:4, :4] = split[-4:, -4:] = truth.max() + 1  # one label in two corners: both measured would repeat its id
+    tifffile.imwrite(tmp_path / "split.tif", split)
+    with pytest.raises(InputError, match=f"label {truth.max() + 1} .* farther than --margin 8 px"):
+        measure_slide(path, labels=str(tmp_path / "split.tif"), out=out, block=64, margin=8, report=False,
                       progress=False)
     assert (out / "objects.parquet").read_bytes() == before
     assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]

@@ -30,8 +30,9 @@ class Regions:
     def assign(self, y_px: np.ndarray, x_px: np.ndarray) -> np.ndarray:
         return self._lookup(np.asarray(y_px, np.float64), np.asarray(x_px, np.float64))
 
-    def assign_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.assign(frame["centroid_y_px"].to_numpy(), frame["centroid_x_px"].to_numpy())
+    def assign_frame(self, frame) -> np.ndarray:
+        """Region ids of a table's objects (a DataFrame or a mapping of columns)."""
+        return self.assign(np.asarray(frame["centroid_y_px"]), np.asarray(frame["centroid_x_px"]))
 
 
 def _tissue_mask(slide: Path, shape: tuple[int, int]) -> tuple[np.ndarray, float]:
@@ -43,6 +44,21 @@ def _tissue_mask(slide: Path, shape: tuple[int, int]) -> tuple[np.ndarray, float
     return mask, shape[0] / mask.shape[0]
 
 
+def _cells_per_region(mask: np.ndarray, factor: float, cell: float, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) count of mask pixels whose centre (in level-0 px) falls in each grid region."""
+    counts = np.zeros((rows, cols), np.int64)
+    ry = ((np.arange(mask.shape[0]) + 0.5) * factor // cell).astype(np.int64)
+    rx = ((np.arange(mask.shape[1]) + 0.5) * factor // cell).astype(np.int64)
+    mask = mask[: np.searchsorted(ry, rows), : np.searchsorted(rx, cols)]  # centres beyond the image: none
+    if not mask.size:
+        return counts
+    starts_y = np.flatnonzero(np.r_[True, np.diff(ry[: mask.shape[0]]) != 0])  # region index is non-decreasing
+    starts_x = np.flatnonzero(np.r_[True, np.diff(rx[: mask.shape[1]]) != 0])
+    sums = np.add.reduceat(np.add.reduceat(mask, starts_y, axis=0, dtype=np.int64), starts_x, axis=1)
+    counts[np.ix_(ry[starts_y], rx[starts_x])] = sums
+    return counts
+
+
 def grid_regions(slide: Path, shape: tuple[int, int], pixel_size_um: float, size_um: float) -> Regions:
     cell = size_um / pixel_size_um
     rows, cols = int(np.ceil(shape[0] / cell)), int(np.ceil(shape[1] / cell))
@@ -52,11 +68,8 @@ def grid_regions(slide: Path, shape: tuple[int, int], pixel_size_um: float, size
         area = {r * cols + c + 1: (min(shape[0], (r + 1) * cell) - r * cell) * (min(shape[1], (c + 1) * cell) - c * cell)
                 * pixel_size_um**2 for r in range(rows) for c in range(cols)}
     else:
-        yy = (np.arange(mask.shape[0]) + 0.5) * factor // cell
-        xx = (np.arange(mask.shape[1]) + 0.5) * factor // cell
-        rid = (yy[:, None] * cols + xx[None, :]).astype(np.int64) + 1
-        counts = np.bincount(rid.ravel(), weights=mask.ravel(), minlength=rows * cols + 1)
-        area = {k: float(counts[k] * pixel_area) for k in range(1, rows * cols + 1)}
+        counts = _cells_per_region(mask, factor, cell, rows, cols)
+        area = {r * cols + c + 1: float(counts[r, c] * pixel_area) for r in range(rows) for c in range(cols)}
     names = {r * cols + c + 1: f"r{r}c{c}" for r in range(rows) for c in range(cols)}
 
     def lookup(y, x):
@@ -149,19 +162,15 @@ def parse_regions(spec: str, slide: Path, shape: tuple[int, int], pixel_size_um:
 def region_table(objects: pd.DataFrame, regions: Regions) -> pd.DataFrame:
     """Per region: cells, density per mm2 of tissue, area statistics, cell-covered fraction, stains."""
     stain_columns = [c for c in objects.columns if c.startswith("mean_") or c.endswith("_od")]
-    rows = []
-    grouped = dict(tuple(objects.groupby("region"))) if len(objects) else {}
-    for region, name in regions.names.items():
-        cells = grouped.get(region, objects.iloc[0:0])
-        tissue_mm2 = regions.tissue_area_um2.get(region, 0.0) / 1e6
-        areas = cells["area_um2"] if len(cells) else pd.Series(dtype=float)
-        row = {"region": region, "name": name, "tissue_area_mm2": tissue_mm2, "cells": int(len(cells)),
-               "density_per_mm2": len(cells) / tissue_mm2 if tissue_mm2 > 0 else np.nan,
-               "area_mean_um2": areas.mean() if len(cells) else np.nan,
-               "area_median_um2": areas.median() if len(cells) else np.nan,
-               "area_std_um2": areas.std(ddof=0) if len(cells) else np.nan,
-               "cell_area_fraction": areas.sum() / (tissue_mm2 * 1e6) if tissue_mm2 > 0 else np.nan}
-        for column in stain_columns:
-            row[column] = cells[column].mean() if len(cells) else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame({"region": list(regions.names), "name": list(regions.names.values())})
+    table["tissue_area_mm2"] = [regions.tissue_area_um2.get(r, 0.0) / 1e6 for r in regions.names]
+    grouped = objects.groupby("region")
+    stats = grouped["area_um2"].agg(["size", "mean", "median", "sum", lambda a: a.std(ddof=0)])
+    stats.columns = ["cells", "area_mean_um2", "area_median_um2", "area_sum", "area_std_um2"]
+    table = table.join(stats, on="region").join(grouped[stain_columns].mean(), on="region")
+    table["cells"] = table["cells"].fillna(0).astype(int)
+    tissue = table["tissue_area_mm2"].where(table["tissue_area_mm2"] > 0)
+    table["density_per_mm2"] = table["cells"] / tissue
+    table["cell_area_fraction"] = table["area_sum"].fillna(0) / (tissue * 1e6)
+    return table[["region", "name", "tissue_area_mm2", "cells", "density_per_mm2", "area_mean_um2",
+                  "area_median_um2", "area_std_um2", "cell_area_fraction", *stain_columns]]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from sparseseg.errors import InputError
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.measure.accuracy import accumulate, accuracy_tables
-from sparseseg.measure.objects import MeasureInputs, iter_blocks, measure_objects
+from sparseseg.measure.objects import MeasureInputs, iter_blocks, measure_objects, tile_size
 from sparseseg.measure.regions import parse_regions, region_table
 from sparseseg.measure.report import accuracy_curve, density_heatmap, thumbnail_with_labels, write_report
 
@@ -39,6 +39,12 @@ def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int]):
     return labels
 
 
+def label_source(slide: Path, name_or_file: str) -> str:
+    """The path errors about the labels name: the label group's folder, or the file."""
+    group_path = slide / "labels" / name_or_file
+    return str(group_path if group_path.is_dir() else name_or_file)
+
+
 def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid:250um", truth: str | None = None,
                   out: str | Path | None = None, block: int = 2048, margin: int = 128, progress: bool = True,
                   report: bool = True) -> dict:
@@ -57,9 +63,9 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     image = zarr.open_group(slide, mode="r")["0"]
     rgb = info.n_channels == 3 and info.dtype == np.uint8
     inputs = MeasureInputs(labels=label_array, image=image, pixel_size_um=info.pixel_size_um,
-                           channel_names=info.channel_names, brightfield_rgb=rgb)
+                           channel_names=info.channel_names, brightfield_rgb=rgb, source=label_source(slide, labels))
     region_set = parse_regions(regions, slide, shape, info.pixel_size_um[0])
-    n_blocks = len(list(iter_blocks(shape, block, margin)))
+    n_blocks = len(list(iter_blocks(shape, tile_size(label_array, block), 0)))
     with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
         n_objects = measure_objects(inputs, out / "objects.parquet", block=block, margin=margin,
                                     assign_region=region_set.assign_frame, progress=bar)

@@ -40,22 +40,32 @@ class Block:
         """Whether an object anchored at global pixel (y, x) belongs to this block (side-effect free)."""
         return self.core[0].start <= y < self.core[0].stop and self.core[1].start <= x < self.core[1].stop
 
-    def owned_objects(self, labels: np.ndarray, image_shape: tuple[int, int]
-                      ) -> Iterator[tuple[int, tuple[slice, slice], bool]]:
-        """(label, bounding box, reaches the context edge) of each object of ``labels`` this block owns.
+    def ownership(self, bbox: np.ndarray, context_shape: tuple[int, int], image_shape: tuple[int, int]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(owned, may be cut): bool arrays for objects with (n, 4) context-relative boxes (y0, x0, y1, x1).
 
-        ``labels`` covers the label context. An owned object reaching an edge of the context that is
-        not the image edge may extend beyond it, so it may be cut.
+        An owned object reaching an edge of the context that is not the image edge may extend beyond
+        it, so it may be cut.
         """
         y0, x0 = self.context[0].start, self.context[1].start
-        h, w = labels.shape
-        for k, box in enumerate(ndi.find_objects(labels), start=1):
-            if box is None or not self.owns(box[0].start + y0, box[1].start + x0):
-                continue
-            cut = ((box[0].start == 0 and y0 > 0) or (box[1].start == 0 and x0 > 0)
-                   or (box[0].stop == h and y0 + h < image_shape[0])
-                   or (box[1].stop == w and x0 + w < image_shape[1]))
-            yield k, box, cut
+        h, w = context_shape
+        top, left = bbox[:, 0] + y0, bbox[:, 1] + x0
+        owned = ((self.core[0].start <= top) & (top < self.core[0].stop)
+                 & (self.core[1].start <= left) & (left < self.core[1].stop))
+        cut = (((bbox[:, 0] == 0) & (y0 > 0)) | ((bbox[:, 1] == 0) & (x0 > 0))
+               | ((bbox[:, 2] == h) & (y0 + h < image_shape[0])) | ((bbox[:, 3] == w) & (x0 + w < image_shape[1])))
+        return owned, owned & cut
+
+    def owned_objects(self, labels: np.ndarray, image_shape: tuple[int, int]
+                      ) -> Iterator[tuple[int, tuple[slice, slice], bool]]:
+        """(label, bounding box, may be cut) of each object of the context ``labels`` this block owns."""
+        boxes = ndi.find_objects(labels)
+        found = [k for k, box in enumerate(boxes) if box is not None]
+        bbox = np.array([[boxes[k][0].start, boxes[k][1].start, boxes[k][0].stop, boxes[k][1].stop] for k in found],
+                        np.int64).reshape(-1, 4)
+        owned, cut = self.ownership(bbox, labels.shape, image_shape)
+        for i in np.flatnonzero(owned):
+            yield found[i] + 1, boxes[found[i]], bool(cut[i])
 
     def context_in_read(self) -> Window:
         """The label context in read-region coordinates (where to crop the network output)."""
