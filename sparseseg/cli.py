@@ -77,7 +77,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     from sparseseg.measure.run import measure_slide
 
     summary = measure_slide(args.slide, labels=args.labels, regions=args.regions, truth=args.truth, out=args.out,
-                            margin=args.margin, progress=not args.quiet, report=not args.no_report)
+                            margin=args.margin, progress=not args.quiet, report=not args.no_report,
+                            intensities=not args.no_intensities, threads=args.threads)
     density = summary["density_per_mm2"]
     print(f"{summary['cells']} cells, {summary['tissue_area_mm2']:.4f} mm2 of tissue, "
           f"{density:.4f} cells/mm2" if density is not None else f"{summary['cells']} cells")
@@ -198,9 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", metavar="NAME_OR_FILE", help="ground-truth labels (group or file) for accuracy")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default SLIDE-measure next to the slide)")
     p.add_argument("--no-report", action="store_true", help="tables and metrics only: no figures, no report.html")
-    p.add_argument("--margin", type=int, default=128, metavar="PX",
+    p.add_argument("--no-intensities", action="store_true",
+                   help="shape columns only: no per-channel means or H&E densities (the image is not read)")
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="tiles measured at once (default 2)")
+    p.add_argument("--margin", type=int, default=64, metavar="PX",
                    help="join the parts of a disconnected object lying within PX of the same tile seam (default "
-                   "128); connected objects of any size are always measured whole")
+                   "64); connected objects of any size are always measured whole")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_measure)
 

@@ -146,6 +146,19 @@ def test_objects_larger_than_tiles_are_measured_whole(slide, tmp_path):
     np.testing.assert_allclose(table["eccentricity"], ref["eccentricity"], atol=1e-7)
 
 
+def test_threads_and_shape_only_tables_agree_with_the_full_table(slide, tmp_path):
+    path, _, _ = slide
+    measure_slide(path, out=tmp_path / "full", block=64, report=False, progress=False, threads=1)
+    measure_slide(path, out=tmp_path / "shapes", block=64, report=False, progress=False, threads=3, intensities=False)
+    full = pd.read_parquet(tmp_path / "full" / "objects.parquet").sort_values("id").reset_index(drop=True)
+    shapes = pd.read_parquet(tmp_path / "shapes" / "objects.parquet").sort_values("id").reset_index(drop=True)
+    assert not [c for c in shapes.columns if c.startswith("mean_") or c.endswith("_od")]
+    assert "mean_R" in full and "hematoxylin_od" in full
+    pd.testing.assert_frame_equal(shapes, full[shapes.columns])
+    with pytest.raises(InputError, match="--threads must be at least 1"):
+        measure_slide(path, out=tmp_path / "x", threads=0, progress=False)
+
+
 def test_an_object_in_far_apart_pieces_fails_and_keeps_the_previous_table(slide, tmp_path):
     path, truth, _ = slide
     out = tmp_path / "m"

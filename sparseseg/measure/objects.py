@@ -10,9 +10,12 @@ pixels. Rows stream to a Parquet file.
 
 from __future__ import annotations
 
+import ctypes
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import groupby
 from pathlib import Path
 
@@ -111,9 +114,9 @@ class SeamPixels:
 
     pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
 
-    def add(self, ids, rows, cols, values) -> None:
-        if ids.size:
-            self.pieces.append((ids, rows, cols, values))
+    def add(self, piece: tuple | None) -> None:
+        if piece is not None and piece[0].size:
+            self.pieces.append(piece)
 
     def pop_complete(self, continuing: np.ndarray) -> tuple[np.ndarray, ...] | None:
         """Remove and return (ids, rows, cols, values) of every object not in ``continuing``."""
@@ -137,45 +140,65 @@ def read_tile(inputs: MeasureInputs, tile: Block) -> tuple[np.ndarray, np.ndarra
 
 
 def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, image: np.ndarray | None,
-                 shape: tuple[int, int], seams: SeamPixels, reach: int = 0) -> tuple[dict, np.ndarray]:
-    """Columns for the objects inside ``tile`` (its ``labels`` and ``image``); seam objects' pixels go to ``seams``.
+                 shape: tuple[int, int], reach: int = 0) -> tuple[dict, tuple | None, np.ndarray]:
+    """(columns, seam pixels, ids reaching down) for ``tile`` (its ``labels`` and ``image``).
 
-    A seam object comes within ``reach`` px of a tile edge that is not the image edge (0: touches
-    it; more also joins the parts of a disconnected object lying on both sides of a seam).
-    Returns the columns and the ids of the seam objects near the tile's bottom edge (their rest may
-    lie in the next row of tiles).
+    Columns: the objects inside the tile. A seam object comes within ``reach`` px of a tile edge
+    that is not the image edge (0: touches it; more also joins the parts of a disconnected object
+    lying on both sides of a seam); its pixels are returned as (ids, rows, cols, values), and the
+    ids of those near the tile's bottom edge (their rest may lie in the next row of tiles).
     """
     window = tile.core
     ids, pixels = object_pixels(labels)
     if not pixels.n:
-        return {}, np.zeros(0, ids.dtype)
+        return {}, None, np.zeros(0, ids.dtype)
     bbox = bounding_boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
     (y0, y1), (x0, x1) = (window[0].start, window[0].stop), (window[1].start, window[1].stop)
     bottom = (bbox[:, 2] >= y1 - y0 - reach) & (y1 < shape[0])
     seam = bottom | ((bbox[:, 0] <= reach) & (y0 > 0)) | ((bbox[:, 1] <= reach) & (x0 > 0)) | \
         ((bbox[:, 3] >= x1 - x0 - reach) & (x1 < shape[1]))
+    piece = None
     if seam.any():
         part = pixels.subset(np.flatnonzero(seam) + 1)
-        seams.add(ids[1:][seam][part.objects - 1], part.rows + y0, part.cols + x0,
-                  None if image is None else pixel_values(image, part.flat))
+        piece = (ids[1:][seam][part.objects - 1], part.rows + y0, part.cols + x0,
+                 None if image is None else pixel_values(image, part.flat))
     inside = pixels.subset(np.flatnonzero(~seam) + 1)
     table = {}
     if inside.n:
         values = None if image is None else pixel_values(image, inside.flat)
         table = _table(inputs, ids[1:][~seam], object_features(labels, inside), y0, x0, values, inside.objects)
-    return table, ids[1:][bottom]
+    return table, piece, ids[1:][bottom]
 
 
 def measure_assembled(inputs: MeasureInputs, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                      values: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Columns for whole objects given as pixel lists (level-0 rows and columns, any order).
+                      values: np.ndarray | None, max_canvas: int = 2**20) -> Iterator[dict[str, np.ndarray]]:
+    """Columns for whole objects given as pixel lists (level-0 rows and columns, any order), in batches.
 
-    Each object's bounding box is copied, with a one-pixel gap, side by side onto a small canvas
-    and measured there with the tile code; positions are shifted back.
+    Objects of similar height are copied, each in its bounding box with a one-pixel gap, side by
+    side onto canvases of at most about ``max_canvas`` pixels (one object at least) and measured
+    there with the tile code; positions are shifted back.
     """
     unique, objects = compact_values(ids, ids.size)
-    n = unique.size - 1
-    bbox = bounding_boxes(rows, cols, objects, n)
+    bbox = bounding_boxes(rows, cols, objects, unique.size - 1)
+    heights, widths = bbox[:, 2] - bbox[:, 0], bbox[:, 3] - bbox[:, 1]
+    by_height = np.argsort(heights, kind="stable")
+    order = np.argsort(objects, kind="stable")  # pixels grouped by object
+    starts = np.searchsorted(objects[order], np.arange(1, unique.size + 1))
+    first = 0
+    while first < by_height.size:  # heights ascending: a batch's canvas is its last object's height high
+        span = np.cumsum(widths[by_height[first:]] + 1) * heights[by_height[first:]]
+        last = first + max(1, int(np.searchsorted(span, max_canvas, side="right")))
+        members = np.sort(by_height[first:last])
+        pixels = np.concatenate([order[starts[k]: starts[k + 1]] for k in members])
+        yield _measure_on_canvas(inputs, unique[1:][members], bbox[members], rows[pixels], cols[pixels],
+                                 np.repeat(np.arange(1, members.size + 1), starts[members + 1] - starts[members]),
+                                 None if values is None else values[pixels])
+        first = last
+
+
+def _measure_on_canvas(inputs: MeasureInputs, ids: np.ndarray, bbox: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                       objects: np.ndarray, values: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Columns for objects 1..n (``objects`` per pixel, level-0 ``rows``/``cols``, boxes ``bbox``) on one canvas."""
     heights, widths = bbox[:, 2] - bbox[:, 0], bbox[:, 3] - bbox[:, 1]
     left = np.concatenate([[0], np.cumsum(widths + 1)[:-1]])  # canvas column of each object's box
     canvas_rows = rows - bbox[objects - 1, 0]
@@ -183,9 +206,8 @@ def measure_assembled(inputs: MeasureInputs, ids: np.ndarray, rows: np.ndarray, 
     shape = (int(heights.max()), int(left[-1] + widths[-1]))
     flat = canvas_rows * shape[1] + canvas_cols
     order = np.argsort(flat)
-    pixels = ObjectPixels(shape, flat[order], canvas_rows[order], canvas_cols[order], objects[order], n)
-    canvas = pixels.image()
-    return _table(inputs, unique[1:], object_features(canvas, pixels), bbox[:, 0], bbox[:, 1] - left,
+    pixels = ObjectPixels(shape, flat[order], canvas_rows[order], canvas_cols[order], objects[order], ids.size)
+    return _table(inputs, ids, object_features(pixels.image(), pixels), bbox[:, 0], bbox[:, 1] - left,
                   None if values is None else values[order], pixels.objects)
 
 
@@ -200,14 +222,14 @@ def tile_size(labels, block: int) -> int:
     return block // step * step if 0 < step <= block else block
 
 
-def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin: int = 128, assign_region=None,
-                    progress=None) -> int:
+def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin: int = 64, assign_region=None,
+                    progress=None, threads: int = 2) -> int:
     """Stream the per-object table to ``out`` (Parquet); returns the number of objects.
 
     Connected objects of any size are measured whole. ``margin``: the parts of a disconnected
     object are joined when they lie within this many px of the same tile seam; otherwise the id
     would appear twice, which is an error. ``assign_region(columns) -> array of region ids`` adds
-    a ``region`` column.
+    a ``region`` column. ``threads`` tiles are read and measured at once.
     """
     shape = tuple(inputs.labels.shape)
     writer = None
@@ -227,24 +249,27 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
         writer.write_table(table.cast(writer.schema))
         total += table.num_rows
 
+    def measure(tile: Block) -> tuple[Block, dict, tuple | None, np.ndarray]:
+        labels, image = read_tile(inputs, tile)
+        return tile, *measure_tile(inputs, tile, labels, image, shape, margin)
+
     tiles = list(iter_blocks(shape, tile_size(inputs.labels, block), 0))
     try:
-        with ThreadPoolExecutor(1) as reader:  # reads the next tile (zarr decodes without the GIL) during measuring
-            pending = reader.submit(read_tile, inputs, tiles[0])
-            for _, row in groupby(enumerate(tiles), key=lambda item: item[1].index[0]):  # a row of tiles at a time
+        # tiles in parallel threads (zarr decoding and numpy's large loops release the GIL), results in order
+        with ThreadPoolExecutor(threads) as pool:
+            results = _bounded_map(pool, measure, tiles, 2 * threads)
+            for _, row in groupby(results, key=lambda result: result[0].index[0]):
                 continuing = []
-                for i, tile in row:
-                    labels, image = pending.result()
-                    if i + 1 < len(tiles):
-                        pending = reader.submit(read_tile, inputs, tiles[i + 1])
-                    columns, reaching_down = measure_tile(inputs, tile, labels, image, shape, seams, margin)
+                for _, columns, piece, reaching_down in row:
                     write(columns)
+                    seams.add(piece)
                     continuing.append(reaching_down)
                     if progress is not None:
                         progress.update(1)
                 complete = seams.pop_complete(np.concatenate(continuing))
-                if complete is not None and complete[0].size:
-                    write(measure_assembled(inputs, *complete))
+                for columns in measure_assembled(inputs, *complete) if complete is not None else ():
+                    write(columns)
+                release_free_memory()
         if writer is not None:
             writer.close()
             writer = None
@@ -258,6 +283,36 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
         raise
     tmp.replace(out)
     return total
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), as Dask's memory docs recommend.
+
+    Decoding and measuring in several threads spreads short-lived tile buffers over per-thread
+    malloc arenas; without trimming, resident memory creeps up with the number of tiles.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, function, items: list, window: int) -> Iterator:
+    """``pool.map`` with at most ``window`` items submitted ahead, so finished results never pile up."""
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _check_unique_ids(table: Path, source: str, margin: int) -> None:

@@ -46,12 +46,16 @@ def label_source(slide: Path, name_or_file: str) -> str:
 
 
 def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid:250um", truth: str | None = None,
-                  out: str | Path | None = None, block: int = 2048, margin: int = 128, progress: bool = True,
-                  report: bool = True) -> dict:
+                  out: str | Path | None = None, block: int = 2048, margin: int = 64, progress: bool = True,
+                  report: bool = True, intensities: bool = True, threads: int = 2) -> dict:
     """Write objects.parquet, regions.parquet/.csv, metrics.json, [accuracy*.csv], report.html to ``out``.
 
-    ``report=False`` skips the figures and report.html (batch runs that only need the tables).
+    ``report=False`` skips the figures and report.html (batch runs that only need the tables);
+    ``intensities=False`` leaves out the image-derived columns (the image is not read at all).
+    ``threads`` tiles are measured at once.
     """
+    if threads < 1:
+        raise InputError(None, f"--threads must be at least 1, got {threads}")
     slide = Path(slide)
     info = open_omezarr_slide(slide)
     shape = tuple(info.shape[1:])
@@ -62,13 +66,13 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     label_array = resolve_labels(slide, labels, shape)
     image = zarr.open_group(slide, mode="r")["0"]
     rgb = info.n_channels == 3 and info.dtype == np.uint8
-    inputs = MeasureInputs(labels=label_array, image=image, pixel_size_um=info.pixel_size_um,
+    inputs = MeasureInputs(labels=label_array, image=image if intensities else None, pixel_size_um=info.pixel_size_um,
                            channel_names=info.channel_names, brightfield_rgb=rgb, source=label_source(slide, labels))
     region_set = parse_regions(regions, slide, shape, info.pixel_size_um[0])
     n_blocks = len(list(iter_blocks(shape, tile_size(label_array, block), 0)))
     with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
         n_objects = measure_objects(inputs, out / "objects.parquet", block=block, margin=margin,
-                                    assign_region=region_set.assign_frame, progress=bar)
+                                    assign_region=region_set.assign_frame, progress=bar, threads=threads)
     objects = pq.read_table(out / "objects.parquet").to_pandas()
     if "region" not in objects:
         objects["region"] = pd.Series(dtype=np.int64)
