@@ -251,7 +251,10 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
 
     def measure(tile: Block) -> tuple[Block, dict, tuple | None, np.ndarray]:
         labels, image = read_tile(inputs, tile)
-        return tile, *measure_tile(inputs, tile, labels, image, shape, margin)
+        result = measure_tile(inputs, tile, labels, image, shape, margin)
+        del labels, image
+        release_free_memory()
+        return tile, *result
 
     tiles = list(iter_blocks(shape, tile_size(inputs.labels, block), 0))
     try:
