@@ -12,7 +12,6 @@ from skimage.measure import regionprops_table
 
 from sparseseg.measure.features import (hed_densities, intensity_means, object_features, object_pixels,
                                         pixel_values)
-from sparseseg.measure.objects import compact_ids
 
 DSB = Path(__file__).parent / "data" / "dsb2018"
 
@@ -39,10 +38,11 @@ def awkward_labels() -> np.ndarray:
 @pytest.mark.parametrize("source", ["awkward", "he_0121d675", "fluo_0402a81e"])
 def test_object_features_equal_regionprops(source):
     labels = awkward_labels() if source == "awkward" else tifffile.imread(DSB / "labels" / f"{source}.tif")
-    ids, local = compact_ids(labels)
+    ids, pixels = object_pixels(labels)
+    local = pixels.image()
     ref = regionprops_table(local, properties=("area", "bbox", "centroid", "perimeter", "equivalent_diameter_area",
                                                "eccentricity", "orientation", "solidity"))
-    ours = object_features(labels, object_pixels(labels)[1])
+    ours = object_features(labels, pixels)
     assert len(ours["area"]) == len(ref["area"]) == ids.size - 1 > 5
     np.testing.assert_array_equal(ours["area"], ref["area"])
     np.testing.assert_array_equal(ours["bbox"], np.stack([ref[f"bbox-{i}"] for i in range(4)], 1))
@@ -77,12 +77,13 @@ def test_hed_densities_equal_skimage_rgb2hed():
 
 
 @pytest.mark.parametrize("offset, spread", [(0, 1000), (3_000_000_000, 1000), (5, 10**9)])
-def test_compact_ids_keeps_order_for_dense_and_sparse_id_sets(offset, spread):
+def test_object_pixels_keep_id_order_for_dense_and_sparse_id_sets(offset, spread):
     labels = np.zeros((30, 30), np.uint64)
     values = np.array([7, 2, 40, 41, spread], np.uint64) + np.uint64(offset)
     for i, v in enumerate(values):
         labels[i * 5: i * 5 + 3, 2: 9] = v
-    ids, local = compact_ids(labels)
+    ids, pixels = object_pixels(labels)
+    local = pixels.image()
     np.testing.assert_array_equal(ids, np.concatenate([[0], np.sort(values)]))
     np.testing.assert_array_equal(ids[local], labels)
 
@@ -97,9 +98,10 @@ def test_object_features_equal_regionprops_on_random_shapes(seed):
     noise = ndi.gaussian_filter(rng.normal(size=(300, 280)), 1.5 + seed)
     labels = label(noise > np.quantile(noise, 0.55), connectivity=1)
     labels[labels % 7 == 3] = labels[labels % 7 == 3] + 1  # merge some pairs: objects in several pieces
-    ids, local = compact_ids(labels)
+    ids, pixels = object_pixels(labels)
+    local = pixels.image()
     ref = regionprops_table(local, properties=("area", "bbox", "perimeter", "solidity", "eccentricity"))
-    ours = object_features(labels, object_pixels(labels)[1])
+    ours = object_features(labels, pixels)
     assert ids.size - 1 > 20
     np.testing.assert_array_equal(ours["bbox"], np.stack([ref[f"bbox-{i}"] for i in range(4)], 1))
     np.testing.assert_allclose(ours["perimeter"], ref["perimeter"], rtol=1e-12)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from sparseseg.errors import InputError
 from sparseseg.measure.features import (ObjectPixels, bounding_boxes, compact_values, hed_densities,
                                         intensity_means, object_features, object_pixels, pixel_values)
-from sparseseg.segment.blocks import Block, BlockPlan
+from sparseseg.segment.blocks import Block, BlockPlan, near_inner_edges
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,6 @@ class MeasureInputs:
     source: str = ""  # named in read errors
 
 
-def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, local): the sorted distinct ids of ``labels`` (ids[0] = 0) and the image of their indices."""
-    ids, pixels = object_pixels(labels)
-    return ids, pixels.image()
-
-
 def owned_pixels(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np.ndarray, ObjectPixels]:
     """(global ids with 0 first, pixels of the objects of the context ``labels`` that ``block`` owns).
 
@@ -56,7 +50,7 @@ def owned_pixels(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tu
     if not pixels.n:
         return ids, pixels
     bbox = bounding_boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
-    owned, cut = block.ownership(bbox, labels.shape, shape)
+    owned, cut = block.ownership(bbox, shape)
     if cut.any():
         k = int(np.flatnonzero(cut)[0])
         y0, x0 = block.context[0].start, block.context[1].start
@@ -125,9 +119,8 @@ class SeamPixels:
         ids, rows, cols = (np.concatenate([p[i] for p in self.pieces]) for i in range(3))
         values = None if self.pieces[0][3] is None else np.concatenate([p[3] for p in self.pieces])
         later = np.isin(ids, continuing)
-        self.pieces = [(ids[later], rows[later], cols[later], None if values is None else values[later])]
-        if not later.any():
-            self.pieces = []
+        self.pieces = ([(ids[later], rows[later], cols[later], None if values is None else values[later])]
+                       if later.any() else [])
         done = ~later
         return ids[done], rows[done], cols[done], None if values is None else values[done]
 
@@ -148,15 +141,12 @@ def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, image: 
     lying on both sides of a seam); its pixels are returned as (ids, rows, cols, values), and the
     ids of those near the tile's bottom edge (their rest may lie in the next row of tiles).
     """
-    window = tile.core
     ids, pixels = object_pixels(labels)
     if not pixels.n:
         return {}, None, np.zeros(0, ids.dtype)
     bbox = bounding_boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
-    (y0, y1), (x0, x1) = (window[0].start, window[0].stop), (window[1].start, window[1].stop)
-    bottom = (bbox[:, 2] >= y1 - y0 - reach) & (y1 < shape[0])
-    seam = bottom | ((bbox[:, 0] <= reach) & (y0 > 0)) | ((bbox[:, 1] <= reach) & (x0 > 0)) | \
-        ((bbox[:, 3] >= x1 - x0 - reach) & (x1 < shape[1]))
+    seam, bottom = near_inner_edges(bbox, tile.core, shape, reach)
+    y0, x0 = tile.core[0].start, tile.core[1].start
     piece = None
     if seam.any():
         part = pixels.subset(np.flatnonzero(seam) + 1)

@@ -25,6 +25,17 @@ def _clip(start: int, stop: int, size: int) -> slice:
     return slice(max(0, start), min(size, stop))
 
 
+def near_inner_edges(bbox: np.ndarray, window: Window, image_shape: tuple[int, int], reach: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(near any, near the bottom): objects with (n, 4) ``window``-relative boxes (y0, x0, y1, x1) that come
+    within ``reach`` px (0: touch) of an edge of ``window`` that is not the image edge."""
+    (y0, y1), (x0, x1) = (window[0].start, window[0].stop), (window[1].start, window[1].stop)
+    bottom = (bbox[:, 2] >= y1 - y0 - reach) & (y1 < image_shape[0])
+    near = (bottom | ((bbox[:, 0] <= reach) & (y0 > 0)) | ((bbox[:, 1] <= reach) & (x0 > 0))
+            | ((bbox[:, 3] >= x1 - x0 - reach) & (x1 < image_shape[1])))
+    return near, bottom
+
+
 @dataclass(frozen=True)
 class Block:
     index: tuple[int, int]
@@ -36,25 +47,16 @@ class Block:
     def name(self) -> str:
         return f"{self.index[0]}_{self.index[1]}"
 
-    def owns(self, y: int, x: int) -> bool:
-        """Whether an object anchored at global pixel (y, x) belongs to this block (side-effect free)."""
-        return self.core[0].start <= y < self.core[0].stop and self.core[1].start <= x < self.core[1].stop
-
-    def ownership(self, bbox: np.ndarray, context_shape: tuple[int, int], image_shape: tuple[int, int]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def ownership(self, bbox: np.ndarray, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(owned, may be cut): bool arrays for objects with (n, 4) context-relative boxes (y0, x0, y1, x1).
 
-        An owned object reaching an edge of the context that is not the image edge may extend beyond
-        it, so it may be cut.
+        An owned object is anchored (box top-left) in the core; one reaching an edge of the context
+        that is not the image edge may extend beyond it, so it may be cut.
         """
-        y0, x0 = self.context[0].start, self.context[1].start
-        h, w = context_shape
-        top, left = bbox[:, 0] + y0, bbox[:, 1] + x0
+        top, left = bbox[:, 0] + self.context[0].start, bbox[:, 1] + self.context[1].start
         owned = ((self.core[0].start <= top) & (top < self.core[0].stop)
                  & (self.core[1].start <= left) & (left < self.core[1].stop))
-        cut = (((bbox[:, 0] == 0) & (y0 > 0)) | ((bbox[:, 1] == 0) & (x0 > 0))
-               | ((bbox[:, 2] == h) & (y0 + h < image_shape[0])) | ((bbox[:, 3] == w) & (x0 + w < image_shape[1])))
-        return owned, owned & cut
+        return owned, owned & near_inner_edges(bbox, self.context, image_shape)[0]
 
     def owned_objects(self, labels: np.ndarray, image_shape: tuple[int, int]
                       ) -> Iterator[tuple[int, tuple[slice, slice], bool]]:
@@ -63,7 +65,7 @@ class Block:
         found = [k for k, box in enumerate(boxes) if box is not None]
         bbox = np.array([[boxes[k][0].start, boxes[k][1].start, boxes[k][0].stop, boxes[k][1].stop] for k in found],
                         np.int64).reshape(-1, 4)
-        owned, cut = self.ownership(bbox, labels.shape, image_shape)
+        owned, cut = self.ownership(bbox, image_shape)
         for i in np.flatnonzero(owned):
             yield found[i] + 1, boxes[found[i]], bool(cut[i])
 
