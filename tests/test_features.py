@@ -10,8 +10,7 @@ import tifffile
 from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
 
-from sparseseg.measure.features import (hed_densities, intensity_means, object_features, object_pixels,
-                                        pixel_values)
+from sparseseg.measure.features import intensity_means, object_features, object_pixels
 
 DSB = Path(__file__).parent / "data" / "dsb2018"
 
@@ -63,17 +62,20 @@ def test_intensity_means_equal_regionprops_on_real_he():
     hed = rgb2hed(np.clip(rgb / 255, 0, 1)).astype(np.float32)[..., :2]
     ref = regionprops_table(local, intensity_image=np.concatenate([rgb.astype(np.float32), hed], -1),
                             properties=("intensity_mean",))
-    ours = intensity_means(pixels.objects, pixels.n, pixel_values(rgb.transpose(2, 0, 1), pixels.flat),
-                           lambda v: rgb2hed(np.clip(v / 255, 0, 1)[:, None]).astype(np.float32)[:, 0, :2])
+    channels = np.ascontiguousarray(rgb.transpose(2, 0, 1)).reshape(3, -1)
+    ours = intensity_means(channels, pixels.flat, pixels.objects, pixels.n, he=True)
     np.testing.assert_allclose(ours, np.stack([ref[f"intensity_mean-{i}"] for i in range(5)], 1), rtol=1e-5)
 
 
-def test_hed_densities_equal_skimage_rgb2hed():
+def test_he_densities_equal_skimage_rgb2hed():
+    """Every colour its own one-pixel object: its means are its densities, extremes included."""
     rgb = np.random.default_rng(0).integers(0, 256, (5000, 3), dtype=np.uint8)
     rgb[:8] = [[0, 0, 0], [255, 255, 255], [0, 255, 0], [255, 0, 255], [1, 2, 3], [254, 1, 128], [0, 0, 255],
                [255, 255, 0]]
     reference = rgb2hed(rgb[:, None, :])[:, 0, :2]  # skimage scales uint8 to [0, 1] itself
-    np.testing.assert_allclose(hed_densities(rgb), reference, rtol=1e-6, atol=1e-7)
+    ours = intensity_means(np.ascontiguousarray(rgb.T), np.arange(5000), np.arange(1, 5001), 5000, he=True)
+    np.testing.assert_array_equal(ours[:, :3], rgb)
+    np.testing.assert_allclose(ours[:, 3:], reference, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("offset, spread", [(0, 1000), (3_000_000_000, 1000), (5, 10**9)])

@@ -11,6 +11,7 @@ pixels. Rows stream to a Parquet file.
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zarr
+from zarr.core.buffer import default_buffer_prototype
 
 from sparseseg.errors import InputError
-from sparseseg.measure.features import (ObjectPixels, bounding_boxes, compact_values, hed_densities,
-                                        intensity_means, object_features, object_pixels, pixel_values)
+from sparseseg.measure.features import (ObjectPixels, bounding_boxes, compact_values, intensity_means,
+                                        object_features, object_pixels, pixel_values)
 from sparseseg.segment.blocks import Block, BlockPlan, near_inner_edges
 
 
@@ -66,17 +69,41 @@ def owned_labels(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tu
     return ids, pixels.image()
 
 
-def _read(array, window: tuple[slice, ...], source: str) -> np.ndarray:
+class TileBuffers(threading.local):
+    """Arrays reused from tile to tile, one set per thread.
+
+    Zarr decodes straight into them: no fresh pages to fault in for every tile, and no freed tile
+    buffers left scattered over the threads' heaps (resident memory would creep up with the tiles).
+    """
+
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape)) * dtype.itemsize
+        buffer = self.__dict__.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self.__dict__[name] = np.empty(size, np.uint8)
+        return buffer[:size].view(dtype).reshape(shape)
+
+
+def _read(array, window: tuple[slice, ...], source: str, buffers: TileBuffers | None = None, name: str = ""
+          ) -> np.ndarray:
+    """``array[window]``; a zarr array is decoded into a reused buffer of ``buffers`` when given."""
     try:
-        return np.asarray(array[window])
+        if buffers is None or not isinstance(array, zarr.Array):
+            return np.asarray(array[window])
+        shape = tuple(len(range(*s.indices(n))) for s, n in zip(window, array.shape))
+        out = buffers.array(name, shape, array.dtype)
+        array.get_basic_selection(window, out=default_buffer_prototype().nd_buffer.from_numpy_array(out))
+        return out
     except Exception as err:  # a corrupt or missing chunk: say where, not only the codec's message
         raise InputError(source, f"cannot read rows {window[-2].start}:{window[-2].stop}, columns "
                                  f"{window[-1].start}:{window[-1].stop}: {err}") from err
 
 
-def _table(inputs: MeasureInputs, ids: np.ndarray, features: dict, dy, dx, values: np.ndarray | None,
-           objects: np.ndarray) -> dict[str, np.ndarray]:
-    """Columns, one row per object: ``features`` in local pixels shifted by (dy, dx) to level-0 pixels, and means."""
+def _table(inputs: MeasureInputs, ids: np.ndarray, features: dict, dy, dx, means: np.ndarray | None
+           ) -> dict[str, np.ndarray]:
+    """Columns, one row per object: ``features`` in local pixels shifted by (dy, dx) to level-0 pixels, and
+    ``means`` (``intensity_means``) named after the channels."""
     py, px = inputs.pixel_size_um
     bbox, centroid = features["bbox"], features["centroid"]
     scale = float(np.sqrt(py * px))  # isotropic pixels assumed for lengths
@@ -92,8 +119,7 @@ def _table(inputs: MeasureInputs, ids: np.ndarray, features: dict, dy, dx, value
         "eccentricity": features["eccentricity"], "solidity": features["solidity"],
         "orientation_rad": features["orientation"],
     }
-    if values is not None:
-        means = intensity_means(objects, len(ids), values, hed_densities if inputs.brightfield_rgb else None)
+    if means is not None:
         names = [f"mean_{c}" for c in inputs.channel_names]
         if inputs.brightfield_rgb:
             names += ["hematoxylin_od", "eosin_od"]
@@ -104,7 +130,7 @@ def _table(inputs: MeasureInputs, ids: np.ndarray, features: dict, dy, dx, value
 
 @dataclass
 class SeamPixels:
-    """Pixels of seam objects (global id, level-0 row and column, image values), in pieces."""
+    """Pixels of seam objects (global id, level-0 row and column, image values (C, M)), in pieces."""
 
     pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
 
@@ -117,18 +143,20 @@ class SeamPixels:
         if not self.pieces:
             return None
         ids, rows, cols = (np.concatenate([p[i] for p in self.pieces]) for i in range(3))
-        values = None if self.pieces[0][3] is None else np.concatenate([p[3] for p in self.pieces])
+        values = None if self.pieces[0][3] is None else np.concatenate([p[3] for p in self.pieces], 1)
         later = np.isin(ids, continuing)
-        self.pieces = ([(ids[later], rows[later], cols[later], None if values is None else values[later])]
+        self.pieces = ([(ids[later], rows[later], cols[later], None if values is None else values[:, later])]
                        if later.any() else [])
         done = ~later
-        return ids[done], rows[done], cols[done], None if values is None else values[done]
+        return ids[done], rows[done], cols[done], None if values is None else values[:, done]
 
 
-def read_tile(inputs: MeasureInputs, tile: Block) -> tuple[np.ndarray, np.ndarray | None]:
-    """The labels (H, W) and image (C, H, W) of the tile."""
-    labels = _read(inputs.labels, tile.core, inputs.source)
-    image = None if inputs.image is None else _read(inputs.image, (slice(None), *tile.core), inputs.source)
+def read_tile(inputs: MeasureInputs, tile: Block, buffers: TileBuffers | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The labels (H, W) and image (C, H, W) of the tile (in ``buffers``' arrays when given)."""
+    labels = _read(inputs.labels, tile.core, inputs.source, buffers, "labels")
+    image = None if inputs.image is None else _read(inputs.image, (slice(None), *tile.core), inputs.source,
+                                                    buffers, "image")
     return labels, image
 
 
@@ -144,19 +172,20 @@ def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, image: 
     ids, pixels = object_pixels(labels)
     if not pixels.n:
         return {}, None, np.zeros(0, ids.dtype)
-    bbox = bounding_boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
-    seam, bottom = near_inner_edges(bbox, tile.core, shape, reach)
+    features = object_features(labels, pixels)  # all objects: cheaper than splitting first; seam rows dropped
+    seam, bottom = near_inner_edges(features["bbox"], tile.core, shape, reach)
     y0, x0 = tile.core[0].start, tile.core[1].start
     piece = None
     if seam.any():
         part = pixels.subset(np.flatnonzero(seam) + 1)
         piece = (ids[1:][seam][part.objects - 1], part.rows + y0, part.cols + x0,
                  None if image is None else pixel_values(image, part.flat))
-    inside = pixels.subset(np.flatnonzero(~seam) + 1)
     table = {}
-    if inside.n:
-        values = None if image is None else pixel_values(image, inside.flat)
-        table = _table(inputs, ids[1:][~seam], object_features(labels, inside), y0, x0, values, inside.objects)
+    if not seam.all():
+        means = None if image is None else intensity_means(image.reshape(image.shape[0], -1), pixels.flat,
+                                                           pixels.objects, pixels.n, inputs.brightfield_rgb)
+        columns = _table(inputs, ids[1:], features, y0, x0, means)
+        table = {name: column[~seam] for name, column in columns.items()}
     return table, piece, ids[1:][bottom]
 
 
@@ -182,13 +211,14 @@ def measure_assembled(inputs: MeasureInputs, ids: np.ndarray, rows: np.ndarray, 
         pixels = np.concatenate([order[starts[k]: starts[k + 1]] for k in members])
         yield _measure_on_canvas(inputs, unique[1:][members], bbox[members], rows[pixels], cols[pixels],
                                  np.repeat(np.arange(1, members.size + 1), starts[members + 1] - starts[members]),
-                                 None if values is None else values[pixels])
+                                 None if values is None else values[:, pixels])
         first = last
 
 
 def _measure_on_canvas(inputs: MeasureInputs, ids: np.ndarray, bbox: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                        objects: np.ndarray, values: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Columns for objects 1..n (``objects`` per pixel, level-0 ``rows``/``cols``, boxes ``bbox``) on one canvas."""
+    """Columns for objects 1..n (``objects`` per pixel, level-0 ``rows``/``cols``, boxes ``bbox``, image
+    ``values`` (C, M)) on one canvas."""
     heights, widths = bbox[:, 2] - bbox[:, 0], bbox[:, 3] - bbox[:, 1]
     left = np.concatenate([[0], np.cumsum(widths + 1)[:-1]])  # canvas column of each object's box
     canvas_rows = rows - bbox[objects - 1, 0]
@@ -197,8 +227,9 @@ def _measure_on_canvas(inputs: MeasureInputs, ids: np.ndarray, bbox: np.ndarray,
     flat = canvas_rows * shape[1] + canvas_cols
     order = np.argsort(flat)
     pixels = ObjectPixels(shape, flat[order], canvas_rows[order], canvas_cols[order], objects[order], ids.size)
-    return _table(inputs, ids, object_features(pixels.image(), pixels), bbox[:, 0], bbox[:, 1] - left,
-                  None if values is None else values[order], pixels.objects)
+    means = None if values is None else intensity_means(values, order, pixels.objects, ids.size,
+                                                        inputs.brightfield_rgb)
+    return _table(inputs, ids, object_features(pixels.image(), pixels), bbox[:, 0], bbox[:, 1] - left, means)
 
 
 def iter_blocks(shape: tuple[int, int], block: int, margin: int) -> Iterator[Block]:
@@ -227,10 +258,13 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
     tmp = out.with_name(f".{out.name}.partial")
     seams = SeamPixels()
 
-    def write(columns: dict[str, np.ndarray]) -> None:
+    def write(batches: list[dict[str, np.ndarray]]) -> None:
+        """One row group per call: a tile row's tables together (fewer, larger Parquet writes)."""
         nonlocal writer, total
-        if not columns:
+        batches = [columns for columns in batches if columns]
+        if not batches:
             return
+        columns = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
         if assign_region is not None:
             columns["region"] = assign_region(columns).astype(np.int64)
         table = pa.table(columns)
@@ -239,12 +273,11 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
         writer.write_table(table.cast(writer.schema))
         total += table.num_rows
 
+    buffers = TileBuffers()
+
     def measure(tile: Block) -> tuple[Block, dict, tuple | None, np.ndarray]:
-        labels, image = read_tile(inputs, tile)
-        result = measure_tile(inputs, tile, labels, image, shape, margin)
-        del labels, image
-        release_free_memory()
-        return tile, *result
+        labels, image = read_tile(inputs, tile, buffers)
+        return tile, *measure_tile(inputs, tile, labels, image, shape, margin)
 
     tiles = list(iter_blocks(shape, tile_size(inputs.labels, block), 0))
     try:
@@ -252,16 +285,17 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
         with ThreadPoolExecutor(threads) as pool:
             results = _bounded_map(pool, measure, tiles, 2 * threads)
             for _, row in groupby(results, key=lambda result: result[0].index[0]):
-                continuing = []
+                tables, continuing = [], []
                 for _, columns, piece, reaching_down in row:
-                    write(columns)
+                    tables.append(columns)
                     seams.add(piece)
                     continuing.append(reaching_down)
                     if progress is not None:
                         progress.update(1)
                 complete = seams.pop_complete(np.concatenate(continuing))
-                for columns in measure_assembled(inputs, *complete) if complete is not None else ():
-                    write(columns)
+                if complete is not None:
+                    tables.extend(measure_assembled(inputs, *complete))
+                write(tables)
                 release_free_memory()
         if writer is not None:
             writer.close()
