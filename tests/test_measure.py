@@ -88,6 +88,10 @@ def test_per_region_counts_sum_to_the_global_count(slide, tmp_path, regions):
                                   table["cells"])
     dense = table[table["tissue_area_mm2"] > 0]
     np.testing.assert_allclose(dense["density_per_mm2"], dense["cells"] / dense["tissue_area_mm2"])
+    for row in table[table["cells"] > 0].itertuples():  # area statistics straight from the objects
+        areas = objects.loc[objects["region"] == row.region, "area_um2"].to_numpy()
+        np.testing.assert_allclose([row.area_mean_um2, row.area_median_um2, row.area_std_um2],
+                                   [areas.mean(), np.median(areas), areas.std()], rtol=1e-9)
     assert zarr.open_group(path / "labels" / "cells", mode="r").attrs["sparseseg_measure"]["cells"] == summary["cells"]
 
 

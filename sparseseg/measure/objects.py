@@ -232,6 +232,10 @@ def _measure_on_canvas(inputs: MeasureInputs, ids: np.ndarray, bbox: np.ndarray,
     return _table(inputs, ids, object_features(pixels.image(), pixels), bbox[:, 0], bbox[:, 1] - left, means)
 
 
+def _measure_all_assembled(inputs: MeasureInputs, complete: tuple) -> list[dict[str, np.ndarray]]:
+    return list(measure_assembled(inputs, *complete))
+
+
 def iter_blocks(shape: tuple[int, int], block: int, margin: int) -> Iterator[Block]:
     return BlockPlan(shape=shape, block=block, margin=margin, halo=0, factor=1).blocks()
 
@@ -281,9 +285,11 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
 
     tiles = list(iter_blocks(shape, tile_size(inputs.labels, block), 0))
     try:
-        # tiles in parallel threads (zarr decoding and numpy's large loops release the GIL), results in order
+        # tiles in parallel threads (zarr decoding and the compiled loops release the GIL), results in order;
+        # the seam objects a tile row completes are measured in the pool too, and written with the next row
         with ThreadPoolExecutor(threads) as pool:
             results = _bounded_map(pool, measure, tiles, 2 * threads)
+            assembled = None
             for _, row in groupby(results, key=lambda result: result[0].index[0]):
                 tables, continuing = [], []
                 for _, columns, piece, reaching_down in row:
@@ -292,11 +298,14 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
                     continuing.append(reaching_down)
                     if progress is not None:
                         progress.update(1)
+                if assembled is not None:
+                    tables.extend(assembled.result())
                 complete = seams.pop_complete(np.concatenate(continuing))
-                if complete is not None:
-                    tables.extend(measure_assembled(inputs, *complete))
+                assembled = None if complete is None else pool.submit(_measure_all_assembled, inputs, complete)
                 write(tables)
-                release_free_memory()
+            if assembled is not None:
+                write(assembled.result())
+        release_free_memory()
         if writer is not None:
             writer.close()
             writer = None
@@ -323,8 +332,9 @@ def _libc():
 def release_free_memory() -> None:
     """Return freed heap pages to the OS (glibc ``malloc_trim``), as Dask's memory docs recommend.
 
-    Decoding and measuring in several threads spreads short-lived tile buffers over per-thread
-    malloc arenas; without trimming, resident memory creeps up with the number of tiles.
+    Each run's threads (and zarr's decoding threads) leave freed memory in their own malloc arenas;
+    without a trim, a long-lived process that measures slide after slide grows by tens of MB each time.
+    Called once per run: trimming per tile makes every later allocation fault its pages in again.
     """
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):

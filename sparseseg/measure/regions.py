@@ -165,8 +165,9 @@ def region_table(objects: pd.DataFrame, regions: Regions) -> pd.DataFrame:
     table = pd.DataFrame({"region": list(regions.names), "name": list(regions.names.values())})
     table["tissue_area_mm2"] = [regions.tissue_area_um2.get(r, 0.0) / 1e6 for r in regions.names]
     grouped = objects.groupby("region")
-    stats = grouped["area_um2"].agg(["size", "mean", "median", "sum", lambda a: a.std(ddof=0)])
-    stats.columns = ["cells", "area_mean_um2", "area_median_um2", "area_sum", "area_std_um2"]
+    stats = grouped["area_um2"].agg(["size", "mean", "median", "sum"])
+    stats.columns = ["cells", "area_mean_um2", "area_median_um2", "area_sum"]
+    stats["area_std_um2"] = grouped["area_um2"].std(ddof=0)  # population std, one vectorised pass
     table = table.join(stats, on="region").join(grouped[stain_columns].mean(), on="region")
     table["cells"] = table["cells"].fillna(0).astype(int)
     tissue = table["tissue_area_mm2"].where(table["tissue_area_mm2"] > 0)
