@@ -109,3 +109,19 @@ def test_object_features_equal_regionprops_on_random_shapes(seed):
     np.testing.assert_allclose(ours["perimeter"], ref["perimeter"], rtol=1e-12)
     np.testing.assert_allclose(ours["solidity"], ref["solidity"], rtol=1e-12)
     np.testing.assert_allclose(ours["eccentricity"], ref["eccentricity"], atol=1e-7)
+
+
+def test_occupied_blocks_equal_a_direct_count():
+    """Which chunks of a grid hold labelled pixels (to skip decoding the others), on random sparse images."""
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        h, w = rng.integers(1, 60, 2)
+        labels = np.zeros((h, w), np.uint32)
+        for _ in range(rng.integers(0, 6)):
+            labels[rng.integers(0, h), rng.integers(0, w)] = rng.integers(1, 5)
+        _, pixels = object_pixels(labels)
+        (y0, x0), (by, bx) = rng.integers(0, 50, 2), rng.integers(1, 20, 2)
+        expected = np.zeros(((y0 + h - 1) // by - y0 // by + 1, (x0 + w - 1) // bx - x0 // bx + 1), bool)
+        rows, cols = np.nonzero(labels)
+        expected[(rows + y0) // by - y0 // by, (cols + x0) // bx - x0 // bx] = True
+        np.testing.assert_array_equal(pixels.occupied((y0, x0), (by, bx)), expected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -176,6 +177,26 @@ def test_an_object_in_far_apart_pieces_fails_and_keeps_the_previous_table(slide,
                       progress=False)
     assert (out / "objects.parquet").read_bytes() == before
     assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]
+
+
+def test_image_chunks_without_objects_are_not_decoded(slide, tmp_path):
+    """A corrupt image chunk where no object lies is never read; under an object it is an error naming the image."""
+    path, truth, _ = slide
+    image = zarr.open_group(path, mode="r")["0"]
+    window = (slice(64, 128), slice(128, 192))  # image chunk (0, 1, 2) at chunk=64
+    sparse = truth.copy()
+    sparse[np.isin(sparse, np.unique(truth[window]))] = 0  # no object left in (or touching) the chunk
+    tifffile.imwrite(tmp_path / "sparse.tif", sparse)
+    intact = measure_slide(path, labels=str(tmp_path / "sparse.tif"), out=tmp_path / "intact", block=128,
+                           report=False, progress=False)
+    (path / "0" / image.metadata.encode_chunk_key((0, 1, 2))).write_bytes(b"not a blosc chunk")
+    damaged = measure_slide(path, labels=str(tmp_path / "sparse.tif"), out=tmp_path / "damaged", block=128,
+                            report=False, progress=False)
+    assert damaged["cells"] == intact["cells"] == len(np.unique(sparse)) - 1 > 10
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "damaged" / "objects.parquet"),
+                                  pd.read_parquet(tmp_path / "intact" / "objects.parquet"))
+    with pytest.raises(InputError, match=re.escape(str(path / "0")) + r".*cannot read rows \d+:128, columns 128:"):
+        measure_slide(path, out=tmp_path / "full", block=128, report=False, progress=False)
 
 
 def direct_aji(truth: np.ndarray, pred: np.ndarray) -> float:

@@ -52,6 +52,13 @@ class ObjectPixels:
         return ObjectPixels(self.shape, self.flat[inside], self.rows[inside], self.cols[inside], objects[inside],
                             len(keep))
 
+    def occupied(self, origin: tuple[int, int], block: tuple[int, int]) -> np.ndarray:
+        """bool (ny, nx): which blocks of the grid of ``block`` (h, w) px from (0, 0) hold a pixel, over the
+        blocks the image covers when placed at ``origin``: an image chunk grid, for instance."""
+        (y0, x0), (by, bx) = origin, block
+        grid = ((y0 + self.shape[0] - 1) // by - y0 // by + 1, (x0 + self.shape[1] - 1) // bx - x0 // bx + 1)
+        return _occupied_blocks(self.rows, self.cols, y0, x0, by, bx, *grid)
+
     def image(self) -> np.ndarray:
         """The int32 label image (H, W) of the objects, numbered 1..n."""
         local = np.zeros(self.shape, np.int32)
@@ -79,6 +86,26 @@ def compact_values(values: np.ndarray, size_hint: int) -> tuple[np.ndarray, np.n
         ids, inverse = np.unique(values, return_inverse=True)
         numbers = inverse.astype(np.int64) + 1
     return np.concatenate([[0], ids]).astype(values.dtype), numbers
+
+
+@_compiled
+def _occupied_blocks(rows, cols, y0, x0, by, bx, ny, nx):
+    """``ObjectPixels.occupied``: rows ascending, so each band of blocks is left once all of its blocks are hit."""
+    occupied = np.zeros((ny, nx), np.bool_)
+    i = 0
+    for band in range(ny):
+        band_stop = (y0 // by + band + 1) * by - y0  # first local row of the next band
+        hit = 0
+        while i < rows.size and rows[i] < band_stop:
+            j = (cols[i] + x0) // bx - x0 // bx
+            if not occupied[band, j]:
+                occupied[band, j] = True
+                hit += 1
+                if hit == nx:
+                    i = np.searchsorted(rows, band_stop)
+                    break
+            i += 1
+    return occupied
 
 
 @_compiled

@@ -41,7 +41,8 @@ class MeasureInputs:
     pixel_size_um: tuple[float, float]
     channel_names: tuple[str, ...]
     brightfield_rgb: bool
-    source: str = ""  # named in read errors
+    source: str = ""  # the labels, named in read errors
+    image_source: str = ""  # the image, named in read errors
 
 
 def owned_pixels(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np.ndarray, ObjectPixels]:
@@ -85,14 +86,11 @@ class TileBuffers(threading.local):
         return buffer[:size].view(dtype).reshape(shape)
 
 
-def _read(array, window: tuple[slice, ...], source: str, buffers: TileBuffers | None = None, name: str = ""
-          ) -> np.ndarray:
-    """``array[window]``; a zarr array is decoded into a reused buffer of ``buffers`` when given."""
+def _read(array, window: tuple[slice, ...], source: str, out: np.ndarray | None = None) -> np.ndarray:
+    """``array[window]``; a zarr array is decoded straight into ``out`` when given."""
     try:
-        if buffers is None or not isinstance(array, zarr.Array):
+        if out is None or not isinstance(array, zarr.Array):
             return np.asarray(array[window])
-        shape = tuple(len(range(*s.indices(n))) for s, n in zip(window, array.shape))
-        out = buffers.array(name, shape, array.dtype)
         array.get_basic_selection(window, out=default_buffer_prototype().nd_buffer.from_numpy_array(out))
         return out
     except Exception as err:  # a corrupt or missing chunk: say where, not only the codec's message
@@ -151,18 +149,45 @@ class SeamPixels:
         return ids[done], rows[done], cols[done], None if values is None else values[:, done]
 
 
-def read_tile(inputs: MeasureInputs, tile: Block, buffers: TileBuffers | None = None
-              ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The labels (H, W) and image (C, H, W) of the tile (in ``buffers``' arrays when given)."""
-    labels = _read(inputs.labels, tile.core, inputs.source, buffers, "labels")
-    image = None if inputs.image is None else _read(inputs.image, (slice(None), *tile.core), inputs.source,
-                                                    buffers, "image")
-    return labels, image
+def _window_shape(window: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(len(range(*s.indices(n))) for s, n in zip(window, shape))
 
 
-def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, image: np.ndarray | None,
-                 shape: tuple[int, int], reach: int = 0) -> tuple[dict, tuple | None, np.ndarray]:
-    """(columns, seam pixels, ids reaching down) for ``tile`` (its ``labels`` and ``image``).
+def read_labels(inputs: MeasureInputs, tile: Block, buffers: TileBuffers | None = None) -> np.ndarray:
+    """The labels (H, W) of the tile (in a reused array of ``buffers`` when given)."""
+    labels = inputs.labels
+    out = None if buffers is None else buffers.array("labels", _window_shape(tile.core, labels.shape), labels.dtype)
+    return _read(labels, tile.core, inputs.source, out)
+
+
+def read_image(inputs: MeasureInputs, tile: Block, pixels: ObjectPixels, buffers: TileBuffers | None = None
+               ) -> np.ndarray:
+    """The image (C, H, W) of the tile wherever ``pixels`` lie.
+
+    Image chunks holding no labelled pixel are not decoded (most of a slide is background), so
+    those parts of the returned array are undefined.
+    """
+    image, window = inputs.image, (slice(None), *tile.core)
+    if buffers is None or not isinstance(image, zarr.Array):
+        return _read(image, window, inputs.image_source)
+    out = buffers.array("image", _window_shape(window, image.shape), image.dtype)
+    (y0, y1), (x0, x1) = (tile.core[0].start, tile.core[0].stop), (tile.core[1].start, tile.core[1].stop)
+    cy, cx = image.chunks[-2:]
+    occupied = pixels.occupied((y0, x0), (cy, cx))
+    if occupied.all():
+        return _read(image, window, inputs.image_source, out)
+    for i, j in np.argwhere(occupied):
+        top, left = (y0 // cy + i) * cy, (x0 // cx + j) * cx
+        rows, cols = slice(max(top, y0), min(top + cy, y1)), slice(max(left, x0), min(left + cx, x1))
+        _read(image, (slice(None), rows, cols), inputs.image_source,
+              out[:, rows.start - y0: rows.stop - y0, cols.start - x0: cols.stop - x0])
+    return out
+
+
+def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, shape: tuple[int, int], reach: int = 0,
+                 buffers: TileBuffers | None = None) -> tuple[dict, tuple | None, np.ndarray]:
+    """(columns, seam pixels, ids reaching down) for ``tile`` given its ``labels``; the image is read here,
+    only where there are objects.
 
     Columns: the objects inside the tile. A seam object comes within ``reach`` px of a tile edge
     that is not the image edge (0: touches it; more also joins the parts of a disconnected object
@@ -172,6 +197,7 @@ def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, image: 
     ids, pixels = object_pixels(labels)
     if not pixels.n:
         return {}, None, np.zeros(0, ids.dtype)
+    image = None if inputs.image is None else read_image(inputs, tile, pixels, buffers)
     features = object_features(labels, pixels)  # all objects: cheaper than splitting first; seam rows dropped
     seam, bottom = near_inner_edges(features["bbox"], tile.core, shape, reach)
     y0, x0 = tile.core[0].start, tile.core[1].start
@@ -280,8 +306,7 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
     buffers = TileBuffers()
 
     def measure(tile: Block) -> tuple[Block, dict, tuple | None, np.ndarray]:
-        labels, image = read_tile(inputs, tile, buffers)
-        return tile, *measure_tile(inputs, tile, labels, image, shape, margin)
+        return tile, *measure_tile(inputs, tile, read_labels(inputs, tile, buffers), shape, margin, buffers)
 
     tiles = list(iter_blocks(shape, tile_size(inputs.labels, block), 0))
     try:

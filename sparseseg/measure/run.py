@@ -67,7 +67,8 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     image = zarr.open_group(slide, mode="r")["0"]
     rgb = info.n_channels == 3 and info.dtype == np.uint8
     inputs = MeasureInputs(labels=label_array, image=image if intensities else None, pixel_size_um=info.pixel_size_um,
-                           channel_names=info.channel_names, brightfield_rgb=rgb, source=label_source(slide, labels))
+                           channel_names=info.channel_names, brightfield_rgb=rgb, source=label_source(slide, labels),
+                           image_source=str(slide / "0"))
     region_set = parse_regions(regions, slide, shape, info.pixel_size_um[0])
     n_blocks = len(list(iter_blocks(shape, tile_size(label_array, block), 0)))
     with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
