@@ -94,11 +94,12 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 def _cmd_export_geojson(args: argparse.Namespace) -> int:
     from sparseseg.export.geojson import export_geojson
     from sparseseg.io.omezarr import open_omezarr_slide
-    from sparseseg.measure.run import resolve_labels
+    from sparseseg.measure.run import label_source, resolve_labels
 
     info = open_omezarr_slide(args.slide)
     labels = resolve_labels(Path(args.slide), args.labels, tuple(info.shape[1:]))
-    count = export_geojson(labels, Path(args.out), classification=args.classification, pixel_size_um=info.pixel_size_um)
+    count = export_geojson(labels, Path(args.out), classification=args.classification, pixel_size_um=info.pixel_size_um,
+                           margin=args.margin, source=label_source(Path(args.slide), args.labels))
     print(f"wrote {count} detections to {args.out}")
     return 0
 
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default="cells", metavar="NAME_OR_FILE", help="label group or label image file")
     p.add_argument("--out", required=True, metavar="F", help="cells.geojson or cells.geojson.gz")
     p.add_argument("--classification", default="Nucleus", help="QuPath class of the detections (default Nucleus)")
+    p.add_argument("--margin", type=int, default=64, metavar="PX",
+                   help="outline the parts of a disconnected object lying within PX of the same tile seam as one "
+                   "feature (default 64); connected objects of any size are always exported whole")
     p.set_defaults(func=_cmd_export_geojson)
 
     p = sub.add_parser("demo", help="run the pipeline on the bundled CC0 demo slide",

@@ -1,9 +1,11 @@
 """QuPath-importable GeoJSON of a label image: one detection Feature per object, streamed.
 
-Objects are visited block by block with the ownership rule (each exactly once, whole) and their
-outlines traced along pixel edges (``geometry.mask_to_polygon``), so re-rasterising a feature
-gives back the object's pixels. Features are written as they come: memory stays bounded for
-millions of cells. Coordinates are level-0 pixels (what QuPath expects for the image).
+Tiles are read once, without overlap, as ``sparseseg measure`` reads them: an object inside a tile
+is traced there; one near a tile seam is set aside as pixels and traced whole once the row of
+tiles below has been read, so objects of any size come out once and whole. Outlines follow pixel
+edges (``geometry.mask_to_polygon``): re-rasterising a feature gives back the object's pixels.
+Features are written as they come, so memory stays bounded for millions of cells. Coordinates
+are level-0 pixels (what QuPath expects for the image).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,51 +21,85 @@ from scipy import ndimage as ndi
 from shapely.geometry import mapping
 
 from sparseseg.geometry import mask_to_polygon
-from sparseseg.measure.objects import iter_blocks, owned_labels
+from sparseseg.measure.features import bounding_boxes, compact_values, object_pixels
+from sparseseg.measure.objects import SeamPixels, check_unique_ids, iter_blocks, seam_rows, split_seam_objects, tile_size
 
 COLOUR = [255, 0, 0]
 
 
-def _features(labels, block, shape, classification: str, measurements: dict[int, dict] | None,
-              pixel_area_um2: float | None):
-    window = np.asarray(labels[block.context])
-    ids, local = owned_labels(window, block, shape)
-    y0, x0 = block.context[0].start, block.context[1].start
-    for k, box in enumerate(ndi.find_objects(local), start=1):
-        if box is None:
-            continue
-        polygon = mask_to_polygon(local[box] == k, (box[0].start + y0, box[1].start + x0))
-        object_id = int(ids[k])
-        properties = {"objectType": "detection", "id": object_id, "isLocked": False,
-                      "classification": {"name": classification, "color": COLOUR}}
-        values = dict(measurements.get(object_id, {})) if measurements is not None else {}
-        if pixel_area_um2 is not None:
-            values.setdefault("Area um^2", float(polygon.area * pixel_area_um2))
-        if values:
-            properties["measurements"] = values
-        yield {"type": "Feature", "id": f"cell-{object_id}", "geometry": mapping(polygon), "properties": properties}
+def _tile_outlines(labels, tile, shape: tuple[int, int], reach: int) -> tuple[list, tuple | None, np.ndarray]:
+    """((id, polygon) of the objects inside ``tile``, seam pixels, ids reaching down)."""
+    ids, pixels = object_pixels(np.asarray(labels[tile.core]))
+    if not pixels.n:
+        return [], None, np.zeros(0, ids.dtype)
+    bbox = bounding_boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
+    seam, piece, reaching_down = split_seam_objects(ids, pixels, bbox, tile, shape, reach)
+    inside = np.flatnonzero(~seam) + 1
+    local = pixels.subset(inside).image()
+    y0, x0 = tile.core[0].start, tile.core[1].start
+    outlines = [(int(ids[inside[k - 1]]), mask_to_polygon(local[box] == k, (box[0].start + y0, box[1].start + x0)))
+                for k, box in enumerate(ndi.find_objects(local), start=1)]
+    return outlines, piece, reaching_down
 
 
-def export_geojson(labels, out: Path, block: int = 2048, margin: int = 128, classification: str = "Nucleus",
+def _assembled_outlines(ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Iterator[tuple[int, object]]:
+    """(id, polygon) of whole objects given as pixel lists (level-0 rows and columns)."""
+    unique, objects = compact_values(ids, ids.size)
+    order = np.argsort(objects, kind="stable")
+    starts = np.searchsorted(objects[order], np.arange(1, unique.size + 1))
+    for k in range(1, unique.size):
+        chosen = order[starts[k - 1]: starts[k]]
+        r, c = rows[chosen], cols[chosen]
+        mask = np.zeros((r.max() - r.min() + 1, c.max() - c.min() + 1), bool)
+        mask[r - r.min(), c - c.min()] = True
+        yield int(unique[k]), mask_to_polygon(mask, (int(r.min()), int(c.min())))
+
+
+def _feature(object_id: int, polygon, classification: str, measurements: dict[int, dict] | None,
+             pixel_area_um2: float | None) -> dict:
+    properties = {"objectType": "detection", "id": object_id, "isLocked": False,
+                  "classification": {"name": classification, "color": COLOUR}}
+    values = dict(measurements.get(object_id, {})) if measurements is not None else {}
+    if pixel_area_um2 is not None:
+        values.setdefault("Area um^2", float(polygon.area * pixel_area_um2))
+    if values:
+        properties["measurements"] = values
+    return {"type": "Feature", "id": f"cell-{object_id}", "geometry": mapping(polygon), "properties": properties}
+
+
+def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, classification: str = "Nucleus",
                    measurements: dict[int, dict] | None = None, pixel_size_um: tuple[float, float] | None = None,
-                   progress=None) -> int:
-    """Write a FeatureCollection to ``out`` (gzip when it ends in .gz), atomically; returns the count."""
+                   progress=None, source: str = "") -> int:
+    """Write a FeatureCollection to ``out`` (gzip when it ends in .gz), atomically; returns the count.
+
+    ``margin``: the parts of a disconnected object within this many px of the same tile seam are
+    outlined together (a MultiPolygon); parts farther apart would repeat its id, which is an error.
+    """
     out = Path(out)
     shape = tuple(labels.shape)
     tmp = out.with_name(f".{out.name}.partial")
     opener = gzip.open if out.suffix == ".gz" else open
+    area = pixel_size_um[0] * pixel_size_um[1] if pixel_size_um else None
+    tiles = iter_blocks(shape, tile_size(labels, block), 0)
+    written = []  # the ids, one array per tile row: checked for repeats at the end
     count = 0
     try:
         with opener(tmp, "wt", encoding="utf-8") as fh:
             fh.write('{"type": "FeatureCollection", "features": [\n')
-            for b in iter_blocks(shape, block, margin):
-                area = pixel_size_um[0] * pixel_size_um[1] if pixel_size_um else None
-                for feature in _features(labels, b, shape, classification, measurements, area):
+            results = ((tile, *_tile_outlines(labels, tile, shape, margin)) for tile in tiles)
+            for row, complete in seam_rows(results, SeamPixels()):
+                outlines = [outline for tile_outlines in row for outline in tile_outlines]
+                if complete is not None:
+                    outlines.extend(_assembled_outlines(*complete[:3]))
+                for object_id, polygon in outlines:
+                    feature = _feature(object_id, polygon, classification, measurements, area)
                     fh.write((",\n" if count else "") + json.dumps(feature, separators=(",", ":")))
                     count += 1
+                written.append(np.array([object_id for object_id, _ in outlines], np.int64))
                 if progress is not None:
-                    progress.update(1)
+                    progress.update(len(row))
             fh.write("\n]}\n")
+        check_unique_ids(np.concatenate(written) if written else np.zeros(0, np.int64), source, margin)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -43,31 +43,6 @@ class MeasureInputs:
     brightfield_rgb: bool
     source: str = ""  # the labels, named in read errors
     image_source: str = ""  # the image, named in read errors
-
-
-def owned_pixels(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np.ndarray, ObjectPixels]:
-    """(global ids with 0 first, pixels of the objects of the context ``labels`` that ``block`` owns).
-
-    Raises when an owned object reaches a context edge that is not the image edge (it may be cut).
-    """
-    ids, pixels = object_pixels(labels)
-    if not pixels.n:
-        return ids, pixels
-    bbox = bounding_boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
-    owned, cut = block.ownership(bbox, shape)
-    if cut.any():
-        k = int(np.flatnonzero(cut)[0])
-        y0, x0 = block.context[0].start, block.context[1].start
-        raise InputError(None, f"object {ids[k + 1]} at (y={bbox[k, 0] + y0}, x={bbox[k, 1] + x0}) is larger "
-                               f"than the measurement margin; use a larger --margin")
-    keep = np.flatnonzero(owned) + 1
-    return np.concatenate([[0], ids[keep]]).astype(ids.dtype), pixels.subset(keep)
-
-
-def owned_labels(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(global ids, local label image 1..n over the context holding only the objects the block owns)."""
-    ids, pixels = owned_pixels(labels, block, shape)
-    return ids, pixels.image()
 
 
 class TileBuffers(threading.local):
@@ -199,20 +174,45 @@ def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, shape: 
         return {}, None, np.zeros(0, ids.dtype)
     image = None if inputs.image is None else read_image(inputs, tile, pixels, buffers)
     features = object_features(labels, pixels)  # all objects: cheaper than splitting first; seam rows dropped
-    seam, bottom = near_inner_edges(features["bbox"], tile.core, shape, reach)
-    y0, x0 = tile.core[0].start, tile.core[1].start
-    piece = None
-    if seam.any():
-        part = pixels.subset(np.flatnonzero(seam) + 1)
-        piece = (ids[1:][seam][part.objects - 1], part.rows + y0, part.cols + x0,
-                 None if image is None else pixel_values(image, part.flat))
+    seam, piece, reaching_down = split_seam_objects(ids, pixels, features["bbox"], tile, shape, reach, image)
     table = {}
     if not seam.all():
         means = None if image is None else intensity_means(image.reshape(image.shape[0], -1), pixels.flat,
                                                            pixels.objects, pixels.n, inputs.brightfield_rgb)
-        columns = _table(inputs, ids[1:], features, y0, x0, means)
+        columns = _table(inputs, ids[1:], features, tile.core[0].start, tile.core[1].start, means)
         table = {name: column[~seam] for name, column in columns.items()}
-    return table, piece, ids[1:][bottom]
+    return table, piece, reaching_down
+
+
+def split_seam_objects(ids: np.ndarray, pixels: ObjectPixels, bbox: np.ndarray, tile: Block, shape: tuple[int, int],
+                       reach: int, image: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None, np.ndarray]:
+    """(seam, piece, ids reaching down) for the objects ``pixels`` (ids ``ids[1:]``, tile-relative boxes) of ``tile``.
+
+    ``seam``: which objects come within ``reach`` px of an inner tile edge; ``piece``: their pixels
+    as (ids, level-0 rows, columns, image values (C, M) or None), for ``SeamPixels``.
+    """
+    seam, bottom = near_inner_edges(bbox, tile.core, shape, reach)
+    piece = None
+    if seam.any():
+        part = pixels.subset(np.flatnonzero(seam) + 1)
+        piece = (ids[1:][seam][part.objects - 1], part.rows + tile.core[0].start, part.cols + tile.core[1].start,
+                 None if image is None else pixel_values(image, part.flat))
+    return seam, piece, ids[1:][bottom]
+
+
+def seam_rows(results: Iterable[tuple], seams: SeamPixels) -> Iterator[tuple[list, tuple | None]]:
+    """Per tile row: (its tiles' results, the seam objects it completed as (ids, rows, cols, values) or None).
+
+    ``results``: (tile, result, seam piece, ids reaching down) per tile, in row-major order. A seam
+    object is complete once the row below its last piece has been seen.
+    """
+    for _, row in groupby(results, key=lambda result: result[0].index[0]):
+        done, continuing = [], []
+        for _, result, piece, reaching_down in row:
+            done.append(result)
+            seams.add(piece)
+            continuing.append(reaching_down)
+        yield done, seams.pop_complete(np.concatenate(continuing))
 
 
 def measure_assembled(inputs: MeasureInputs, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray,
@@ -315,17 +315,11 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
         with ThreadPoolExecutor(threads) as pool:
             results = _bounded_map(pool, measure, tiles, 2 * threads)
             assembled = None
-            for _, row in groupby(results, key=lambda result: result[0].index[0]):
-                tables, continuing = [], []
-                for _, columns, piece, reaching_down in row:
-                    tables.append(columns)
-                    seams.add(piece)
-                    continuing.append(reaching_down)
-                    if progress is not None:
-                        progress.update(1)
+            for tables, complete in seam_rows(results, seams):
+                if progress is not None:
+                    progress.update(len(tables))
                 if assembled is not None:
                     tables.extend(assembled.result())
-                complete = seams.pop_complete(np.concatenate(continuing))
                 assembled = None if complete is None else pool.submit(_measure_all_assembled, inputs, complete)
                 write(tables)
             if assembled is not None:
@@ -378,9 +372,14 @@ def _bounded_map(pool: ThreadPoolExecutor, function, items: list, window: int) -
 
 
 def _check_unique_ids(table: Path, source: str, margin: int) -> None:
-    ids = np.sort(pq.read_table(table, columns=["id"])["id"].to_numpy())
+    check_unique_ids(pq.read_table(table, columns=["id"])["id"].to_numpy(), source, margin)
+
+
+def check_unique_ids(ids: np.ndarray, source: str, margin: int) -> None:
+    """Raise when an id was written twice: a label in parts too far apart to be joined at a tile seam."""
+    ids = np.sort(ids)
     repeated = ids[1:][ids[1:] == ids[:-1]]
     if repeated.size:
         raise InputError(source, f"label {repeated[0]} (and {repeated.size - 1} more) has parts farther than "
                                  f"--margin {margin} px of a tile seam on either side: label its connected components "
-                                 f"separately, or measure with a larger --margin")
+                                 f"separately, or use a larger --margin")
