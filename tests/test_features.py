@@ -1,7 +1,8 @@
-"""Vectorised object features equal scikit-image's regionprops on real and awkward labels."""
+"""Object features (compiled loops) equal scikit-image's regionprops on real and awkward labels."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,34 @@ def test_occupied_blocks_equal_a_direct_count():
         rows, cols = np.nonzero(labels)
         expected[(rows + y0) // by - y0 // by, (cols + x0) // bx - x0 // bx] = True
         np.testing.assert_array_equal(pixels.occupied((y0, x0), (by, bx)), expected)
+
+
+def test_features_compile_without_a_writable_cache_folder():
+    """A read-only install with no writable home: numba cannot cache, the loops still compile and agree."""
+    import subprocess
+    import sys
+
+    setup = """
+import json
+import numpy as np
+labels = np.zeros((20, 20), np.uint32)
+labels[2:9, 3:12] = 7
+labels[12:18, 5:8] = 3
+labels[13, 6] = 0
+"""
+    script = setup + """
+from numba.core import caching
+caching.CacheImpl._locator_classes = []  # no folder numba could write its cache to
+from sparseseg.measure.features import object_features, object_pixels
+features = object_features(labels, object_pixels(labels)[1])
+print(json.dumps({key: np.asarray(value).tolist() for key, value in features.items()}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    namespace = {}
+    exec(setup, namespace)
+    labels = namespace["labels"]
+    ours = object_features(labels, object_pixels(labels)[1])
+    uncached = json.loads(done.stdout.strip().splitlines()[-1])
+    assert uncached["area"] == [17, 63]
+    for key, value in ours.items():
+        np.testing.assert_array_equal(np.asarray(uncached[key]), value, err_msg=key)
