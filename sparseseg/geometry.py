@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon, box
+from shapely.geometry import MultiPolygon, Polygon
 from skimage.draw import polygon as draw_polygon
 
 
 def mask_to_polygon(mask: np.ndarray, offset_yx: tuple[int, int] = (0, 0)) -> Polygon | MultiPolygon:
     """The union of a boolean mask's pixel squares, traced along pixel edges (holes kept)."""
-    rects = []
     oy, ox = offset_yx
-    for row in np.flatnonzero(mask.any(axis=1)):
-        line = np.concatenate([[False], mask[row], [False]]).astype(np.int8)
-        changes = np.flatnonzero(np.diff(line))
-        for start, stop in zip(changes[::2], changes[1::2]):  # runs of True: fewer boxes to union
-            rects.append(box(ox + start, oy + row, ox + stop, oy + row + 1))
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = mask
+    rows, cols = np.nonzero(np.diff(padded, axis=1))  # each run of True: its start, then its stop, row by row
+    rects = shapely.box(ox + cols[::2], oy + rows[::2], ox + cols[1::2], oy + rows[::2] + 1)  # one box per run
     merged = shapely.union_all(rects)
     return shapely.simplify(merged, 0)  # drop collinear vertices left by the runs
 
