@@ -273,3 +273,20 @@ def test_geojson_export_across_tile_seams_keeps_every_object_whole(tmp_path):
         export_geojson(split, tmp_path / "split.geojson", block=64, margin=8)
     assert not list(tmp_path.glob("*split*"))
 
+
+def test_grid_tissue_counts_equal_a_pixel_by_pixel_count():
+    """Mask pixels per grid region (each pixel counted in the region holding its centre), random masks and grids."""
+    from sparseseg.measure.regions import _cells_per_region
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        mask = rng.random(tuple(rng.integers(1, 80, 2))) < rng.random()
+        factor, cell = float(rng.uniform(1, 40)), float(rng.uniform(5, 400))
+        rows, cols = (int(np.ceil(n * factor / cell)) for n in mask.shape)
+        y, x = np.nonzero(mask)
+        region_y, region_x = ((y + 0.5) * factor // cell).astype(int), ((x + 0.5) * factor // cell).astype(int)
+        inside = (region_y < rows) & (region_x < cols)
+        expected = np.zeros((rows, cols), np.int64)
+        np.add.at(expected, (region_y[inside], region_x[inside]), 1)
+        np.testing.assert_array_equal(_cells_per_region(mask, factor, cell, rows, cols), expected)
+

@@ -54,8 +54,9 @@ def _cells_per_region(mask: np.ndarray, factor: float, cell: float, rows: int, c
         return counts
     starts_y = np.flatnonzero(np.r_[True, np.diff(ry[: mask.shape[0]]) != 0])  # region index is non-decreasing
     starts_x = np.flatnonzero(np.r_[True, np.diff(rx[: mask.shape[1]]) != 0])
-    sums = np.add.reduceat(np.add.reduceat(mask, starts_y, axis=0, dtype=np.int64), starts_x, axis=1)
-    counts[np.ix_(ry[starts_y], rx[starts_x])] = sums
+    ends_y = np.r_[starts_y[1:], mask.shape[0]]
+    per_band = np.stack([np.count_nonzero(mask[a:b], axis=0) for a, b in zip(starts_y, ends_y)])  # no int64 copy
+    counts[np.ix_(ry[starts_y], rx[starts_x])] = np.add.reduceat(per_band, starts_x, axis=1)
     return counts
 
 
