@@ -1,11 +1,12 @@
 """Per-object measurements of a label image, tile by tile, each object measured exactly once, whole.
 
 Tiles cover the label array without overlap (aligned to its chunks, so each chunk is decoded
-once). An object inside one tile is measured there. An object touching a tile edge that is not
-the image edge is a *seam object*: its pixels and image values are set aside until the row of
-tiles below has been read (nothing later can add to it), then it is measured from its assembled
-pixels. Objects of any size are measured whole; memory holds one tile plus the seam objects'
-pixels. Rows stream to a Parquet file.
+once; image chunks holding no labelled pixel are not decoded at all). An object inside one tile
+is measured there. An object touching (or within the margin of) a tile edge that is not the
+image edge is a *seam object*: its pixels and image values are set aside until the row of tiles
+below has been read (nothing later can add to it), then it is measured from its assembled
+pixels. Objects of any size are measured whole; memory holds one tile per thread plus the seam
+objects' pixels of about one tile row. Rows stream to a Parquet file.
 """
 
 from __future__ import annotations
