@@ -290,3 +290,30 @@ def test_grid_tissue_counts_equal_a_pixel_by_pixel_count():
         np.add.at(expected, (region_y[inside], region_x[inside]), 1)
         np.testing.assert_array_equal(_cells_per_region(mask, factor, cell, rows, cols), expected)
 
+
+@pytest.mark.parametrize("margin", [0, 5])
+def test_objects_crossing_tile_corners_diagonally_are_measured_whole(tmp_path, margin):
+    """8-connected lines through tile corners (both diagonals), a cross over a 4-tile corner, a staircase over
+    three tiles: seam objects are completed tile by tile, never before their last piece is seen."""
+    from sparseseg.measure.objects import MeasureInputs, measure_objects
+
+    labels = np.zeros((192, 192), np.uint32)
+    for i in range(20):
+        labels[54 + i, 54 + i] = 1       # down-right through the corner of tiles (0, 0) and (1, 1)
+        labels[54 + i, 137 - i] = 2      # down-left through the corner of tiles (0, 2) and (1, 1)
+    labels[120:136, 127:129] = labels[127:129, 120:136] = 3  # a cross on the corner of 4 tiles
+    for i in range(30):
+        labels[150 + i // 3, 40 + 3 * i: 43 + 3 * i] = 4  # a staircase over tiles (2, 0), (2, 1), (2, 2)
+    labels[5:10, 5:10] = 5
+    out = tmp_path / "objects.parquet"
+    inputs = MeasureInputs(labels=labels, image=None, pixel_size_um=(1.0, 1.0), channel_names=(),
+                           brightfield_rgb=False)
+    assert measure_objects(inputs, out, block=64, margin=margin, threads=2) == 5
+    table = pd.read_parquet(out).set_index("id").sort_index()
+    ref = pd.DataFrame(regionprops_table(labels.astype(np.int32), properties=("label", "area", "perimeter",
+                                                                              "solidity"))).set_index("label")
+    np.testing.assert_array_equal(table.index, ref.index)
+    np.testing.assert_array_equal(table["area_px"], ref["area"])
+    np.testing.assert_allclose(table["perimeter_um"], ref["perimeter"], rtol=1e-12)
+    np.testing.assert_allclose(table["solidity"], ref["solidity"], rtol=1e-12)
+

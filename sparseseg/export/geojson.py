@@ -22,24 +22,26 @@ from shapely.geometry import mapping
 
 from sparseseg.geometry import mask_to_polygon
 from sparseseg.measure.features import bounding_boxes, compact_values, object_pixels
-from sparseseg.measure.objects import SeamPixels, check_unique_ids, iter_blocks, seam_rows, split_seam_objects, tile_size
+from sparseseg.measure.objects import (SeamPixels, check_unique_ids, iter_blocks, split_seam_objects, tile_size,
+                                       tiles_with_seams)
 
 COLOUR = [255, 0, 0]
 
 
-def _tile_outlines(labels, tile, shape: tuple[int, int], reach: int) -> tuple[list, tuple | None, np.ndarray]:
-    """((id, polygon) of the objects inside ``tile``, seam pixels, ids reaching down)."""
+def _tile_outlines(labels, tile, shape: tuple[int, int], reach: int
+                   ) -> tuple[list, tuple | None, np.ndarray, np.ndarray]:
+    """((id, polygon) of the objects inside ``tile``, seam pixels, ids reaching down, ids reaching right)."""
     ids, pixels = object_pixels(np.asarray(labels[tile.core]))
     if not pixels.n:
-        return [], None, np.zeros(0, ids.dtype)
+        return [], None, np.zeros(0, ids.dtype), np.zeros(0, ids.dtype)
     bbox = bounding_boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
-    seam, piece, reaching_down = split_seam_objects(ids, pixels, bbox, tile, shape, reach)
+    seam, piece, reaching_down, reaching_right = split_seam_objects(ids, pixels, bbox, tile, shape, reach)
     inside = np.flatnonzero(~seam) + 1
     local = pixels.subset(inside).image()
     y0, x0 = tile.core[0].start, tile.core[1].start
     outlines = [(int(ids[inside[k - 1]]), mask_to_polygon(local[box] == k, (box[0].start + y0, box[1].start + x0)))
                 for k, box in enumerate(ndi.find_objects(local), start=1)]
-    return outlines, piece, reaching_down
+    return outlines, piece, reaching_down, reaching_right
 
 
 def _assembled_outlines(ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Iterator[tuple[int, object]]:
@@ -87,8 +89,8 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
         with opener(tmp, "wt", encoding="utf-8") as fh:
             fh.write('{"type": "FeatureCollection", "features": [\n')
             results = ((tile, *_tile_outlines(labels, tile, shape, margin)) for tile in tiles)
-            for row, complete in seam_rows(results, SeamPixels()):
-                outlines = [outline for tile_outlines in row for outline in tile_outlines]
+            for tile, outlines, complete in tiles_with_seams(results, SeamPixels(), shape[1]):
+                outlines = list(outlines or [])
                 if complete is not None:
                     outlines.extend(_assembled_outlines(*complete[:3]))
                 for object_id, polygon in outlines:
@@ -96,8 +98,8 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
                     fh.write((",\n" if count else "") + json.dumps(feature, separators=(",", ":")))
                     count += 1
                 written.append(np.array([object_id for object_id, _ in outlines], np.int64))
-                if progress is not None:
-                    progress.update(len(row))
+                if progress is not None and tile is not None:
+                    progress.update(1)
             fh.write("\n]}\n")
         check_unique_ids(np.concatenate(written) if written else np.zeros(0, np.int64), source, margin)
     except BaseException:

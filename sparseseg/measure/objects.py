@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -113,16 +112,29 @@ class SeamPixels:
             self.pieces.append(piece)
 
     def pop_complete(self, continuing: np.ndarray) -> tuple[np.ndarray, ...] | None:
-        """Remove and return (ids, rows, cols, values) of every object not in ``continuing``."""
-        if not self.pieces:
+        """Remove and return (ids, rows, cols, values) of every object not in ``continuing`` (None: no such object).
+
+        Pieces left whole are kept as they are: only what completes is copied.
+        """
+        done, kept = [], []
+        for piece in self.pieces:
+            later = np.isin(piece[0], continuing)
+            if later.all():
+                kept.append(piece)
+                continue
+            if later.any():
+                kept.append(_select(piece, later))
+            done.append(_select(piece, ~later))
+        self.pieces = kept
+        if not done:
             return None
-        ids, rows, cols = (np.concatenate([p[i] for p in self.pieces]) for i in range(3))
-        values = None if self.pieces[0][3] is None else np.concatenate([p[3] for p in self.pieces], 1)
-        later = np.isin(ids, continuing)
-        self.pieces = ([(ids[later], rows[later], cols[later], None if values is None else values[:, later])]
-                       if later.any() else [])
-        done = ~later
-        return ids[done], rows[done], cols[done], None if values is None else values[:, done]
+        ids, rows, cols = (np.concatenate([p[i] for p in done]) for i in range(3))
+        return ids, rows, cols, None if done[0][3] is None else np.concatenate([p[3] for p in done], 1)
+
+
+def _select(piece: tuple, chosen: np.ndarray) -> tuple:
+    ids, rows, cols, values = piece
+    return ids[chosen], rows[chosen], cols[chosen], None if values is None else values[:, chosen]
 
 
 def _window_shape(window: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -161,59 +173,70 @@ def read_image(inputs: MeasureInputs, tile: Block, pixels: ObjectPixels, buffers
 
 
 def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, shape: tuple[int, int], reach: int = 0,
-                 buffers: TileBuffers | None = None) -> tuple[dict, tuple | None, np.ndarray]:
-    """(columns, seam pixels, ids reaching down) for ``tile`` given its ``labels``; the image is read here,
-    only where there are objects.
+                 buffers: TileBuffers | None = None) -> tuple[dict, tuple | None, np.ndarray, np.ndarray]:
+    """(columns, seam pixels, ids reaching down, ids reaching right) for ``tile`` given its ``labels``; the
+    image is read here, only where there are objects.
 
     Columns: the objects inside the tile. A seam object comes within ``reach`` px of a tile edge
     that is not the image edge (0: touches it; more also joins the parts of a disconnected object
     lying on both sides of a seam); its pixels are returned as (ids, rows, cols, values), and the
-    ids of those near the tile's bottom edge (their rest may lie in the next row of tiles).
+    ids of those near the tile's bottom and right edges (their rest may lie in later tiles).
     """
     ids, pixels = object_pixels(labels)
     if not pixels.n:
-        return {}, None, np.zeros(0, ids.dtype)
+        return {}, None, np.zeros(0, ids.dtype), np.zeros(0, ids.dtype)
     image = None if inputs.image is None else read_image(inputs, tile, pixels, buffers)
     features = object_features(labels, pixels)  # all objects: cheaper than splitting first; seam rows dropped
-    seam, piece, reaching_down = split_seam_objects(ids, pixels, features["bbox"], tile, shape, reach, image)
+    seam, piece, reaching_down, reaching_right = split_seam_objects(ids, pixels, features["bbox"], tile, shape,
+                                                                    reach, image)
     table = {}
     if not seam.all():
         means = None if image is None else intensity_means(image.reshape(image.shape[0], -1), pixels.flat,
                                                            pixels.objects, pixels.n, inputs.brightfield_rgb)
         columns = _table(inputs, ids[1:], features, tile.core[0].start, tile.core[1].start, means)
         table = {name: column[~seam] for name, column in columns.items()}
-    return table, piece, reaching_down
+    return table, piece, reaching_down, reaching_right
 
 
 def split_seam_objects(ids: np.ndarray, pixels: ObjectPixels, bbox: np.ndarray, tile: Block, shape: tuple[int, int],
-                       reach: int, image: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None, np.ndarray]:
-    """(seam, piece, ids reaching down) for the objects ``pixels`` (ids ``ids[1:]``, tile-relative boxes) of ``tile``.
+                       reach: int, image: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, tuple | None, np.ndarray, np.ndarray]:
+    """(seam, piece, ids reaching down, ids reaching right) for the objects ``pixels`` (ids ``ids[1:]``,
+    tile-relative boxes) of ``tile``.
 
     ``seam``: which objects come within ``reach`` px of an inner tile edge; ``piece``: their pixels
     as (ids, level-0 rows, columns, image values (C, M) or None), for ``SeamPixels``.
     """
-    seam, bottom = near_inner_edges(bbox, tile.core, shape, reach)
+    seam, bottom, right = near_inner_edges(bbox, tile.core, shape, reach)
     piece = None
     if seam.any():
         part = pixels.subset(np.flatnonzero(seam) + 1)
         piece = (ids[1:][seam][part.objects - 1], part.rows + tile.core[0].start, part.cols + tile.core[1].start,
                  None if image is None else pixel_values(image, part.flat))
-    return seam, piece, ids[1:][bottom]
+    return seam, piece, ids[1:][bottom], ids[1:][right]
 
 
-def seam_rows(results: Iterable[tuple], seams: SeamPixels) -> Iterator[tuple[list, tuple | None]]:
-    """Per tile row: (its tiles' results, the seam objects it completed as (ids, rows, cols, values) or None).
+def tiles_with_seams(results: Iterable[tuple], seams: SeamPixels, width: int
+                     ) -> Iterator[tuple[Block | None, object, tuple | None]]:
+    """(tile, its result, the seam objects complete once it has been seen, as (ids, rows, cols, values) or None).
 
-    ``results``: (tile, result, seam piece, ids reaching down) per tile, in row-major order. A seam
-    object is complete once the row below its last piece has been seen.
+    ``results``: (tile, result, seam piece, ids reaching down, ids reaching right) per tile, in
+    row-major order over an image ``width`` px wide. After tile (r, c) an object may still grow
+    if it reaches down from a tile of row r at or left of c, reaches right from (r, c), or reaches
+    down from row r - 1 at or right of c (at c: diagonally into (r, c + 1)). Everything else is
+    complete, so what is held is about one row of tiles' bottom seams, and little is assembled at once.
     """
-    for _, row in groupby(results, key=lambda result: result[0].index[0]):
-        done, continuing = [], []
-        for _, result, piece, reaching_down in row:
-            done.append(result)
-            seams.add(piece)
-            continuing.append(reaching_down)
-        yield done, seams.pop_complete(np.concatenate(continuing))
+    above, current, row = {}, {}, None
+    for tile, result, piece, reaching_down, reaching_right in results:
+        (r, c), last_column = tile.index, tile.core[1].stop >= width
+        if r != row:
+            above, current, row = current, {}, r
+        seams.add(piece)
+        current[c] = reaching_down
+        from_above = [ids for column, ids in above.items() if column > c or (column == c and not last_column)]
+        yield tile, result, seams.pop_complete(np.concatenate([*current.values(), reaching_right, *from_above]))
+    if seams.pieces:  # nothing should be left; if it is, it is complete now
+        yield None, None, seams.pop_complete(np.zeros(0, np.int64))
 
 
 def measure_assembled(inputs: MeasureInputs, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray,
@@ -306,25 +329,30 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
 
     buffers = TileBuffers()
 
-    def measure(tile: Block) -> tuple[Block, dict, tuple | None, np.ndarray]:
+    def measure(tile: Block) -> tuple[Block, dict, tuple | None, np.ndarray, np.ndarray]:
         return tile, *measure_tile(inputs, tile, read_labels(inputs, tile, buffers), shape, margin, buffers)
 
     tiles = list(iter_blocks(shape, tile_size(inputs.labels, block), 0))
     try:
         # tiles in parallel threads (zarr decoding and the compiled loops release the GIL), results in order;
-        # the seam objects a tile row completes are measured in the pool too, and written with the next row
+        # the seam objects a tile completes are measured in the pool too; one write per tile row
         with ThreadPoolExecutor(threads) as pool:
             results = _bounded_map(pool, measure, tiles, 2 * threads)
-            assembled = None
-            for tables, complete in seam_rows(results, seams):
-                if progress is not None:
-                    progress.update(len(tables))
-                if assembled is not None:
-                    tables.extend(assembled.result())
-                assembled = None if complete is None else pool.submit(_measure_all_assembled, inputs, complete)
-                write(tables)
-            if assembled is not None:
-                write(assembled.result())
+            tables, assembled = [], deque()
+            for tile, columns, complete in tiles_with_seams(results, seams, shape[1]):
+                if tile is not None:
+                    tables.append(columns)
+                if complete is not None:
+                    assembled.append(pool.submit(_measure_all_assembled, inputs, complete))
+                if progress is not None and tile is not None:
+                    progress.update(1)
+                if tile is None or tile.core[1].stop >= shape[1]:  # a tile row done
+                    while assembled and assembled[0].done():
+                        tables.extend(assembled.popleft().result())
+                    write(tables)
+                    tables = []
+            for future in assembled:
+                write(future.result())
         release_free_memory()
         if writer is not None:
             writer.close()

@@ -26,14 +26,14 @@ def _clip(start: int, stop: int, size: int) -> slice:
 
 
 def near_inner_edges(bbox: np.ndarray, window: Window, image_shape: tuple[int, int], reach: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(near any, near the bottom): objects with (n, 4) ``window``-relative boxes (y0, x0, y1, x1) that come
-    within ``reach`` px (0: touch) of an edge of ``window`` that is not the image edge."""
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(near any, near the bottom, near the right): objects with (n, 4) ``window``-relative boxes (y0, x0, y1, x1)
+    that come within ``reach`` px (0: touch) of an edge of ``window`` that is not the image edge."""
     (y0, y1), (x0, x1) = (window[0].start, window[0].stop), (window[1].start, window[1].stop)
     bottom = (bbox[:, 2] >= y1 - y0 - reach) & (y1 < image_shape[0])
-    near = (bottom | ((bbox[:, 0] <= reach) & (y0 > 0)) | ((bbox[:, 1] <= reach) & (x0 > 0))
-            | ((bbox[:, 3] >= x1 - x0 - reach) & (x1 < image_shape[1])))
-    return near, bottom
+    right = (bbox[:, 3] >= x1 - x0 - reach) & (x1 < image_shape[1])
+    near = bottom | right | ((bbox[:, 0] <= reach) & (y0 > 0)) | ((bbox[:, 1] <= reach) & (x0 > 0))
+    return near, bottom, right
 
 
 @dataclass(frozen=True)
