@@ -142,9 +142,9 @@ def main() -> None:
           f"single run)")
     print(f"16x (the 4x slide 2 x 2 times): tables {measured_16x['seconds']:.2f} s "
           f"({measured_16x['seconds'] / measured_4x['seconds']:.2f}x the 4x run)")
-    print(f"peak RSS (single runs): 1x {measured_1x['peak_rss_mb']:.0f} MB, 4x {measured_4x['peak_rss_mb']:.0f} MB, "
-          f"16x {measured_16x['peak_rss_mb']:.0f} MB; ratio 4x/1x {measured_4x['peak_rss_mb'] / measured_1x['peak_rss_mb']:.3f}, "
-          f"16x/4x {measured_16x['peak_rss_mb'] / measured_4x['peak_rss_mb']:.3f}")
+    peak_1x, peak_4x, peak_16x = (run["peak_rss_mb"] for run in (measured_1x, measured_4x, measured_16x))
+    print(f"peak RSS (single runs): 1x {peak_1x:.0f} MB, 4x {peak_4x:.0f} MB, 16x {peak_16x:.0f} MB; "
+          f"ratio 4x/1x {peak_4x / peak_1x:.3f}, 16x/4x {peak_16x / peak_4x:.3f}")
     for name, run in (("1x", measured_1x), ("4x", measured_4x), ("16x", measured_16x)):
         print(f"RSS peak in each quarter of the {name} run: "
               + ", ".join(f"{value:.0f}" for value in run["rss_quarters_mb"]) + " MB")
