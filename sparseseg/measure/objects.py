@@ -346,13 +346,11 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
                     assembled.append(pool.submit(_measure_all_assembled, inputs, complete))
                 if progress is not None and tile is not None:
                     progress.update(1)
-                if tile is None or tile.core[1].stop >= shape[1]:  # a tile row done
-                    while assembled and assembled[0].done():
+                if tile is None or tile.core[1].stop >= shape[1]:  # a tile row done: rows in a fixed order
+                    while assembled:
                         tables.extend(assembled.popleft().result())
                     write(tables)
                     tables = []
-            for future in assembled:
-                write(future.result())
         release_free_memory()
         if writer is not None:
             writer.close()
