@@ -160,19 +160,24 @@ def parse_regions(spec: str, slide: Path, shape: tuple[int, int], pixel_size_um:
     return roi_regions(slide, shape, pixel_size_um, path)
 
 
+def stain_columns(names) -> list[str]:
+    """The object table's per-channel means and optical densities, averaged per region."""
+    return [c for c in names if c.startswith("mean_") or c.endswith("_od")]
+
+
 def region_table(objects: pd.DataFrame, regions: Regions) -> pd.DataFrame:
     """Per region: cells, density per mm2 of tissue, area statistics, cell-covered fraction, stains."""
-    stain_columns = [c for c in objects.columns if c.startswith("mean_") or c.endswith("_od")]
+    stains = stain_columns(objects.columns)
     table = pd.DataFrame({"region": list(regions.names), "name": list(regions.names.values())})
     table["tissue_area_mm2"] = [regions.tissue_area_um2.get(r, 0.0) / 1e6 for r in regions.names]
     grouped = objects.groupby("region")
     stats = grouped["area_um2"].agg(["size", "mean", "median", "sum"])
     stats.columns = ["cells", "area_mean_um2", "area_median_um2", "area_sum"]
     stats["area_std_um2"] = grouped["area_um2"].std(ddof=0)  # population std, one vectorised pass
-    table = table.join(stats, on="region").join(grouped[stain_columns].mean(), on="region")
+    table = table.join(stats, on="region").join(grouped[stains].mean(), on="region")
     table["cells"] = table["cells"].fillna(0).astype(int)
     tissue = table["tissue_area_mm2"].where(table["tissue_area_mm2"] > 0)
     table["density_per_mm2"] = table["cells"] / tissue
     table["cell_area_fraction"] = table["area_sum"].fillna(0) / (tissue * 1e6)
     return table[["region", "name", "tissue_area_mm2", "cells", "density_per_mm2", "area_mean_um2",
-                  "area_median_um2", "area_std_um2", "cell_area_fraction", *stain_columns]]
+                  "area_median_um2", "area_std_um2", "cell_area_fraction", *stains]]

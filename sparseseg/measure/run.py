@@ -16,7 +16,7 @@ from sparseseg.errors import InputError
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.measure.accuracy import accumulate, accuracy_tables
 from sparseseg.measure.objects import MeasureInputs, iter_blocks, measure_objects, tile_size
-from sparseseg.measure.regions import parse_regions, region_table
+from sparseseg.measure.regions import parse_regions, region_table, stain_columns
 from sparseseg.measure.report import accuracy_curve, density_heatmap, thumbnail_with_labels, write_report
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
         n_objects = measure_objects(inputs, out / "objects.parquet", block=block, margin=margin,
                                     assign_region=region_set.assign_frame, progress=bar, threads=threads)
-    objects = pq.read_table(out / "objects.parquet").to_pandas()
+    objects = _region_columns(out / "objects.parquet")
     if "region" not in objects:
         objects["region"] = pd.Series(dtype=np.int64)
         objects["area_um2"] = pd.Series(dtype=np.float64)
@@ -109,6 +109,14 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
                                             "per_region_cells": {str(r): int(c) for r, c in
                                                                  zip(per_region["region"], per_region["cells"])}}
     return summary
+
+
+def _region_columns(table: Path) -> pd.DataFrame:
+    """The columns the region metrics need (region, area, stains) of the object table: a few numbers
+    per cell, not the whole table, for slides with millions of cells."""
+    names = pq.read_schema(table).names
+    wanted = [c for c in ("region", "area_um2") if c in names] + stain_columns(names)
+    return pq.read_table(table, columns=wanted).to_pandas()
 
 
 def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_set, out: Path) -> None:
