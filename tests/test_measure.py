@@ -199,6 +199,22 @@ def test_image_chunks_without_objects_are_not_decoded(slide, tmp_path):
         measure_slide(path, out=tmp_path / "full", block=128, report=False, progress=False)
 
 
+def test_a_corrupt_label_chunk_fails_measure_and_export_naming_the_labels(slide, tmp_path, capsys):
+    """One line naming the label array and the window; no table, no GeoJSON, nothing partial left."""
+    path, _, _ = slide
+    labels = zarr.open_group(path, mode="r")["labels/cells/0"]
+    (path / "labels" / "cells" / "0" / labels.metadata.encode_chunk_key((1, 2))).write_bytes(b"not a blosc chunk")
+    out = tmp_path / "cells.geojson"
+    assert main(["export", "geojson", str(path), "--out", str(out)]) == 2
+    assert main(["measure", str(path), "--out", str(tmp_path / "m"), "--no-report", "-q"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2
+    for line in errors:
+        assert str(path / "labels" / "cells") in line and "cannot read rows" in line
+    assert not out.exists() and not list(tmp_path.glob("**/*.partial"))
+    assert not (tmp_path / "m" / "objects.parquet").exists()
+
+
 def direct_aji(truth: np.ndarray, pred: np.ndarray) -> float:
     """Kumar et al.'s AJI written out with dense masks (slow, independent of the sparse version)."""
     used, inter_sum, union_sum = set(), 0, 0

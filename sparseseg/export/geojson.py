@@ -21,17 +21,17 @@ from scipy import ndimage as ndi
 from shapely.geometry import mapping
 
 from sparseseg.geometry import mask_to_polygon
-from sparseseg.measure.features import bounding_boxes, compact_values, object_pixels
-from sparseseg.measure.objects import (SeamPixels, check_unique_ids, iter_blocks, split_seam_objects, tile_size,
-                                       tiles_with_seams)
+from sparseseg.measure.features import bounding_boxes, object_pixels
+from sparseseg.measure.objects import (SeamPixels, check_unique_ids, group_by_object, label_tiles, read_window,
+                                       split_seam_objects, tiles_with_seams)
 
 COLOUR = [255, 0, 0]
 
 
-def _tile_outlines(labels, tile, shape: tuple[int, int], reach: int
+def _tile_outlines(labels, tile, shape: tuple[int, int], reach: int, source: str
                    ) -> tuple[list, tuple | None, np.ndarray, np.ndarray]:
     """((id, polygon) of the objects inside ``tile``, seam pixels, ids reaching down, ids reaching right)."""
-    ids, pixels = object_pixels(np.asarray(labels[tile.core]))
+    ids, pixels = object_pixels(read_window(labels, tile.core, source))
     if not pixels.n:
         return [], None, np.zeros(0, ids.dtype), np.zeros(0, ids.dtype)
     bbox = bounding_boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
@@ -46,9 +46,7 @@ def _tile_outlines(labels, tile, shape: tuple[int, int], reach: int
 
 def _assembled_outlines(ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Iterator[tuple[int, object]]:
     """(id, polygon) of whole objects given as pixel lists (level-0 rows and columns)."""
-    unique, objects = compact_values(ids, ids.size)
-    order = np.argsort(objects, kind="stable")
-    starts = np.searchsorted(objects[order], np.arange(1, unique.size + 1))
+    unique, _, order, starts = group_by_object(ids)
     for k in range(1, unique.size):
         chosen = order[starts[k - 1]: starts[k]]
         r, c = rows[chosen], cols[chosen]
@@ -82,15 +80,14 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
     tmp = out.with_name(f".{out.name}.partial")
     opener = gzip.open if out.suffix == ".gz" else open
     area = pixel_size_um[0] * pixel_size_um[1] if pixel_size_um else None
-    tiles = iter_blocks(shape, tile_size(labels, block), 0)
-    written = []  # the ids, one array per tile row: checked for repeats at the end
+    tiles = label_tiles(labels, block)
+    written = []  # the ids, one array per tile: checked for repeats at the end
     count = 0
     try:
         with opener(tmp, "wt", encoding="utf-8") as fh:
             fh.write('{"type": "FeatureCollection", "features": [\n')
-            results = ((tile, *_tile_outlines(labels, tile, shape, margin)) for tile in tiles)
-            for tile, outlines, complete in tiles_with_seams(results, SeamPixels(), shape[1]):
-                outlines = list(outlines or [])
+            results = ((tile, *_tile_outlines(labels, tile, shape, margin, source)) for tile in tiles)
+            for _, outlines, complete in tiles_with_seams(results, SeamPixels(), shape[1]):
                 if complete is not None:
                     outlines.extend(_assembled_outlines(*complete[:3]))
                 for object_id, polygon in outlines:
@@ -98,7 +95,7 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
                     fh.write((",\n" if count else "") + json.dumps(feature, separators=(",", ":")))
                     count += 1
                 written.append(np.array([object_id for object_id, _ in outlines], np.int64))
-                if progress is not None and tile is not None:
+                if progress is not None:
                     progress.update(1)
             fh.write("\n]}\n")
         check_unique_ids(np.concatenate(written) if written else np.zeros(0, np.int64), source, margin)

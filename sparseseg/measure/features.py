@@ -18,6 +18,7 @@ import numba
 import numpy as np
 from skimage.color import hed_from_rgb
 
+
 def _compiled(function):
     """``numba.njit`` releasing the GIL, cached on disk (compiled once per install) where a cache folder is
     writable; in a read-only install with no writable home, compiled once per process instead."""
@@ -25,6 +26,7 @@ def _compiled(function):
         return numba.njit(cache=True, nogil=True)(function)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
         return numba.njit(nogil=True)(function)
+
 
 # Benkrid-Crookes perimeter weights indexed by 1 + 2 x (4-neighbours) + 10 x (diagonal neighbours) on the border
 _PERIMETER_WEIGHTS = np.zeros(50)

@@ -61,7 +61,7 @@ class TileBuffers(threading.local):
         return buffer[:size].view(dtype).reshape(shape)
 
 
-def _read(array, window: tuple[slice, ...], source: str, out: np.ndarray | None = None) -> np.ndarray:
+def read_window(array, window: tuple[slice, ...], source: str, out: np.ndarray | None = None) -> np.ndarray:
     """``array[window]``; a zarr array is decoded straight into ``out`` when given."""
     try:
         if out is None or not isinstance(array, zarr.Array):
@@ -145,7 +145,7 @@ def read_labels(inputs: MeasureInputs, tile: Block, buffers: TileBuffers | None 
     """The labels (H, W) of the tile (in a reused array of ``buffers`` when given)."""
     labels = inputs.labels
     out = None if buffers is None else buffers.array("labels", _window_shape(tile.core, labels.shape), labels.dtype)
-    return _read(labels, tile.core, inputs.source, out)
+    return read_window(labels, tile.core, inputs.source, out)
 
 
 def read_image(inputs: MeasureInputs, tile: Block, pixels: ObjectPixels, buffers: TileBuffers | None = None
@@ -157,17 +157,17 @@ def read_image(inputs: MeasureInputs, tile: Block, pixels: ObjectPixels, buffers
     """
     image, window = inputs.image, (slice(None), *tile.core)
     if buffers is None or not isinstance(image, zarr.Array):
-        return _read(image, window, inputs.image_source)
+        return read_window(image, window, inputs.image_source)
     out = buffers.array("image", _window_shape(window, image.shape), image.dtype)
     (y0, y1), (x0, x1) = (tile.core[0].start, tile.core[0].stop), (tile.core[1].start, tile.core[1].stop)
     cy, cx = image.chunks[-2:]
     occupied = pixels.occupied((y0, x0), (cy, cx))
     if occupied.all():
-        return _read(image, window, inputs.image_source, out)
+        return read_window(image, window, inputs.image_source, out)
     for i, j in np.argwhere(occupied):
         top, left = (y0 // cy + i) * cy, (x0 // cx + j) * cx
         rows, cols = slice(max(top, y0), min(top + cy, y1)), slice(max(left, x0), min(left + cx, x1))
-        _read(image, (slice(None), rows, cols), inputs.image_source,
+        read_window(image, (slice(None), rows, cols), inputs.image_source,
               out[:, rows.start - y0: rows.stop - y0, cols.start - x0: cols.stop - x0])
     return out
 
@@ -217,14 +217,15 @@ def split_seam_objects(ids: np.ndarray, pixels: ObjectPixels, bbox: np.ndarray, 
 
 
 def tiles_with_seams(results: Iterable[tuple], seams: SeamPixels, width: int
-                     ) -> Iterator[tuple[Block | None, object, tuple | None]]:
+                     ) -> Iterator[tuple[Block, object, tuple | None]]:
     """(tile, its result, the seam objects complete once it has been seen, as (ids, rows, cols, values) or None).
 
     ``results``: (tile, result, seam piece, ids reaching down, ids reaching right) per tile, in
     row-major order over an image ``width`` px wide. After tile (r, c) an object may still grow
     if it reaches down from a tile of row r at or left of c, reaches right from (r, c), or reaches
     down from row r - 1 at or right of c (at c: diagonally into (r, c + 1)). Everything else is
-    complete, so what is held is about one row of tiles' bottom seams, and little is assembled at once.
+    complete, so what is held is about one row of tiles' bottom seams, and little is assembled at once;
+    after the last tile nothing is held (no tile of the last row reaches down, the last column right).
     """
     above, current, row = {}, {}, None
     for tile, result, piece, reaching_down, reaching_right in results:
@@ -235,8 +236,15 @@ def tiles_with_seams(results: Iterable[tuple], seams: SeamPixels, width: int
         current[c] = reaching_down
         from_above = [ids for column, ids in above.items() if column > c or (column == c and not last_column)]
         yield tile, result, seams.pop_complete(np.concatenate([*current.values(), reaching_right, *from_above]))
-    if seams.pieces:  # nothing should be left; if it is, it is complete now
-        yield None, None, seams.pop_complete(np.zeros(0, np.int64))
+
+
+def group_by_object(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(unique, objects, order, starts) for pixels given by their ids, in any order: ``unique`` the
+    distinct ids with 0 first, ``objects`` each pixel's number 1..n in it, and ``order[starts[k]:
+    starts[k + 1]]`` the pixels of object k + 1."""
+    unique, objects = compact_values(ids, ids.size)
+    order = np.argsort(objects, kind="stable")
+    return unique, objects, order, np.searchsorted(objects[order], np.arange(1, unique.size + 1))
 
 
 def measure_assembled(inputs: MeasureInputs, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray,
@@ -247,12 +255,10 @@ def measure_assembled(inputs: MeasureInputs, ids: np.ndarray, rows: np.ndarray, 
     side onto canvases of at most about ``max_canvas`` pixels (one object at least) and measured
     there with the tile code; positions are shifted back.
     """
-    unique, objects = compact_values(ids, ids.size)
+    unique, objects, order, starts = group_by_object(ids)
     bbox = bounding_boxes(rows, cols, objects, unique.size - 1)
     heights, widths = bbox[:, 2] - bbox[:, 0], bbox[:, 3] - bbox[:, 1]
     by_height = np.argsort(heights, kind="stable")
-    order = np.argsort(objects, kind="stable")  # pixels grouped by object
-    starts = np.searchsorted(objects[order], np.arange(1, unique.size + 1))
     first = 0
     while first < by_height.size:  # heights ascending: a batch's canvas is its last object's height high
         span = np.cumsum(widths[by_height[first:]] + 1) * heights[by_height[first:]]
@@ -286,15 +292,15 @@ def _measure_all_assembled(inputs: MeasureInputs, complete: tuple) -> list[dict[
     return list(measure_assembled(inputs, *complete))
 
 
-def iter_blocks(shape: tuple[int, int], block: int, margin: int) -> Iterator[Block]:
-    return BlockPlan(shape=shape, block=block, margin=margin, halo=0, factor=1).blocks()
+def label_tiles(labels, block: int) -> list[Block]:
+    """Tiles of about ``block`` px covering ``labels`` without overlap, row by row.
 
-
-def tile_size(labels, block: int) -> int:
-    """``block`` rounded down to a multiple of the label array's chunk width, so each chunk is read once."""
+    ``block`` is rounded down to a multiple of the array's chunk width, so each chunk is read once.
+    """
     chunks = getattr(labels, "chunksize", None) or getattr(labels, "chunks", None)  # dask / zarr
     step = int(chunks[-1]) if chunks else 0
-    return block // step * step if 0 < step <= block else block
+    size = block // step * step if 0 < step <= block else block
+    return list(BlockPlan(shape=tuple(labels.shape), block=size, margin=0, halo=0, factor=1).blocks())
 
 
 def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin: int = 64, assign_region=None,
@@ -332,7 +338,7 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
     def measure(tile: Block) -> tuple[Block, dict, tuple | None, np.ndarray, np.ndarray]:
         return tile, *measure_tile(inputs, tile, read_labels(inputs, tile, buffers), shape, margin, buffers)
 
-    tiles = list(iter_blocks(shape, tile_size(inputs.labels, block), 0))
+    tiles = label_tiles(inputs.labels, block)
     try:
         # tiles in parallel threads (zarr decoding and the compiled loops release the GIL), results in order;
         # the seam objects a tile completes are measured in the pool too; one write per tile row
@@ -340,13 +346,12 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
             results = _bounded_map(pool, measure, tiles, 2 * threads)
             tables, assembled = [], deque()
             for tile, columns, complete in tiles_with_seams(results, seams, shape[1]):
-                if tile is not None:
-                    tables.append(columns)
+                tables.append(columns)
                 if complete is not None:
                     assembled.append(pool.submit(_measure_all_assembled, inputs, complete))
-                if progress is not None and tile is not None:
+                if progress is not None:
                     progress.update(1)
-                if tile is None or tile.core[1].stop >= shape[1]:  # a tile row done: rows in a fixed order
+                if tile.core[1].stop >= shape[1]:  # a tile row done: rows in a fixed order
                     while assembled:
                         tables.extend(assembled.popleft().result())
                     write(tables)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from sparseseg.errors import InputError
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.measure.accuracy import accumulate, accuracy_tables
-from sparseseg.measure.objects import MeasureInputs, iter_blocks, measure_objects, tile_size
+from sparseseg.measure.objects import MeasureInputs, label_tiles, measure_objects
 from sparseseg.measure.regions import parse_regions, region_table, stain_columns
 from sparseseg.measure.report import accuracy_curve, density_heatmap, thumbnail_with_labels, write_report
 
@@ -70,7 +70,7 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
                            channel_names=info.channel_names, brightfield_rgb=rgb, source=label_source(slide, labels),
                            image_source=str(slide / "0"))
     region_set = parse_regions(regions, slide, shape, info.pixel_size_um[0])
-    n_blocks = len(list(iter_blocks(shape, tile_size(label_array, block), 0)))
+    n_blocks = len(label_tiles(label_array, block))
     with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
         n_objects = measure_objects(inputs, out / "objects.parquet", block=block, margin=margin,
                                     assign_region=region_set.assign_frame, progress=bar, threads=threads)
