@@ -333,3 +333,36 @@ def test_objects_crossing_tile_corners_diagonally_are_measured_whole(tmp_path, m
     np.testing.assert_allclose(table["perimeter_um"], ref["perimeter"], rtol=1e-12)
     np.testing.assert_allclose(table["solidity"], ref["solidity"], rtol=1e-12)
 
+
+
+def test_seam_pixels_give_each_object_once_whole_when_it_stops_continuing():
+    """Random pieces (objects spread over several pieces) popped against random 'continuing' sets: an object
+    comes out exactly once, with all its pixels and their values, in the pop after it leaves the set."""
+    from sparseseg.measure.objects import SeamPiece, SeamPixels, join_pieces
+
+    rng = np.random.default_rng(7)
+    seams, pixels_of, open_ids, popped = SeamPixels(), {}, set(), {}
+    for step in range(40):
+        objects = np.unique([k for k in rng.integers(1, 200, rng.integers(1, 8)) if k not in popped])  # ids unique
+        counts = rng.integers(1, 30, objects.size)
+        rows, cols = rng.integers(0, 10**6, counts.sum()), rng.integers(0, 10**6, counts.sum())
+        seams.add(SeamPiece(objects, counts, rows, cols, np.stack([rows % 251, cols % 241])))
+        for k, part in zip(objects, np.split(np.column_stack([rows, cols]), np.cumsum(counts)[:-1])):
+            pixels_of.setdefault(int(k), []).append(part)
+        open_ids |= set(objects.tolist())
+        continuing = np.array([k for k in open_ids if rng.random() < 0.6] if step < 39 else [], np.int64)
+        done = seams.pop_complete(continuing)
+        finished = open_ids - set(continuing.tolist())
+        if not finished:
+            assert done == []
+            continue
+        ids, rows, cols, values = join_pieces(done)
+        assert set(ids.tolist()) == finished and not finished & set(popped)
+        np.testing.assert_array_equal(values, np.stack([rows % 251, cols % 241]))
+        for k in finished:
+            got = np.column_stack([rows[ids == k], cols[ids == k]])
+            expected = np.concatenate(pixels_of.pop(k))
+            np.testing.assert_array_equal(got[np.lexsort(got.T)], expected[np.lexsort(expected.T)])
+            popped[k] = step
+        open_ids -= finished
+    assert not seams.pieces and not pixels_of  # all popped at the end, nothing held

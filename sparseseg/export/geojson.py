@@ -22,14 +22,14 @@ from shapely.geometry import mapping
 
 from sparseseg.geometry import mask_to_polygon
 from sparseseg.measure.features import bounding_boxes, object_pixels
-from sparseseg.measure.objects import (SeamPixels, check_unique_ids, group_by_object, label_tiles, read_window,
-                                       split_seam_objects, tiles_with_seams)
+from sparseseg.measure.objects import (SeamPiece, SeamPixels, check_unique_ids, group_by_object, join_pieces,
+                                       label_tiles, read_window, split_seam_objects, tiles_with_seams)
 
 COLOUR = [255, 0, 0]
 
 
 def _tile_outlines(labels, tile, shape: tuple[int, int], reach: int, source: str
-                   ) -> tuple[list, tuple | None, np.ndarray, np.ndarray]:
+                   ) -> tuple[list, SeamPiece | None, np.ndarray, np.ndarray]:
     """((id, polygon) of the objects inside ``tile``, seam pixels, ids reaching down, ids reaching right)."""
     ids, pixels = object_pixels(read_window(labels, tile.core, source))
     if not pixels.n:
@@ -88,8 +88,8 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
             fh.write('{"type": "FeatureCollection", "features": [\n')
             results = ((tile, *_tile_outlines(labels, tile, shape, margin, source)) for tile in tiles)
             for _, outlines, complete in tiles_with_seams(results, SeamPixels(), shape[1]):
-                if complete is not None:
-                    outlines.extend(_assembled_outlines(*complete[:3]))
+                if complete:
+                    outlines.extend(_assembled_outlines(*join_pieces(complete)[:3]))
                 for object_id, polygon in outlines:
                     feature = _feature(object_id, polygon, classification, measurements, area)
                     fh.write((",\n" if count else "") + json.dumps(feature, separators=(",", ":")))

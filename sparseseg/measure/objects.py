@@ -101,40 +101,59 @@ def _table(inputs: MeasureInputs, ids: np.ndarray, features: dict, dy, dx, means
     return columns
 
 
+@dataclass(frozen=True)
+class SeamPiece:
+    """The pixels a tile holds of some seam objects, grouped by object: ``objects`` (distinct global ids)
+    with ``counts`` pixels each, then per pixel its level-0 ``rows``, ``cols`` and image ``values`` (C, M)."""
+
+    objects: np.ndarray
+    counts: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray | None
+
+    def select(self, chosen: np.ndarray) -> SeamPiece:
+        """The objects where ``chosen`` (bool per object) is set."""
+        pixels = np.repeat(chosen, self.counts)
+        return SeamPiece(self.objects[chosen], self.counts[chosen], self.rows[pixels], self.cols[pixels],
+                         None if self.values is None else self.values[:, pixels])
+
+
+def join_pieces(pieces: list[tuple[SeamPiece, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                      np.ndarray | None]:
+    """(ids, rows, cols, values (C, M) or None) per pixel of the chosen objects of ``pieces`` (piece, bool per
+    object) together."""
+    chosen = [piece if keep.all() else piece.select(keep) for piece, keep in pieces]
+    ids = np.concatenate([np.repeat(p.objects, p.counts) for p in chosen])
+    rows, cols = (np.concatenate([getattr(p, name) for p in chosen]) for name in ("rows", "cols"))
+    return ids, rows, cols, None if chosen[0].values is None else np.concatenate([p.values for p in chosen], 1)
+
+
 @dataclass
 class SeamPixels:
-    """Pixels of seam objects (global id, level-0 row and column, image values (C, M)), in pieces."""
+    """The seam objects' pixels, in pieces, each with which of its objects are still incomplete."""
 
-    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    pieces: list[tuple[SeamPiece, np.ndarray]] = field(default_factory=list)
 
-    def add(self, piece: tuple | None) -> None:
-        if piece is not None and piece[0].size:
-            self.pieces.append(piece)
+    def add(self, piece: SeamPiece | None) -> None:
+        if piece is not None and piece.objects.size:
+            self.pieces.append((piece, np.ones(piece.objects.size, bool)))
 
-    def pop_complete(self, continuing: np.ndarray) -> tuple[np.ndarray, ...] | None:
-        """Remove and return (ids, rows, cols, values) of every object not in ``continuing`` (None: no such object).
+    def pop_complete(self, continuing: np.ndarray) -> list[tuple[SeamPiece, np.ndarray]]:
+        """(piece, bool per object) for every incomplete object not in ``continuing``, now complete.
 
-        Pieces left whole are kept as they are: only what completes is copied.
+        Decided per object, not per pixel, and nothing is copied here: ``join_pieces`` gathers the
+        pixels (in a worker thread); a piece is dropped once all its objects are complete.
         """
         done, kept = [], []
-        for piece in self.pieces:
-            later = np.isin(piece[0], continuing)
-            if later.all():
-                kept.append(piece)
-                continue
+        for piece, incomplete in self.pieces:
+            later = incomplete & np.isin(piece.objects, continuing)
+            if (finished := incomplete & ~later).any():
+                done.append((piece, finished))
             if later.any():
-                kept.append(_select(piece, later))
-            done.append(_select(piece, ~later))
+                kept.append((piece, later))
         self.pieces = kept
-        if not done:
-            return None
-        ids, rows, cols = (np.concatenate([p[i] for p in done]) for i in range(3))
-        return ids, rows, cols, None if done[0][3] is None else np.concatenate([p[3] for p in done], 1)
-
-
-def _select(piece: tuple, chosen: np.ndarray) -> tuple:
-    ids, rows, cols, values = piece
-    return ids[chosen], rows[chosen], cols[chosen], None if values is None else values[:, chosen]
+        return done
 
 
 def _window_shape(window: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -173,13 +192,13 @@ def read_image(inputs: MeasureInputs, tile: Block, pixels: ObjectPixels, buffers
 
 
 def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, shape: tuple[int, int], reach: int = 0,
-                 buffers: TileBuffers | None = None) -> tuple[dict, tuple | None, np.ndarray, np.ndarray]:
+                 buffers: TileBuffers | None = None) -> tuple[dict, SeamPiece | None, np.ndarray, np.ndarray]:
     """(columns, seam pixels, ids reaching down, ids reaching right) for ``tile`` given its ``labels``; the
     image is read here, only where there are objects.
 
     Columns: the objects inside the tile. A seam object comes within ``reach`` px of a tile edge
     that is not the image edge (0: touches it; more also joins the parts of a disconnected object
-    lying on both sides of a seam); its pixels are returned as (ids, rows, cols, values), and the
+    lying on both sides of a seam); its pixels are returned as a ``SeamPiece``, and the
     ids of those near the tile's bottom and right edges (their rest may lie in later tiles).
     """
     ids, pixels = object_pixels(labels)
@@ -200,25 +219,27 @@ def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, shape: 
 
 def split_seam_objects(ids: np.ndarray, pixels: ObjectPixels, bbox: np.ndarray, tile: Block, shape: tuple[int, int],
                        reach: int, image: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, tuple | None, np.ndarray, np.ndarray]:
+                       ) -> tuple[np.ndarray, SeamPiece | None, np.ndarray, np.ndarray]:
     """(seam, piece, ids reaching down, ids reaching right) for the objects ``pixels`` (ids ``ids[1:]``,
     tile-relative boxes) of ``tile``.
 
     ``seam``: which objects come within ``reach`` px of an inner tile edge; ``piece``: their pixels
-    as (ids, level-0 rows, columns, image values (C, M) or None), for ``SeamPixels``.
+    with their level-0 rows, columns and image values (or None), for ``SeamPixels``.
     """
     seam, bottom, right = near_inner_edges(bbox, tile.core, shape, reach)
     piece = None
     if seam.any():
         part = pixels.subset(np.flatnonzero(seam) + 1)
-        piece = (ids[1:][seam][part.objects - 1], part.rows + tile.core[0].start, part.cols + tile.core[1].start,
-                 None if image is None else pixel_values(image, part.flat))
+        order = np.argsort(part.objects, kind="stable")  # grouped by object, raster order within each
+        piece = SeamPiece(ids[1:][seam], np.bincount(part.objects, minlength=part.n + 1)[1:],
+                          part.rows[order] + tile.core[0].start, part.cols[order] + tile.core[1].start,
+                          None if image is None else pixel_values(image, part.flat[order]))
     return seam, piece, ids[1:][bottom], ids[1:][right]
 
 
 def tiles_with_seams(results: Iterable[tuple], seams: SeamPixels, width: int
-                     ) -> Iterator[tuple[Block, object, tuple | None]]:
-    """(tile, its result, the seam objects complete once it has been seen, as (ids, rows, cols, values) or None).
+                     ) -> Iterator[tuple[Block, object, list[tuple[SeamPiece, np.ndarray]]]]:
+    """(tile, its result, the seam objects complete once it has been seen: ``pop_complete``'s list, often empty).
 
     ``results``: (tile, result, seam piece, ids reaching down, ids reaching right) per tile, in
     row-major order over an image ``width`` px wide. After tile (r, c) an object may still grow
@@ -288,8 +309,9 @@ def _measure_on_canvas(inputs: MeasureInputs, ids: np.ndarray, bbox: np.ndarray,
     return _table(inputs, ids, object_features(pixels.image(), pixels), bbox[:, 0], bbox[:, 1] - left, means)
 
 
-def _measure_all_assembled(inputs: MeasureInputs, complete: tuple) -> list[dict[str, np.ndarray]]:
-    return list(measure_assembled(inputs, *complete))
+def _measure_all_assembled(inputs: MeasureInputs, complete: list[tuple[SeamPiece, np.ndarray]]
+                           ) -> list[dict[str, np.ndarray]]:
+    return list(measure_assembled(inputs, *join_pieces(complete)))
 
 
 def label_tiles(labels, block: int) -> list[Block]:
@@ -335,7 +357,7 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
 
     buffers = TileBuffers()
 
-    def measure(tile: Block) -> tuple[Block, dict, tuple | None, np.ndarray, np.ndarray]:
+    def measure(tile: Block) -> tuple[Block, dict, SeamPiece | None, np.ndarray, np.ndarray]:
         return tile, *measure_tile(inputs, tile, read_labels(inputs, tile, buffers), shape, margin, buffers)
 
     tiles = label_tiles(inputs.labels, block)
@@ -347,7 +369,7 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
             tables, assembled = [], deque()
             for tile, columns, complete in tiles_with_seams(results, seams, shape[1]):
                 tables.append(columns)
-                if complete is not None:
+                if complete:
                     assembled.append(pool.submit(_measure_all_assembled, inputs, complete))
                 if progress is not None:
                     progress.update(1)
