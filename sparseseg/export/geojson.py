@@ -50,9 +50,10 @@ def _assembled_outlines(ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> 
     for k in range(1, unique.size):
         chosen = order[starts[k - 1]: starts[k]]
         r, c = rows[chosen], cols[chosen]
-        mask = np.zeros((r.max() - r.min() + 1, c.max() - c.min() + 1), bool)
-        mask[r - r.min(), c - c.min()] = True
-        yield int(unique[k]), mask_to_polygon(mask, (int(r.min()), int(c.min())))
+        top, left = int(r.min()), int(c.min())
+        mask = np.zeros((r.max() - top + 1, c.max() - left + 1), bool)
+        mask[r - top, c - left] = True
+        yield int(unique[k]), mask_to_polygon(mask, (top, left))
 
 
 def _feature(object_id: int, polygon, classification: str, measurements: dict[int, dict] | None,

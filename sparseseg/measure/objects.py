@@ -187,7 +187,7 @@ def read_image(inputs: MeasureInputs, tile: Block, pixels: ObjectPixels, buffers
         top, left = (y0 // cy + i) * cy, (x0 // cx + j) * cx
         rows, cols = slice(max(top, y0), min(top + cy, y1)), slice(max(left, x0), min(left + cx, x1))
         read_window(image, (slice(None), rows, cols), inputs.image_source,
-              out[:, rows.start - y0: rows.stop - y0, cols.start - x0: cols.stop - x0])
+                    out[:, rows.start - y0: rows.stop - y0, cols.start - x0: cols.stop - x0])
     return out
 
 
