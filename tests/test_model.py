@@ -51,4 +51,4 @@ def test_outputs_and_input_validation():
     with pytest.raises(ValueError, match="multiple of 4"):
         model(torch.zeros(1, 1, 30, 32))
     with pytest.raises(ValueError, match="in_channels"):
-        UNetConfig(in_channels=2)
+        UNetConfig(in_channels=0)

@@ -73,7 +73,7 @@ def aji_and_dice(ov: Overlaps) -> tuple[float, float]:
     best_iou = np.zeros(n_t)
     best_inter = np.zeros(n_t)
     order = np.lexsort((-iou, ov.pairs_t))  # per truth object, highest IoU first
-    first = np.r_[True, ov.pairs_t[order][1:] != ov.pairs_t[order][:-1]]
+    first = np.r_[True, ov.pairs_t[order][1:] != ov.pairs_t[order][:-1]][:order.size]  # none when nothing overlaps
     chosen = order[first]
     best[ov.pairs_t[chosen]] = ov.pairs_p[chosen]
     best_iou[ov.pairs_t[chosen]] = iou[chosen]

@@ -1,9 +1,10 @@
 """Omnipose-style U-Net: image -> signed distance (1) + flow (2) [+ boundary logit (1)].
 
-The network has no normalisation layers on purpose: batch statistics would make tiled
-inference differ from whole-image inference (GroupNorm/InstanceNorm) or make data-parallel
-training differ from one process (BatchNorm without a CUDA SyncBatchNorm). Residual blocks
-with scaled Kaiming initialisation keep it trainable without them.
+Normalisation is batch normalisation or none. Batch statistics are used only while training; in
+evaluation each BatchNorm is a fixed per-channel affine map, so tiled inference still equals
+whole-image inference. Under data-parallel training the batch statistics are summed over all
+ranks (``SyncedBatchNorm``), so N ranks reproduce one process's global batch. Without
+normalisation, residual blocks with scaled Kaiming initialisation keep the network trainable.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+NORMS = ("batch", "none")
 
 
 @dataclass(frozen=True)
@@ -25,15 +29,23 @@ class UNetConfig:
     convs_per_block: int = 2
     kernel_size: int = 3
     boundary_head: bool = False
+    norm: str = "batch"        # "batch" or "none" (checkpoints older than the option are "none")
 
     def __post_init__(self):
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
         if self.depth < 0 or self.width < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"invalid U-Net config {self}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> UNetConfig:
+        """A stored config; keys added since a checkpoint was written take their value of that time."""
+        return cls(**{"norm": "none", **values})
 
     @property
     def downsampling(self) -> int:
@@ -59,24 +71,80 @@ class UNetConfig:
         return -(-total // factor) * factor
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over data-parallel ranks; the gradient of a sum is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class SyncedBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover the global batch of all data-parallel ranks.
+
+    torch's SyncBatchNorm only runs on GPUs; this one all-reduces (differentiably) the per-channel
+    sums on any backend (gloo on CPU, NCCL on GPU). In one process it is plain batch norm with the
+    same arithmetic, so one process and N ranks compute the same numbers. Evaluation uses the
+    running statistics: a fixed affine map.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            stats = _AllReduceSum.apply(stats)
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), self.momentum)
+        scale = self.weight / torch.sqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def _norm(channels: int, norm: str) -> nn.Module:
+    return SyncedBatchNorm(channels) if norm == "batch" else nn.Identity()
+
+
 class ResidualBlock(nn.Module):
-    def __init__(self, channels_in: int, channels_out: int, n_convs: int, kernel_size: int):
+    """Pre-activation residual block: (norm -> ReLU -> conv) x n, plus a (1x1) skip."""
+
+    def __init__(self, channels_in: int, channels_out: int, n_convs: int, kernel_size: int, norm: str = "none"):
         super().__init__()
         pad = kernel_size // 2
+        # with batch norm no conv inside the network needs a bias: every path to the head passes a norm
+        # that removes a constant shift (its gradient is ~0, and Adam would only amplify that noise)
+        bias = norm == "none"
         self.convs = nn.ModuleList(
-            nn.Conv2d(channels_in if i == 0 else channels_out, channels_out, kernel_size, padding=pad)
+            nn.Conv2d(channels_in if i == 0 else channels_out, channels_out, kernel_size, padding=pad, bias=bias)
             for i in range(n_convs))
-        self.skip = nn.Conv2d(channels_in, channels_out, 1) if channels_in != channels_out else nn.Identity()
+        self.norms = nn.ModuleList(_norm(channels_in if i == 0 else channels_out, norm) for i in range(n_convs))
+        self.skip = nn.Conv2d(channels_in, channels_out, 1, bias=bias) if channels_in != channels_out else nn.Identity()
         for conv in self.convs:
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
-        with torch.no_grad():  # keep the residual branch small at init (no normalisation to tame it)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+        with torch.no_grad():  # keep the residual branch small at init
             self.convs[-1].weight.mul_(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
-        for conv in self.convs:
-            y = conv(F.relu(y))
+        for norm, conv in zip(self.norms, self.convs):
+            y = conv(F.relu(norm(y)))
         return self.skip(x) + y
 
 
@@ -86,14 +154,15 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
-        c, n, k = config.width, config.convs_per_block, config.kernel_size
+        c, n, k, norm = config.width, config.convs_per_block, config.kernel_size, config.norm
         widths = [c * 2**level for level in range(config.depth + 1)]
-        self.stem = nn.Conv2d(config.in_channels, c, 1)
-        self.down = nn.ModuleList(ResidualBlock(widths[max(level - 1, 0)] if level else c, widths[level], n, k)
+        self.stem = nn.Conv2d(config.in_channels, c, 1, bias=norm == "none")
+        self.down = nn.ModuleList(ResidualBlock(widths[max(level - 1, 0)] if level else c, widths[level], n, k, norm)
                                   for level in range(config.depth))
-        self.bottom = ResidualBlock(widths[config.depth - 1] if config.depth else c, widths[config.depth], n, k)
-        self.up = nn.ModuleList(ResidualBlock(widths[level + 1] + widths[level], widths[level], n, k)
+        self.bottom = ResidualBlock(widths[config.depth - 1] if config.depth else c, widths[config.depth], n, k, norm)
+        self.up = nn.ModuleList(ResidualBlock(widths[level + 1] + widths[level], widths[level], n, k, norm)
                                 for level in reversed(range(config.depth)))
+        self.head_norm = _norm(c, norm)
         self.head = nn.Conv2d(c, 4 if config.boundary_head else 3, 1)
         nn.init.zeros_(self.head.bias)
 
@@ -119,7 +188,7 @@ class UNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips)):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = block(torch.cat([x, skip], 1))
-        return self.head(F.relu(x))
+        return self.head(F.relu(self.head_norm(x)))
 
 
 def split_outputs(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

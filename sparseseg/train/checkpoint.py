@@ -47,6 +47,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> UNet:
-    model = UNet(UNetConfig(**state["config"]))
+    model = UNet(UNetConfig.from_dict(state["config"]))
     model.load_state_dict(state["state_dict"])
     return model

@@ -16,6 +16,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 import zarr
+from scipy import ndimage as ndi
 from skimage.color import hed2rgb, rgb2hed
 
 from sparseseg.annotations.model import PatchAnnotation
@@ -26,6 +27,30 @@ from sparseseg.io.labels import coarse_label_level
 from sparseseg.train.normalize import Normalization, percentile_normalization, slide_normalization
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+class CentreSampler:
+    """Draws patch centres uniformly over annotated pixels, from a (coarse) annotated-pixel mask.
+
+    The cumulative distribution is computed once, so a draw costs one binary search.
+    """
+
+    def __init__(self, annotated: np.ndarray, factor: int):
+        self.shape = annotated.shape
+        self.factor = factor
+        self.cumulative = np.cumsum(annotated.ravel(), dtype=np.int64)
+
+    @property
+    def total(self) -> int:
+        """Annotated (coarse) pixels: the source's weight among all sources."""
+        return int(self.cumulative[-1]) if self.cumulative.size else 0
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int]:
+        """A level-0 (y, x) centre: an annotated coarse pixel, then a random pixel inside it."""
+        flat = int(np.searchsorted(self.cumulative, rng.integers(0, self.total), side="right"))
+        cy, cx = np.unravel_index(flat, self.shape)
+        return (int(cy * self.factor + rng.integers(0, self.factor)),
+                int(cx * self.factor + rng.integers(0, self.factor)))
 
 
 class FolderSource:
@@ -51,17 +76,13 @@ class FolderSource:
         self.shape = labels.shape
         self.n_channels = pixels.shape[0]
         self.normalization = percentile_normalization(pixels)
-        self.weights = (self.partial > 0).astype(np.float64)
+        self.centres = CentreSampler(self.partial > 0, 1)
 
     def read_image(self, window: tuple[slice, slice]) -> np.ndarray:
         return self.pixels[(slice(None), *window)]
 
     def read_annotation(self, window: tuple[slice, slice]) -> PatchAnnotation:
         return PatchAnnotation(partial=self.partial[window])
-
-    @property
-    def coarse_weights(self) -> tuple[np.ndarray, int]:
-        return self.weights, 1
 
 
 class SlideSource:
@@ -82,17 +103,13 @@ class SlideSource:
         self.pixel_size_um = slide.pixel_size_um
         self.normalization = slide_normalization(slide.levels)
         coarse, factor = coarse_label_level(root[f"labels/{ANNOTATIONS}"], coarse_max_px)
-        self._coarse = ((coarse > 0).astype(np.float64), factor)
+        self.centres = CentreSampler(coarse > 0, factor)
 
     def read_image(self, window: tuple[slice, slice]) -> np.ndarray:
         return self.image[(slice(None), *window)]
 
     def read_annotation(self, window: tuple[slice, slice]) -> PatchAnnotation:
         return read_annotation_patch(self.path, window)
-
-    @property
-    def coarse_weights(self) -> tuple[np.ndarray, int]:
-        return self._coarse
 
 
 def folder_sources(images: Path, annotations: Path) -> list[FolderSource]:
@@ -111,9 +128,14 @@ def folder_sources(images: Path, annotations: Path) -> list[FolderSource]:
 
 @dataclass(frozen=True)
 class Augment:
+    """Random patch transforms; every one keeps the annotation aligned with the image."""
+
     flips: bool = True
-    intensity: float = 0.2   # +- relative scale / shift after normalisation
-    stain: float = 0.03      # HED jitter for RGB
+    intensity: float = 0.2        # +- relative scale / shift after normalisation
+    stain: float = 0.03           # HED jitter for RGB (x5 on the scale of each stain)
+    zoom: float = 1.25            # rescale by a factor in [1/zoom, zoom] (log-uniform); 1 = off
+    blur_sigma: float = 1.0       # Gaussian blur with sigma in [0, blur_sigma] px, on a third of the patches
+    noise: float = 0.03           # Gaussian noise with std in [0, noise], on a third of the patches
 
 
 @dataclass(frozen=True)
@@ -122,11 +144,11 @@ class Patch:
     targets: Targets
 
 
-def _source_weights(sources) -> np.ndarray:
-    totals = np.array([s.coarse_weights[0].sum() for s in sources], np.float64)
+def _source_cumulative(sources) -> np.ndarray:
+    totals = np.array([s.centres.total for s in sources], np.float64)
     if totals.sum() == 0:
         raise InputError(None, "the training data has no annotated pixel")
-    return totals / totals.sum()
+    return np.cumsum(totals)
 
 
 def _transform_annotation(a: PatchAnnotation, k: int, flip: bool) -> PatchAnnotation:
@@ -155,27 +177,67 @@ def _augment_intensity(image: np.ndarray, rng: np.random.Generator, augment: Aug
         image = np.clip(hed2rgb(hed), 0, 1).transpose(2, 0, 1).astype(np.float32)
     scale = rng.uniform(1 - augment.intensity, 1 + augment.intensity)
     shift = rng.uniform(-augment.intensity, augment.intensity)
-    return (image * scale + shift).astype(np.float32)
+    image = image * scale + shift
+    blur, noise = rng.uniform(0, augment.blur_sigma), rng.uniform(0, augment.noise)
+    if rng.random() < 1 / 3 and blur > 0.1:
+        image = ndi.gaussian_filter(image, (0, blur, blur), mode="reflect")
+    if rng.random() < 1 / 3 and noise > 0:
+        image = image + rng.normal(0, noise, image.shape)
+    return image.astype(np.float32)
+
+
+def _zoom_taps(n_out: int, zoom: float, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Output pixel i samples input position (i + 0.5) / zoom - 0.5: (nearest, lower, upper, upper weight)."""
+    centre = np.clip((np.arange(n_out) + 0.5) / zoom - 0.5, 0, n_in - 1)
+    lower = np.floor(centre).astype(np.int64)
+    upper = np.minimum(lower + 1, n_in - 1)
+    return np.rint(centre).astype(np.int64), lower, upper, (centre - lower).astype(np.float32)
+
+
+def _zoom(image: np.ndarray, annotation: PatchAnnotation, zoom: float, size: int
+          ) -> tuple[np.ndarray, PatchAnnotation]:
+    """Image (bilinear) and annotation (nearest; points scaled) resampled by ``zoom``, at most ``size`` px a side."""
+    shape = [min(size, int(n * zoom)) for n in annotation.shape]
+    (ny, ly, uy, wy), (nx, lx, ux, wx) = (_zoom_taps(m, zoom, n) for m, n in zip(shape, annotation.shape))
+    rows = image[:, ly] + (image[:, uy] - image[:, ly]) * wy[None, :, None]
+    image = rows[:, :, lx] + (rows[:, :, ux] - rows[:, :, lx]) * wx[None, None, :]
+    nearest = np.ix_(ny, nx)
+    partial = annotation.partial[nearest]
+    present = set(np.unique(partial).tolist())
+    points = annotation.points * zoom
+    points = points[(points[:, 0] < shape[0]) & (points[:, 1] < shape[1])] if len(points) else points
+    return image.astype(np.float32), PatchAnnotation(
+        partial=partial, points=points,
+        foreground=None if annotation.foreground is None else annotation.foreground[nearest],
+        complete=frozenset(k for k in annotation.complete if k in present))
 
 
 def draw_patch(sources, normalizations: list[Normalization], patch: int, margin: int, seed: int, step: int,
-               index: int, augment: Augment | None = Augment()) -> Patch:
-    """Patch ``index`` of ``step``: the same wherever and whenever it is drawn."""
+               index: int, augment: Augment | None = Augment(), cumulative: np.ndarray | None = None) -> Patch:
+    """Patch ``index`` of ``step``: the same wherever and whenever it is drawn.
+
+    ``cumulative``: the sources' cumulative annotated-pixel counts (computed here when not given).
+    Patches with boundary pieces are never zoomed (a lattice of pieces does not resample exactly).
+    """
     rng = np.random.default_rng([seed, step, index])
-    which = rng.choice(len(sources), p=_source_weights(sources))
-    source = sources[which]
-    weights, factor = source.coarse_weights
-    flat = rng.choice(weights.size, p=(weights / weights.sum()).ravel())
-    cy, cx = np.unravel_index(flat, weights.shape)
-    cy = int(cy * factor + rng.integers(0, factor))
-    cx = int(cx * factor + rng.integers(0, factor))
+    cumulative = _source_cumulative(sources) if cumulative is None else cumulative
+    which = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    source = sources[min(which, len(sources) - 1)]
+    cy, cx = source.centres.draw(rng)
+    zoom = float(np.exp(rng.uniform(-np.log(augment.zoom), np.log(augment.zoom)))) if augment and augment.zoom > 1 \
+        else 1.0
     size = patch + 2 * margin
+    read = int(np.ceil(size / zoom))
     h, w = source.shape
-    y0 = int(np.clip(cy - size // 2, 0, max(0, h - size)))
-    x0 = int(np.clip(cx - size // 2, 0, max(0, w - size)))
-    window = (slice(y0, min(h, y0 + size)), slice(x0, min(w, x0 + size)))
-    image = normalizations[which].apply(source.read_image(window))
+    y0 = int(np.clip(cy - read // 2, 0, max(0, h - read)))
+    x0 = int(np.clip(cx - read // 2, 0, max(0, w - read)))
+    window = (slice(y0, min(h, y0 + read)), slice(x0, min(w, x0 + read)))
+    image = normalizations[min(which, len(sources) - 1)].apply(source.read_image(window))
     annotation = source.read_annotation(window)
+    if zoom != 1.0 and annotation.boundary is None:
+        image, annotation = _zoom(image, annotation, zoom, size)
+    elif zoom != 1.0:  # read for a zoom that is not applied: keep the centred size x size
+        image, annotation = image[:, :size, :size], _crop_annotation(annotation, size)
     if image.shape[1] < size or image.shape[2] < size:  # small images: pad, padding unknown
         pad = ((0, 0), (0, size - image.shape[1]), (0, size - image.shape[2]))
         image = np.pad(image, pad)
@@ -189,6 +251,17 @@ def draw_patch(sources, normalizations: list[Normalization], patch: int, margin:
     targets = compute_targets(annotation)
     crop = (slice(margin, margin + patch), slice(margin, margin + patch))
     return Patch(image=np.ascontiguousarray(image[(slice(None), *crop)]), targets=crop_targets(targets, crop))
+
+
+def _crop_annotation(a: PatchAnnotation, size: int) -> PatchAnnotation:
+    """The top-left ``size`` x ``size`` (at most) of an annotation without boundary pieces."""
+    partial = a.partial[:size, :size]
+    present = set(np.unique(partial).tolist())
+    points = a.points[(a.points[:, 0] < size) & (a.points[:, 1] < size)] if len(a.points) else a.points
+    return PatchAnnotation(partial=partial, points=points,
+                           foreground=None if a.foreground is None else a.foreground[:size, :size],
+                           boundary=None if a.boundary is None else a.boundary[:2 * size + 1, :2 * size + 1],
+                           complete=frozenset(k for k in a.complete if k in present))
 
 
 def _pad_annotation(a: PatchAnnotation, shape: tuple[int, int]) -> PatchAnnotation:

@@ -6,9 +6,11 @@ travels between processes; rank 0 validates and writes checkpoints.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from sparseseg.errors import InputError
 from sparseseg.losses import LOSSES, batch_targets
 from sparseseg.model.unet import UNet, UNetConfig, split_outputs
 from sparseseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from sparseseg.train.data import Augment, draw_patch
+from sparseseg.train.data import Augment, _source_cumulative, draw_patch
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class TrainConfig:
     minutes: float | None = None
     seed: int = 0
     augment: bool = True
+    augmentation: Augment = field(default_factory=Augment)
+    ema: float = 0.0           # decay of the weight average written as the model (0 = the raw weights)
     val_patches: int = 16
     val_every: int = 50
     checkpoint_every: int = 100
@@ -51,6 +55,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.augmentation, dict):  # read back from a checkpoint or shipped to a worker
+            self.augmentation = Augment(**self.augmentation)
         if self.loss not in LOSSES:
             raise InputError(None, f"--loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
 
@@ -62,10 +68,31 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _batch(sources, normalizations, config: TrainConfig, step: int, indices: range, augment: bool, device):
+    cumulative = _source_cumulative(sources)
     patches = [draw_patch(sources, normalizations, config.patch, config.margin, config.seed, step, i,
-                          Augment() if augment else None) for i in indices]
+                          config.augmentation if augment else None, cumulative) for i in indices]
     images = torch.from_numpy(np.stack([p.image for p in patches])).to(device)
     return images, batch_targets([p.targets for p in patches], device)
+
+
+class WeightAverage:
+    """Exponential moving average of a network's weights (and a copy of its buffers) for inference."""
+
+    def __init__(self, net: torch.nn.Module, decay: float, state: dict | None = None):
+        self.decay = decay
+        self.net = copy.deepcopy(net).eval()
+        if state is not None:
+            self.net.load_state_dict(state)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # short memory early on, when weights move fast
+        for mine, theirs in zip(self.net.parameters(), net.parameters()):
+            mine.lerp_(theirs.detach(), 1 - decay)
+        for mine, theirs in zip(self.net.buffers(), net.buffers()):
+            mine.copy_(theirs)
 
 
 def _loss(model, images, targets, config: TrainConfig) -> torch.Tensor:
@@ -86,16 +113,24 @@ def _lr_factor(progress: float) -> float:
 def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, init: Path | None = None,
           resume: bool = False, command: str = "", pixel_size_um: float | None = None,
           progress: bool = True, val_sources=None) -> dict:
-    """Train and write ``out`` (checkpoint); returns {'history': [...], 'step': n}."""
+    """Train and write ``out`` (checkpoint); returns {'history': [...], 'step': n}.
+
+    The next batch is drawn in a background thread while the network trains on the current one.
+    With ``config.ema`` the checkpoint's weights are the moving average (the raw weights are kept
+    for ``resume`` under ``raw_state_dict``).
+    """
     rank, world = _rank_world()
     if config.batch % world:
         raise InputError(None, f"global batch {config.batch} must be divisible by the {world} workers")
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    start_step, history, optimizer_state = 0, [], None
+    start_step, history, optimizer_state, average_state = 0, [], None, None
     if resume:
         state = load_checkpoint(out)
         model = model_from_checkpoint(state)
+        if "raw_state_dict" in state:
+            average_state = state["state_dict"]
+            model.load_state_dict(state["raw_state_dict"])
         start_step, history, optimizer_state = int(state["step"]), list(state.get("history", [])), state.get("optimizer")
     elif init is not None:
         state = load_checkpoint(init)
@@ -107,6 +142,7 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
         model = UNet(model_config)
     model = model.to(device).to(memory_format=torch.channels_last)
     net = model
+    average = WeightAverage(net, config.ema, average_state) if config.ema > 0 else None
     if config.compile:
         model = torch.compile(model)
     if world > 1:
@@ -126,48 +162,68 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
     step = start_step
     meta = dict(normalization={"method": "percentile", "per_source": [n.to_dict() for n in normalizations]},
                 pixel_size_um=pixel_size_um, command=command, loss=config.loss, train_config=asdict(config))
-    while step < config.steps:
-        elapsed_min = (time.monotonic() - started) / 60
-        cpu_min = (time.process_time() - cpu_started) / 60
-        stop = torch.tensor([(config.minutes is not None and elapsed_min >= config.minutes)
-                             or (config.cpu_minutes is not None and cpu_min >= config.cpu_minutes)], dtype=torch.int32)
-        if world > 1:
-            dist.broadcast(stop, 0)  # rank 0's clock decides for everyone
-        if stop.item():
-            break
-        progress_fraction = step / config.steps
-        if config.minutes is not None:
-            progress_fraction = max(progress_fraction, elapsed_min / config.minutes)
-        if config.cpu_minutes is not None:
-            progress_fraction = max(progress_fraction, cpu_min / config.cpu_minutes)
-        progress_fraction = min(1.0, progress_fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * _lr_factor(progress_fraction)
-        model.train()
-        images, targets = _batch(sources, normalizations, config, step,
-                                 range(rank * per_rank, (rank + 1) * per_rank), config.augment, device)
-        loss = _loss(model, images, targets, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        reported = loss.detach().clone()
-        if world > 1:  # log the global-batch loss, not rank 0's share
-            dist.all_reduce(reported)
-            reported /= world
-        record = {"step": step, "loss": float(reported)}
-        if rank == 0 and (step % config.val_every == 0 or step == config.steps):
-            record["val_loss"] = validation_loss(net, val_sources, val_norms, config, device)
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-        bar.update(1)
-        if rank == 0 and step % config.checkpoint_every == 0:
+    shares = range(rank * per_rank, (rank + 1) * per_rank)
+
+    def draw(at_step: int):
+        return _batch(sources, normalizations, config, at_step, shares, config.augment, device)
+
+    def save() -> None:
+        if average is None:
             save_checkpoint(out, net, optimizer, step=step, history=history, **meta)
+        else:
+            save_checkpoint(out, average.net, optimizer, step=step, history=history,
+                            raw_state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()}, **meta)
+
+    inference_net = net if average is None else average.net
+    with ThreadPoolExecutor(1, thread_name_prefix="sparseseg-patches") as prefetch:
+        pending = prefetch.submit(draw, step)
+        while step < config.steps:
+            elapsed_min = (time.monotonic() - started) / 60
+            cpu_min = (time.process_time() - cpu_started) / 60
+            stop = torch.tensor([(config.minutes is not None and elapsed_min >= config.minutes)
+                                 or (config.cpu_minutes is not None and cpu_min >= config.cpu_minutes)],
+                                dtype=torch.int32)
+            if world > 1:
+                dist.broadcast(stop, 0)  # rank 0's clock decides for everyone
+            if stop.item():
+                break
+            progress_fraction = step / config.steps
+            if config.minutes is not None:
+                progress_fraction = max(progress_fraction, elapsed_min / config.minutes)
+            if config.cpu_minutes is not None:
+                progress_fraction = max(progress_fraction, cpu_min / config.cpu_minutes)
+            progress_fraction = min(1.0, progress_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * _lr_factor(progress_fraction)
+            model.train()
+            images, targets = pending.result()
+            pending = prefetch.submit(draw, step + 1)
+            loss = _loss(model, images, targets, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if average is not None:
+                average.update(net, step)
+            reported = loss.detach().clone()
+            if world > 1:  # log the global-batch loss, not rank 0's share
+                dist.all_reduce(reported)
+                reported /= world
+            record = {"step": step, "loss": float(reported)}
+            if rank == 0 and (step % config.val_every == 0 or step == config.steps):
+                record["val_loss"] = validation_loss(inference_net, val_sources, val_norms, config, device)
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            bar.update(1)
+            if rank == 0 and step % config.checkpoint_every == 0:
+                save()
+        pending.cancel()
     bar.close()
     if rank == 0:
         if not history or "val_loss" not in history[-1]:
-            history.append({"step": step, "val_loss": validation_loss(net, val_sources, val_norms, config, device)})
-        save_checkpoint(out, net, optimizer, step=step, history=history, **meta)
+            history.append({"step": step, "val_loss": validation_loss(inference_net, val_sources, val_norms, config,
+                                                                      device)})
+        save()
     return {"history": history, "step": step}
 
 
