@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sparseseg demo --out $(DEMO_OUT)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

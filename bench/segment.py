@@ -27,12 +27,10 @@ from ingest import write_mosaic  # noqa: E402  (the ingest benchmark's real-cont
 
 from sparseseg.cluster import worker_environment  # noqa: E402
 from sparseseg.ingest import ingest  # noqa: E402
-from sparseseg.io.omezarr import open_omezarr_slide  # noqa: E402
-from sparseseg.segment.blocks import BlockPlan  # noqa: E402
-from sparseseg.segment.blockwork import BlockJob, predict_read_region  # noqa: E402
-from sparseseg.segment.segment import segment_slide  # noqa: E402
-from sparseseg.train.checkpoint import load_checkpoint  # noqa: E402
-from sparseseg.train.normalize import slide_normalization  # noqa: E402
+from sparseseg.model.checkpoint import load_checkpoint  # noqa: E402
+from sparseseg.segment import SegmentOptions, segment_slide  # noqa: E402
+from sparseseg.segment.engine import slide_fields  # noqa: E402
+from sparseseg.segment.plan import BlockJob, plan_segment  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "sparseseg" / "data" / "models" / "dsb_nuclei_rgb.pt"
 
@@ -43,21 +41,17 @@ def _worker_peak_rss_mb() -> float:
 
 def _forward_block(job: BlockJob, block, threads: int) -> tuple[int, ...]:
     torch.set_num_threads(threads)
-    return predict_read_region(job, block).shape  # the output stays on the worker
+    fields = slide_fields(job)
+    return fields.compute([fields.load(block.context)])[0].shape  # the output stays on the worker
 
 
 def forward_only_seconds(client, slide: Path, model: Path, block: int, margin: int, threads: int) -> float:
     """Network forward (read + normalise + predict) over exactly the blocks segment reads, as Dask tasks
     on the same workers with the same torch threads, nothing else. Runs after segment, so the workers
     are warm (model cached): the comparison is conservative for segment."""
-    info = open_omezarr_slide(slide)
-    state = load_checkpoint(model)
-    plan = BlockPlan(shape=info.shape[1:], block=block, margin=margin, halo=state["halo"],
-                     factor=state["downsampling"])
-    job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
-                   device="cpu", normalization=slide_normalization(info.levels), params=None,
-                   image_shape=info.shape[1:], work="")
-    blocks = list(plan.blocks())
+    plan = plan_segment(slide, model, SegmentOptions(block=block, margin=margin, overwrite=True, threads=threads))
+    job = plan.job
+    blocks = list(plan.blocks.blocks())
     client.run(_forward_block, job, blocks[0], threads)  # every worker has loaded the model before timing
     start = time.perf_counter()
     client.gather(client.map(_forward_block, [job] * len(blocks), blocks, [threads] * len(blocks), pure=False))
@@ -79,8 +73,8 @@ def run(edge: int, workdir: Path, model: Path, block: int, margin: int, workers:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
         start = time.perf_counter()
-        result = segment_slide(slide, model, block=block, margin=margin, scheduler=cluster.scheduler_address,
-                               threads=threads, progress=False)
+        result = segment_slide(slide, model, SegmentOptions(block=block, margin=margin, threads=threads,
+                                                            scheduler=cluster.scheduler_address, progress=False))
         wall = time.perf_counter() - start
         rss = max(client.run(_worker_peak_rss_mb).values())
         forward = forward_only_seconds(client, slide, model, block, margin, threads) if forward else None

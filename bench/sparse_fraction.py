@@ -24,14 +24,11 @@ import torch
 from skimage.transform import resize
 
 from sparseseg.annotations.sparsify import objects_and_background, sparsify_dense
-from sparseseg.infer.tiling import predict_whole
-from sparseseg.instances.flows import flows_to_labels
+from sparseseg.infer.predictor import Predictor
 from sparseseg.metrics.matching import THRESHOLDS, matching, scores_from_counts
 from sparseseg.model import UNetConfig
-from sparseseg.train.checkpoint import load_checkpoint, model_from_checkpoint
 from sparseseg.train.data import folder_sources
 from sparseseg.train.loop import TrainConfig, train
-from sparseseg.train.normalize import percentile_normalization
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETTINGS = ["100%", "25%", "10%", "5%", "1%", "10 objects + bg"]
@@ -74,8 +71,7 @@ def annotate(labels: np.ndarray, setting: str, seed: int) -> np.ndarray:
 def evaluate(model, test) -> dict:
     counts = {t: [0, 0, 0, 0.0] for t in THRESHOLDS}  # tp, n_true, n_pred, iou sum
     for image, truth in test:
-        output = predict_whole(model, percentile_normalization(image).apply(image))
-        pred = flows_to_labels(output[0], output[1:3])
+        pred = model.instances(image)
         for s in matching(truth, pred):
             c = counts[s.threshold]
             c[0] += s.tp
@@ -105,7 +101,7 @@ def run(dataset: str, cpu_minutes: float, workdir: Path, patch: int) -> list[dic
         result = train(sources, folder / "model.pt", UNetConfig(in_channels=channels, depth=3, width=16), config,
                        progress=False)
         cpu = (time.process_time() - start) / 60
-        model = model_from_checkpoint(load_checkpoint(folder / "model.pt")).eval()
+        model = Predictor.from_checkpoint(folder / "model.pt", device="cpu")
         scores = evaluate(model, test)
         row = {"dataset": dataset, "setting": setting, "steps": result["step"], "cpu_min": cpu, **scores}
         print(f"{dataset:8s} {setting:16s} steps {result['step']:5d}  cpu {cpu:5.1f} min  "

@@ -7,6 +7,7 @@ With no configuration the flows run on Prefect's ephemeral API.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -34,11 +35,11 @@ def ingest_task(source: str, destination: str) -> str:
 
 @task(task_run_name="segment {slide}")
 def segment_task(slide: str, model: str, cluster: str | None, block: int) -> dict:
-    from sparseseg.segment.segment import segment_slide
+    from sparseseg.segment import SegmentOptions, segment_slide
 
     with dask_client(_spec(cluster)) as client:
-        result = segment_slide(slide, model, block=block, scheduler=client.scheduler.address, overwrite=True,
-                               progress=False)
+        result = segment_slide(slide, model, SegmentOptions(block=block, scheduler=client.scheduler.address,
+                                                            overwrite=True, progress=False))
     return {"cells": result.n_objects, "labels": str(result.labels)}
 
 
@@ -53,7 +54,7 @@ def measure_task(slide: str, regions: str, out: str) -> dict:
 def export_task(slide: str, out: str) -> str:
     from sparseseg.export.geojson import export_geojson
     from sparseseg.io.omezarr import open_omezarr_slide
-    from sparseseg.measure.run import resolve_labels
+    from sparseseg.io.labels import resolve_labels
 
     info = open_omezarr_slide(Path(slide))
     labels = resolve_labels(Path(slide), "cells", tuple(info.shape[1:]))
@@ -70,24 +71,26 @@ def ingest_slide(source: str, output: str) -> str:
 @flow(name="train-model")
 def train_model(out: str, data: list[str] | None = None, images: str | None = None, annotations: str | None = None,
                 init: str | None = None, minutes: float = 10.0, loss: str = "sketchpose", workers: int | None = None,
-                pixel_size_um: float | None = None) -> str:
+                pixel_size_um: float | None = None, overwrite: bool = True) -> str:
     """Train (or fine-tune with ``init``) from annotated slides or image folders."""
-    from argparse import Namespace
+    from sparseseg.infer.predictor import default_device
+    from sparseseg.train.loop import TrainConfig
+    from sparseseg.train.request import DataSpec, TrainRequest, run_training
 
-    from sparseseg.train.cli import run_train
-
-    args = Namespace(data=[Path(p) for p in data] if data else None, images=Path(images) if images else None,
-                     annotations=Path(annotations) if annotations else None, out=Path(out),
-                     init=Path(init) if init else None, resume=False, loss=loss, minutes=minutes, epochs=None,
-                     workers=workers, scheduler=None, pixel_size=pixel_size_um, patch=128, batch=8, lr=2e-3,
-                     depth=3, width=16, seed=0, device=None, quiet=True, argv=["train", "--out", out])
-    result = run_train(args)
+    call = {k: v for k, v in dict(out=out, data=data, images=images, annotations=annotations, init=init,
+                                  minutes=minutes, loss=loss, workers=workers, pixel_size_um=pixel_size_um,
+                                  overwrite=overwrite).items() if v is not None}
+    request = TrainRequest(data=DataSpec(slides=tuple(data or ()), images=images, annotations=annotations),
+                           out=Path(out), config=TrainConfig(loss=loss, device=default_device()),
+                           init=Path(init) if init else None, overwrite=overwrite, minutes=minutes, workers=workers,
+                           pixel_size_um=pixel_size_um, command=f"prefect flow train-model {json.dumps(call)}")
+    result = run_training(request, progress=False)
     get_run_logger().info("trained %s for %d steps", out, result["step"])
     return out
 
 
-@flow(name="segment-slide")
-def segment_slide(slide: str, model: str, output_dir: str, cluster: str | None = None,
+@flow(name="process-slide")
+def process_slide(slide: str, model: str, output_dir: str, cluster: str | None = None,
                   regions: str = "grid:250um", block: int = 2048) -> dict:
     """Segment, measure and export one OME-Zarr slide into ``output_dir``."""
     out = Path(output_dir)
@@ -112,7 +115,7 @@ def process_one(source: str, output_dir: str, model: str, cluster: str | None, r
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     slide = ingest_slide(source, str(out / f"{slide_stem(src)}.ome.zarr"))
-    summary = segment_slide(slide, model, str(out), cluster=cluster, regions=regions, block=block)
+    summary = process_slide(slide, model, str(out), cluster=cluster, regions=regions, block=block)
     runtime = time.perf_counter() - started
     row = {"slide": src.name, "status": "processed", "cells": summary["cells"],
            "density_per_mm2": summary["density_per_mm2"], "runtime_s": round(runtime, 1), "output": str(out)}

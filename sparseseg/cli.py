@@ -1,11 +1,17 @@
-"""The ``sparseseg`` command line: one subcommand per pipeline stage."""
+"""The ``sparseseg`` command line: one subcommand per pipeline stage; it only builds requests and calls the library.
+
+Every error a user can cause ends as one line on stderr naming the file or option, and exit code 2:
+bad arguments (checked when parsed), bad input files (``InputError``), operating-system errors
+(permissions, missing folders, a full disk, a closed pipe). Interrupts exit with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import logging
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +22,73 @@ from sparseseg.errors import InputError
 log = logging.getLogger("sparseseg")
 
 
+# ---------------------------------------------------------------- argument types: checked at parse time
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def names(text: str) -> tuple[str, ...]:
+    """NAME[,NAME...] (channel names or indices)."""
+    items = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expects NAME[,NAME...]")
+    return items
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ("sparseseg segment: error: argument --block: ...") and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ---------------------------------------------------------------- commands
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from sparseseg.ingest import ingest
 
     dst = ingest(args.src, args.dst, ngff=args.ngff, pixel_size_um=args.pixel_size, chunk=args.chunk,
-                 tissue=args.tissue, overwrite=args.overwrite, progress=not args.quiet)
+                 tissue=args.tissue, overwrite=args.overwrite, progress=not args.quiet,
+                 fill_missing=args.fill_missing)
     print(f"wrote {dst}")
     return 0
 
@@ -51,25 +119,40 @@ def _cmd_annotations_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from sparseseg.train.cli import run_train
+    from sparseseg.train.cli import request_from_args
+    from sparseseg.train.request import run_training
 
-    result = run_train(args)
+    result = run_training(request_from_args(args), progress=not args.quiet)
     history = result["history"]
     val = [h["val_loss"] for h in history if "val_loss" in h]
     print(f"wrote {args.out} after {result['step']} steps; validation loss {val[0]:.4f} -> {val[-1]:.4f}"
           if val else f"wrote {args.out}")
+    if result.get("calibration"):
+        c = result["calibration"]
+        print(f"instance parameters calibrated on {c['objects']} annotated objects: {c['score_name']} "
+              f"{c['default_score']:.3f} (defaults) -> {c['score']:.3f}; stored in {args.out}")
     return 0
 
 
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from sparseseg.segment.segment import segment_slide
+def _instance_overrides(args: argparse.Namespace) -> dict:
+    """Instance parameters given on the command line (they override the checkpoint's calibrated ones)."""
+    return {name: getattr(args, name) for name in ("distance_threshold", "flow_error_threshold", "min_size",
+                                                   "n_steps") if getattr(args, name, None) is not None}
 
-    result = segment_slide(args.slide, args.model, name=args.name, block=args.block, margin=args.margin,
-                           workers=args.workers, scheduler=args.scheduler, device=args.device, threads=args.threads,
-                           resume=args.resume, overwrite=args.overwrite, large_objects=args.large_objects, progress=not args.quiet)
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from sparseseg.segment import SegmentOptions, segment_slide
+
+    options = SegmentOptions(name=args.name, block=args.block, margin=args.margin, workers=args.workers,
+                             scheduler=args.scheduler, device=args.device, threads=args.threads, batch=args.batch,
+                             resume=args.resume, overwrite=args.overwrite, large_objects=args.large_objects,
+                             max_object_um=args.max_object_um, params=_instance_overrides(args),
+                             channels=args.channels, progress=not args.quiet)
+    result = segment_slide(args.slide, args.model, options)
+    left_out = result.too_large + result.dropped_objects
     print(f"wrote {result.labels}: {result.n_objects} objects from {result.n_blocks} blocks "
-          f"({result.skipped_blocks} without tissue skipped, {result.dropped_objects} objects larger than "
-          f"--margin dropped)")
+          f"({result.skipped_blocks} without tissue skipped; {result.large_objects} larger than --margin segmented "
+          f"on grown windows" + (f"; {left_out} left out" if left_out else "") + ")")
     return 0
 
 
@@ -92,14 +175,10 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_geojson(args: argparse.Namespace) -> int:
-    from sparseseg.export.geojson import export_geojson
-    from sparseseg.io.omezarr import open_omezarr_slide
-    from sparseseg.measure.run import label_source, resolve_labels
+    from sparseseg.export.geojson import export_slide_geojson
 
-    info = open_omezarr_slide(args.slide)
-    labels = resolve_labels(Path(args.slide), args.labels, tuple(info.shape[1:]))
-    count = export_geojson(labels, Path(args.out), classification=args.classification, pixel_size_um=info.pixel_size_um,
-                           margin=args.margin, source=label_source(Path(args.slide), args.labels))
+    count = export_slide_geojson(Path(args.slide), args.labels, Path(args.out), classification=args.classification,
+                                 margin=args.margin)
     print(f"wrote {count} detections to {args.out}")
     return 0
 
@@ -111,12 +190,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- the parser
+
+
+def _add_instance_arguments(p: argparse.ArgumentParser) -> None:
+    """Instance parameters; by default those stored (calibrated) in the checkpoint."""
+    group = p.add_argument_group("instance parameters (default: the values calibrated and stored in the model)")
+    group.add_argument("--distance-threshold", type=finite_float, metavar="PX",
+                       help="foreground: predicted distance above this")
+    group.add_argument("--flow-error-threshold", type=positive_float, metavar="E",
+                       help="drop objects whose flow error exceeds E")
+    group.add_argument("--min-size", type=non_negative_int, metavar="PX",
+                       help="drop objects smaller than PX pixels (model grid)")
+    group.add_argument("--steps", dest="n_steps", type=positive_int, metavar="N", help="Euler steps along the flow")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparseseg", description="Whole-slide nucleus/cell segmentation "
-                                     "trained from sparse annotations.")
+    parser = Parser(prog="sparseseg", description="Whole-slide nucleus/cell segmentation trained from sparse "
+                    "annotations.")
     parser.add_argument("--version", action="version", version=f"sparseseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (and tracebacks)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("ingest", help="convert a slide (SVS, OME-TIFF, TIFF, PNG, OME-Zarr) to an OME-Zarr pyramid",
                        description="Convert a slide into an OME-Zarr image pyramid with a tissue mask label.")
@@ -124,12 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", type=Path, help="output directory, e.g. slide.ome.zarr")
     p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4",
                    help="NGFF version: 0.4 (zarr v2, read by most viewers and QuPath; default) or 0.5 (zarr v3)")
-    p.add_argument("--pixel-size", type=float, metavar="UM", help="level-0 pixel size in micrometres "
+    p.add_argument("--pixel-size", type=positive_float, metavar="UM", help="level-0 pixel size in micrometres "
                    "(overrides the file's; needed when the source records none)")
-    p.add_argument("--chunk", type=int, default=1024, metavar="PX", help="chunk edge in pixels (default 1024)")
+    p.add_argument("--chunk", type=positive_int, default=1024, metavar="PX",
+                   help="chunk edge in pixels, a multiple of 16 >= 64 (default 1024)")
     p.add_argument("--tissue", choices=("auto", "brightfield", "fluorescence", "none"), default="auto",
                    help="tissue-mask method (auto: brightfield for 8-bit RGB, else fluorescence)")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (only once the new one is complete)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST if it is an OME-Zarr written by sparseseg (only once the new one is complete)")
+    p.add_argument("--fill-missing", action="store_true",
+                   help="read missing chunks of an OME-Zarr source as its fill value (default: an error)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_ingest)
 
@@ -141,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("annotations", help="manage sparse annotations of a slide",
                        description="Sparse annotations stored in the slide's OME-Zarr (see docs/annotations.md).")
-    annotations = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    annotations = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
     p = annotations.add_parser("import", help="import a label image or a QuPath GeoJSON export",
                                description="Import annotations into SLIDE.ome.zarr: a label image (TIFF/PNG/zarr "
                                "at level-0 size) or a QuPath GeoJSON export (level-0 pixel coordinates).")
@@ -158,34 +256,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a distance+flow U-Net from sparse annotations",
                        description="Train from annotated slides (--data) or image folders (--images/--annotations), "
-                       "in one process or data-parallel over Dask workers (--workers/--scheduler).")
+                       "in one process or data-parallel over Dask workers (--workers/--scheduler); then calibrate "
+                       "the instance parameters on the held-out annotations.")
     from sparseseg.train.cli import add_train_arguments
 
-    add_train_arguments(p)
+    add_train_arguments(p, positive_int, positive_float)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("segment", help="segment every cell of a slide into labels/<name>",
                        description="Predict distance + flow block by block on Dask workers (halo from the "
                        "network's receptive field), derive instances from the flows, stitch them across block "
-                       "borders by ownership, and write a uint32 label pyramid.")
+                       "borders by ownership (objects larger than the margin on grown windows), and write a "
+                       "uint32 label pyramid.")
     p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
     p.add_argument("--model", type=Path, required=True, metavar="MODEL.pt")
-    p.add_argument("--name", default="cells", help="label group name (default cells)")
-    p.add_argument("--block", type=int, default=2048, metavar="PX", help="block edge in px, a multiple of the network downsampling factor (default 2048)")
-    p.add_argument("--margin", type=int, default=48, metavar="PX",
-                   help="instance context around each block; must exceed the largest object (default 48)")
+    p.add_argument("--name", default="cells", help="label group name, one folder name (default cells)")
+    p.add_argument("--block", type=positive_int, default=2048, metavar="PX",
+                   help="block edge in px, a multiple of the network downsampling factor (default 2048)")
+    p.add_argument("--margin", type=non_negative_int, default=48, metavar="PX",
+                   help="instance context around each block (default 48, rounded up to the downsampling factor); "
+                        "objects larger than it are segmented again on grown windows")
     cluster = p.add_mutually_exclusive_group()
-    cluster.add_argument("--workers", type=int, metavar="N", help="local Dask worker processes (default 1)")
+    cluster.add_argument("--workers", type=positive_int, metavar="N", help="local Dask worker processes (default 1)")
     cluster.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler")
-    p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads per worker (default: the cores shared among local workers; with "
-                        "--scheduler, the workers' setting, which Dask makes 1)")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="default: on each worker, cuda where it has a GPU")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="torch threads per worker (default: local workers share this machine's cores; workers of "
+                        "--scheduler keep their own setting)")
+    p.add_argument("--batch", type=positive_int, metavar="N",
+                   help="blocks per network forward (default 1 on CPU; several small blocks on a GPU)")
+    p.add_argument("--channels", type=names, metavar="NAME[,NAME]",
+                   help="slide channels fed to the model, by OME name or index (e.g. DAPI for a nuclei model)")
     p.add_argument("--resume", action="store_true", help="reuse the blocks finished by an interrupted run")
-    p.add_argument("--large-objects", choices=("drop", "error"), default="drop",
-                   help="an object larger than --margin could be cut at a block edge: drop it (counted, default) "
-                        "or stop with an error")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing label group")
+    p.add_argument("--large-objects", choices=("grow", "drop", "error"), default="grow",
+                   help="an object reaching its block's context edge: segment it again on a grown window "
+                        "(default; up to --max-object-um, larger ones left out and counted), the same but stop "
+                        "with an error beyond that size, or drop it (fastest)")
+    p.add_argument("--max-object-um", type=positive_float, default=200.0, metavar="UM",
+                   help="largest object extent grown for (default 200 um)")
+    p.add_argument("--overwrite", action="store_true", help="replace a label group an earlier segment wrote")
+    _add_instance_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
 
@@ -202,15 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="tables and metrics only: no figures, no report.html")
     p.add_argument("--no-intensities", action="store_true",
                    help="shape columns only: no per-channel means or H&E densities (the image is not read)")
-    p.add_argument("--threads", type=int, default=2, metavar="N", help="tiles measured at once (default 2)")
-    p.add_argument("--margin", type=int, default=64, metavar="PX",
+    p.add_argument("--threads", type=positive_int, default=2, metavar="N", help="tiles measured at once (default 2)")
+    p.add_argument("--margin", type=non_negative_int, default=64, metavar="PX",
                    help="join the parts of a disconnected object lying within PX of the same tile seam (default "
                    "64); connected objects of any size are always measured whole")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_measure)
 
     p = sub.add_parser("export", help="export results", description="Export results for other tools.")
-    export = p.add_subparsers(dest="action", required=True, metavar="FORMAT")
+    export = p.add_subparsers(dest="action", required=True, metavar="FORMAT", parser_class=Parser)
     p = export.add_parser("geojson", help="QuPath-importable GeoJSON of the cells",
                           description="One detection Feature per object (contour in level-0 pixel coordinates), "
                           "streamed; .gz compresses.")
@@ -218,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default="cells", metavar="NAME_OR_FILE", help="label group or label image file")
     p.add_argument("--out", required=True, metavar="F", help="cells.geojson or cells.geojson.gz")
     p.add_argument("--classification", default="Nucleus", help="QuPath class of the detections (default Nucleus)")
-    p.add_argument("--margin", type=int, default=64, metavar="PX",
+    p.add_argument("--margin", type=non_negative_int, default=64, metavar="PX",
                    help="outline the parts of a disconnected object lying within PX of the same tile seam as one "
                    "feature (default 64); connected objects of any size are always exported whole")
     p.set_defaults(func=_cmd_export_geojson)
@@ -231,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # before distributed configures logging
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -240,16 +354,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # tifffile logs every oddity it repairs, distributed every worker start
         logging.getLogger("tifffile").setLevel(logging.ERROR)
-        logging.getLogger("distributed").setLevel(logging.WARNING)
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+    command = "sparseseg " + " ".join(filter(None, [args.command, getattr(args, "action", None)]))
     try:
         return args.func(args)
     except InputError as exc:
         log.debug("details", exc_info=True)
-        command = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
-        print(f"sparseseg {command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (`sparseseg info S | head`): nothing more to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{command}: error: standard output was closed before everything was written", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permissions, missing folders, a full disk: the OS names the file
+        log.debug("details", exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{command}: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"sparseseg {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -8,6 +8,7 @@ kind: scheduler   -> an existing Dask scheduler at ``address``
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,14 @@ def default_spec() -> dict[str, Any]:
 
 
 def workers_spec(workers: int | None, scheduler: str | None, default_workers: int = 1) -> dict[str, Any]:
-    """The spec behind the CLI's ``--workers N`` / ``--scheduler ADDR`` (one thread per worker process)."""
+    """The spec behind the CLI's ``--workers N`` / ``--scheduler ADDR``: one Dask thread per worker process,
+    and local workers share this machine's cores for torch (``OMP_NUM_THREADS`` in their environment)."""
     if scheduler:
         return {"kind": "scheduler", "address": scheduler}
-    return {"kind": "local", "n_workers": workers or default_workers, "threads_per_worker": 1}
+    n = workers or default_workers
+    if n < 1:
+        raise InputError(None, f"--workers must be at least 1, got {n}")
+    return {"kind": "local", "n_workers": n, "threads_per_worker": 1, "torch_threads": max(1, (os.cpu_count() or 1) // n)}
 
 
 def slurm_cluster(spec: dict[str, Any]):
@@ -98,11 +103,13 @@ def dask_client(spec: dict[str, Any] | None = None):
     if kind == "scheduler":
         client = Client(spec["address"], set_as_default=False)
     elif kind == "local":
+        processes = bool(spec.get("processes", True))
+        extra = {"env": {"OMP_NUM_THREADS": str(spec["torch_threads"])}} if processes and spec.get("torch_threads") \
+            else {}  # worker processes' own environment (threads of this process share its setting)
         with worker_environment():
             cluster = LocalCluster(n_workers=int(spec.get("n_workers", 1)),
-                                   threads_per_worker=int(spec.get("threads_per_worker", 1)),
-                                   processes=bool(spec.get("processes", True)),
-                                   memory_limit=spec.get("memory_limit", "auto"), dashboard_address=None)
+                                   threads_per_worker=int(spec.get("threads_per_worker", 1)), processes=processes,
+                                   memory_limit=spec.get("memory_limit", "auto"), dashboard_address=None, **extra)
         client = Client(cluster, set_as_default=False)
     elif kind == "local-cuda":
         if not cuda_available():

@@ -36,9 +36,10 @@ def sparse_training_folders(out_dir: Path, fraction: float = 0.25) -> tuple[Path
 def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -> dict[str, Path]:
     """Run the whole pipeline into ``out_dir`` and print what was written; returns the outputs."""
     from sparseseg.export.geojson import export_geojson
-    from sparseseg.measure.run import measure_slide, resolve_labels
+    from sparseseg.measure.run import measure_slide
+    from sparseseg.io.labels import resolve_labels
     from sparseseg.model.unet import UNetConfig
-    from sparseseg.segment.segment import segment_slide
+    from sparseseg.segment import SegmentOptions, segment_slide
     from sparseseg.train.data import folder_sources
     from sparseseg.train.loop import TrainConfig, train
 
@@ -63,7 +64,7 @@ def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -
                    init=BUNDLED_MODEL, command="sparseseg demo (fine-tune)", pixel_size_um=0.37, progress=progress)
     lap("train")
     print("3/5 segment every nucleus (blocks on a Dask LocalCluster, seam-free stitching)", flush=True)
-    segmented = segment_slide(slide, model, overwrite=True, progress=progress)
+    segmented = segment_slide(slide, model, SegmentOptions(overwrite=True, progress=progress))
     lap("segment")
     print("4/5 measure objects and 250 um grid regions, write the report", flush=True)
     measure_dir = out_dir / "measure"

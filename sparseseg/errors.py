@@ -12,3 +12,6 @@ class InputError(ValueError):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
+
+    def __reduce__(self):  # rebuilt from (path, problem) when it travels back from a Dask worker
+        return type(self), (self.path, self.problem)

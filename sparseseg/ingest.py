@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-import dask
 import dask.array as da
 import numpy as np
 import zarr
 
 from sparseseg.errors import InputError
 from sparseseg.io.atomic import staged_directory
-from sparseseg.io.ngff import (create_level_array, omero_block, write_image_metadata,
-                               write_label_metadata, zarr_format_of)
+from sparseseg.io.labels import write_label_levels
+from sparseseg.io.ngff import create_level_array, omero_block, write_image_metadata, write_label_metadata, zarr_format_of
 from sparseseg.io.slide import Slide, open_slide
 from sparseseg.progress import TqdmDaskProgress
 from sparseseg.pyramid import downsample_mean_2x, level_factors, pyramid_shapes
@@ -52,7 +52,7 @@ def write_image_pyramid(slide: Slide, group: zarr.Group, ngff: str, chunk: int,
     arrays: list[zarr.Array] = []
     for level, shape in enumerate(shapes):
         target = create_level_array(group, str(level), (n_channels, *shape), (n_channels, chunk, chunk),
-                                    dtype, ("c", "y", "x"))
+                                    dtype, ("c", "y", "x"), write_empty=True)
         if level == 0:
             source = slide.levels[0]
         else:  # read 2x2 written chunks per output chunk: no rechunk between the two levels
@@ -77,36 +77,36 @@ def write_tissue_labels(group: zarr.Group, arrays: list[zarr.Array], ngff: str, 
     sizes_um = [(pixel_size_um[1] if pixel_size_um else 0.5) * f[1] for f in factors]
     mask_level = choose_mask_level(sizes_um)
     mask = tissue_mask(da.from_zarr(arrays[mask_level]), mode, sizes_um[mask_level], scheduler="threads", pool=pool)
-    label_group = group.require_group("labels").require_group("tissue")
-    mask_ref = dask.delayed(mask, pure=True)
-    writes = []
-    for level, shape in enumerate(shapes):
-        target = create_level_array(label_group, str(level), shape, (chunk, chunk), np.uint8, ("y", "x"))
-        blocks = da.map_blocks(_mask_block, mask_ref, shift=level - mask_level,
-                               chunks=da.core.normalize_chunks((chunk, chunk), shape), dtype=np.uint8)
-        writes.append(da.store(blocks, target, lock=False, compute=False))
-    dask.compute(*writes, scheduler="threads", pool=pool)
-    write_image_metadata(label_group, ngff, name="tissue", n_levels=len(shapes), pixel_size_um=pixel_size_um,
-                         level_factors=factors, omero=None, channel_axis=False,
-                         method=f"{mode} Otsu at level {mask_level}, nearest-neighbour resampling")
+    write_label_levels(group.require_group("labels").require_group("tissue"), ngff, "tissue", shapes, chunk,
+                       pixel_size_um, TissueLevel0(mask, mask_level), np.uint8,
+                       f"{mode} Otsu at level {mask_level}, nearest-neighbour resampling", scheduler="threads",
+                       pool=pool)
     write_label_metadata(group, ngff, "tissue", colors=TISSUE_COLOUR,
                          properties=[{"label-value": 1, "class": "tissue"}])
     return float(mask.mean())
 
 
-def _mask_block(mask: np.ndarray, shift: int, block_info=None) -> np.ndarray:
-    info = block_info[None]
-    (y0, y1), (x0, x1) = info["array-location"]
-    return resample_mask_block(mask, shift, (y1 - y0, x1 - x0), y0, x0)
+@dataclass(frozen=True)
+class TissueLevel0:
+    """Level-0 windows of a low-resolution tissue mask (nearest neighbour)."""
+
+    mask: np.ndarray
+    level: int
+
+    def __call__(self, window: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = window
+        return resample_mask_block(self.mask, -self.level, (rows.stop - rows.start, cols.stop - cols.start),
+                                   rows.start, cols.start)
 
 
 def ingest(src: str | Path, dst: str | Path, *, ngff: str = "0.4", pixel_size_um: float | None = None,
-           chunk: int = 1024, tissue: str = "auto", overwrite: bool = False, progress: bool = False) -> Path:
+           chunk: int = 1024, tissue: str = "auto", overwrite: bool = False, progress: bool = False,
+           fill_missing: bool = False) -> Path:
     """Convert ``src`` (SVS, TIFF, PNG/JPEG or OME-Zarr) into an OME-Zarr pyramid at ``dst``."""
     src, dst = Path(src), Path(dst)
     if chunk < 64 or chunk % 16:
         raise InputError(None, f"--chunk must be a multiple of 16 and >= 64, got {chunk}")
-    slide = open_slide(src, chunk=chunk).with_pixel_size(pixel_size_um)
+    slide = open_slide(src, chunk=chunk, fill_missing=fill_missing).with_pixel_size(pixel_size_um)
     if dst.absolute() == src.absolute():
         raise InputError(dst, "destination is the source itself")
     mode = resolve_mode(tissue, slide.n_channels, slide.dtype)

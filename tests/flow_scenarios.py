@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.pipeline import ingest_slide, process_archive, segment_slide, train_model  # noqa: E402
+from flows.pipeline import ingest_slide, process_archive, process_slide, train_model  # noqa: E402
 
 MODEL = ROOT / "sparseseg" / "data" / "models" / "dsb_nuclei_rgb.pt"
 
@@ -19,7 +19,7 @@ def main(work: Path) -> None:
     results = {}
     slide = ingest_slide(str(archive / "he_65c8527c.tif"), str(work / "single.ome.zarr"))
     results["ingest"] = slide
-    results["segment"] = segment_slide(slide, str(MODEL), str(work / "single-out"), regions="grid:50um")
+    results["segment"] = process_slide(slide, str(MODEL), str(work / "single-out"), regions="grid:50um")
     results["train"] = train_model(str(work / "tuned.pt"), images=str(work / "train" / "images"),
                                    annotations=str(work / "train" / "annotations"), init=str(MODEL), minutes=0.05,
                                    pixel_size_um=0.37)

@@ -16,7 +16,7 @@ from sparseseg.annotations import compute_targets
 from sparseseg.annotations.model import BACKGROUND
 from sparseseg.annotations.store import read_annotation_patch
 from sparseseg.cli import main
-from sparseseg.geometry import mask_to_polygon
+from sparseseg.geometry.polygons import mask_to_polygon
 from sparseseg.ingest import ingest
 
 NAME = "fluo_0402a81e"

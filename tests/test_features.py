@@ -11,7 +11,8 @@ import tifffile
 from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
 
-from sparseseg.measure.features import intensity_means, object_features, object_pixels
+from sparseseg.measure.features import intensity_means, object_features
+from sparseseg.tiling.pixels import object_pixels
 
 DSB = Path(__file__).parent / "data" / "dsb2018"
 
@@ -144,7 +145,8 @@ labels[13, 6] = 0
     script = setup + """
 from numba.core import caching
 caching.CacheImpl._locator_classes = []  # no folder numba could write its cache to
-from sparseseg.measure.features import object_features, object_pixels
+from sparseseg.measure.features import object_features
+from sparseseg.tiling.pixels import object_pixels
 features = object_features(labels, object_pixels(labels)[1])
 print(json.dumps({key: np.asarray(value).tolist() for key, value in features.items()}))
 """

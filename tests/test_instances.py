@@ -8,22 +8,9 @@ import tifffile
 import torch
 from conftest import DSB
 
+from helpers import matched_at
 from sparseseg.annotations import PatchAnnotation, compute_targets
-from sparseseg.instances.flows import flows_to_labels, relabel_sequential
-
-
-def matched_at(truth: np.ndarray, pred: np.ndarray, iou: float) -> int:
-    """Number of true objects with a predicted object at IoU > ``iou`` (one-to-one above 0.5)."""
-    count = 0
-    for k in np.unique(truth[truth > 0]):
-        mask = truth == k
-        hits = pred[mask]
-        hits = hits[hits > 0]
-        if hits.size == 0:
-            continue
-        other = pred == np.bincount(hits).argmax()
-        count += (mask & other).sum() / (mask | other).sum() > iou
-    return count
+from sparseseg.instances.dynamics import flows_to_labels, relabel_sequential
 
 
 @pytest.mark.parametrize("name,minimum", [("fluo_0402a81e", 0.95), ("he_65c8527c", 0.95), ("he_0121d675", 0.85)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_targets import random_scene, random_sparse_annotation
+from helpers import random_scene, random_sparse_annotation
 
 from sparseseg.annotations import PatchAnnotation, compute_targets
 from sparseseg.losses import (EikonalWeights, batch_targets, eikonal_loss, eikonal_regulariser, masked_object_loss,

@@ -17,11 +17,11 @@ from conftest import DSB
 from shapely.geometry import shape as to_shape
 from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
-from test_metrics import perturbations
+from helpers import perturbations
 
 from sparseseg.io.labels import write_label_pyramid
 from sparseseg.cli import main
-from sparseseg.geometry import rasterize_polygon
+from sparseseg.geometry.polygons import rasterize_polygon
 from sparseseg.errors import InputError
 from sparseseg.ingest import ingest
 from sparseseg.measure.run import measure_slide
@@ -338,7 +338,7 @@ def test_objects_crossing_tile_corners_diagonally_are_measured_whole(tmp_path, m
 def test_seam_pixels_give_each_object_once_whole_when_it_stops_continuing():
     """Random pieces (objects spread over several pieces) popped against random 'continuing' sets: an object
     comes out exactly once, with all its pixels and their values, in the pop after it leaves the set."""
-    from sparseseg.measure.objects import SeamPiece, SeamPixels, join_pieces
+    from sparseseg.tiling.seams import SeamPiece, SeamPixels, join_pieces
 
     rng = np.random.default_rng(7)
     seams, pixels_of, open_ids, popped = SeamPixels(), {}, set(), {}

@@ -6,31 +6,11 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import DSB
-from scipy import ndimage as ndi
 
+from helpers import perturbations
 from sparseseg.metrics.matching import THRESHOLDS, matching, summarize
 
 stardist_matching = pytest.importorskip("stardist.matching")
-
-
-def perturbations(truth: np.ndarray, rng: np.random.Generator):
-    """Realistic prediction errors: dilation, erosion, dropped, merged, split and shifted nuclei."""
-    yield ndi.grey_dilation(truth, size=3)
-    eroded = truth * ndi.binary_erosion(truth > 0, iterations=2)
-    yield eroded
-    dropped = truth.copy()
-    dropped[np.isin(dropped, rng.choice(np.unique(truth)[1:], 10, replace=False))] = 0
-    yield dropped
-    merged = truth.copy()
-    ids = np.unique(truth)[1:]
-    for a, b in rng.choice(ids, (8, 2), replace=False):
-        merged[merged == b] = a
-    yield merged
-    split = truth.copy()
-    yy, xx = np.indices(truth.shape)
-    split[(split > 0) & (xx % 9 == 0)] += 1000  # stripes become separate objects
-    yield split
-    yield np.roll(truth, (2, -3), axis=(0, 1))
 
 
 @pytest.mark.parametrize("name", ["fluo_0402a81e", "he_0121d675", "he_65c8527c"])

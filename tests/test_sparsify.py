@@ -8,7 +8,7 @@ import tifffile
 from conftest import DSB
 
 from sparseseg.annotations import compute_targets
-from sparseseg.annotations.lattice import centre_distance, label_interfaces
+from sparseseg.geometry.lattice import centre_distance, label_interfaces
 from sparseseg.annotations.sparsify import gp_mask, objects_and_background, sparsify_dense
 
 LABELS = tifffile.imread(DSB / "labels" / "he_0121d675.tif").astype(np.int64)

@@ -5,48 +5,15 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import ndimage as ndi
 
+from helpers import random_scene, random_sparse_annotation
 from sparseseg.annotations import PatchAnnotation, compute_targets
-from sparseseg.annotations.lattice import centre_distance, dense_flow, label_interfaces
-
-
-def random_scene(rng: np.random.Generator, shape=(48, 56)) -> np.ndarray:
-    """Instance labels with separate and touching objects: blobs, some split into touching cells."""
-    labels = np.zeros(shape, np.int32)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    next_id = 1
-    for _ in range(rng.integers(2, 7)):
-        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
-        ry, rx = rng.uniform(3, 12), rng.uniform(3, 12)
-        blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
-        if rng.random() < 0.5:  # split into touching cells along a random line
-            angle = rng.uniform(0, np.pi)
-            side = (np.cos(angle) * (yy - cy) + np.sin(angle) * (xx - cx)) > 0
-            labels[blob & side] = next_id
-            labels[blob & ~side] = next_id + 1
-            next_id += 2
-        else:
-            labels[blob] = next_id
-            next_id += 1
-    return labels
+from sparseseg.geometry.lattice import centre_distance, dense_flow, label_interfaces
 
 
 def true_distance(labels: np.ndarray) -> np.ndarray:
     """Distance from each pixel centre to the true boundaries (interfaces between different labels)."""
     return centre_distance(label_interfaces(labels, np.not_equal))
-
-
-def random_sparse_annotation(rng: np.random.Generator, labels: np.ndarray) -> PatchAnnotation:
-    """Keep random blobs of the truth (assumptions hold by construction), plus extras."""
-    noise = ndi.gaussian_filter(rng.standard_normal(labels.shape), rng.uniform(2, 6))
-    keep = noise > np.quantile(noise, rng.uniform(0.2, 0.95))
-    partial = np.where(keep, np.where(labels > 0, labels + 1, 1), 0).astype(np.uint32)
-    ids = np.unique(labels[labels > 0])
-    complete = [k + 1 for k in ids if keep[labels == k].all() and rng.random() < 0.7]
-    true_b = label_interfaces(labels, np.not_equal)
-    pieces = true_b & (rng.random(true_b.shape) < rng.uniform(0, 0.3))  # manual pieces on E
-    return PatchAnnotation(partial=partial, boundary=pieces, complete=frozenset(complete))
 
 
 @settings(max_examples=60, deadline=None)

@@ -27,7 +27,8 @@ from shapely.geometry import shape as to_shape
 
 from sparseseg.annotations.model import BACKGROUND, FIRST_OBJECT, boundary_from_polylines
 from sparseseg.errors import InputError
-from sparseseg.geometry import polygon_window, rasterize_polygon
+from sparseseg.geometry.lattice import empty_lattice
+from sparseseg.geometry.polygons import polygon_window, rasterize_polygon
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def _split_stroke(mask: np.ndarray, cuts: np.ndarray) -> tuple[np.ndarray, int]:
     point between them unless that point lies on a boundary line.
     """
     h, w = mask.shape
-    lattice = np.zeros((2 * h + 1, 2 * w + 1), bool)
+    lattice = empty_lattice((h, w))
     lattice[1::2, 1::2] = mask
     lattice[2:-1:2, 1::2] = mask[:-1] & mask[1:] & ~cuts[2:-1:2, 1::2]
     lattice[1::2, 2:-1:2] = mask[:, :-1] & mask[:, 1:] & ~cuts[1::2, 2:-1:2]

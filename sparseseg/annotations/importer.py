@@ -6,49 +6,18 @@ import logging
 from pathlib import Path
 
 import dask.array as da
-import imageio.v3 as iio
 import numpy as np
-import tifffile
-import zarr
 
 from sparseseg.annotations.geojson import read_qupath_geojson
-from sparseseg.annotations.model import BACKGROUND
+from sparseseg.annotations.model import BACKGROUND, encode_dense
 from sparseseg.annotations.store import (ANNOTATION_COLOURS, ANNOTATION_PROPERTIES, ANNOTATIONS, FOREGROUND,
                                          write_annotation_tables)
-from sparseseg.io.labels import image_levels, write_label_pyramid
 from sparseseg.errors import InputError
-from sparseseg.io.ngff import read_ome_attrs
-from sparseseg.io.slide import sniff_format
+from sparseseg.io.labels import image_levels, open_label_image, write_label_pyramid
 
 log = logging.getLogger(__name__)
 
 KINDS = ("partial", "dense", "foreground")
-
-
-def open_label_image(path: Path) -> da.Array:
-    """A (Y, X) integer label image from TIFF, PNG or zarr (an OME-Zarr label group's level 0)."""
-    kind = sniff_format(path)
-    if kind == "tiff":
-        try:
-            labels = da.from_zarr(zarr.open_array(tifffile.imread(path, aszarr=True), mode="r"))
-        except (tifffile.TiffFileError, ValueError) as exc:
-            raise InputError(path, f"cannot read TIFF label image ({exc})") from None
-    elif kind == "zarr":
-        node = zarr.open(path, mode="r")
-        if isinstance(node, zarr.Group):
-            _, attrs = read_ome_attrs(node)
-            if not attrs.get("multiscales"):
-                raise InputError(path, "zarr group has no 'multiscales' metadata: not a label image")
-            node = node[attrs["multiscales"][0]["datasets"][0]["path"]]
-        labels = da.from_zarr(node)
-    else:
-        labels = da.from_array(iio.imread(path))
-    labels = labels.squeeze() if labels.ndim > 2 else labels
-    if labels.ndim != 2:
-        raise InputError(path, f"label image must be 2D, got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise InputError(path, f"label image must hold integers, got {labels.dtype}")
-    return labels
 
 
 def import_label_image(slide_path: Path, path: Path, kind: str, overwrite: bool) -> dict:
@@ -68,7 +37,7 @@ def import_label_image(slide_path: Path, path: Path, kind: str, overwrite: bool)
                             properties=[{"label-value": 1, "role": "foreground"}])
         return {"foreground_fraction": float(mask.mean().compute())}
     if kind == "dense":  # 0 = background, k -> k + 1, every object complete
-        partial = da.where(labels > 0, labels.astype(np.uint32) + 1, BACKGROUND).astype(np.uint32)
+        partial = encode_dense(labels).astype(np.uint32)
     else:
         partial = labels.astype(np.uint32)
     ids = np.unique(partial[partial > BACKGROUND].compute()) if kind == "dense" else np.zeros(0, np.uint32)

@@ -17,9 +17,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparseseg.geometry.lattice import empty_lattice
+
 UNKNOWN = 0
 BACKGROUND = 1
 FIRST_OBJECT = 2
+
+
+def encode_dense(labels):
+    """Dense instance labels (0 background, k > 0 objects; numpy or dask) -> the partial encoding: every
+    pixel known, background 1, object k -> k + 1."""
+    return np.where(labels > 0, labels.astype(np.uint32) + np.uint32(1), np.uint32(BACKGROUND))
 
 
 @dataclass(frozen=True)
@@ -76,17 +84,8 @@ class PatchAnnotation:
     @classmethod
     def from_dense(cls, labels: np.ndarray) -> PatchAnnotation:
         """Dense instance labels (0 = background, k > 0 objects): everything known, all complete."""
-        labels = np.asarray(labels)
-        partial = np.where(labels > 0, labels.astype(np.uint32) + 1, BACKGROUND).astype(np.uint32)
+        partial = encode_dense(np.asarray(labels))
         return cls(partial=partial, complete=frozenset(np.unique(partial[partial >= FIRST_OBJECT]).tolist()))
-
-
-def boundary_from_pixels(mask: np.ndarray) -> np.ndarray:
-    """Boundary pieces drawn as pixels -> lattice: each marked pixel puts its centre on the lattice."""
-    mask = np.asarray(mask, bool)
-    lattice = np.zeros((2 * mask.shape[0] + 1, 2 * mask.shape[1] + 1), bool)
-    lattice[1::2, 1::2] = mask
-    return lattice
 
 
 def boundary_from_polylines(polylines: list[np.ndarray], shape: tuple[int, int], clip: bool = False) -> np.ndarray:
@@ -97,7 +96,7 @@ def boundary_from_polylines(polylines: list[np.ndarray], shape: tuple[int, int],
     or dropped with ``clip`` (a patch cut from a larger annotated image).
     """
     h, w = shape
-    lattice = np.zeros((2 * h + 1, 2 * w + 1), bool)
+    lattice = empty_lattice(shape)
     for line in polylines:
         line = np.asarray(line, np.float64).reshape(-1, 2)
         outside = line.size and (line.min() < 0 or (line[:, 0] > h).any() or (line[:, 1] > w).any())

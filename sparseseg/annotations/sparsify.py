@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from sparseseg.annotations.model import BACKGROUND, PatchAnnotation
+from sparseseg.annotations.model import BACKGROUND, PatchAnnotation, encode_dense
 
 DEFAULT_SIGMA_UM = 25.0  # 50 px at 0.5 um/px
 
@@ -33,15 +33,11 @@ def gp_mask(shape: tuple[int, int], fraction: float, seed: int, pixel_size_um: f
     return mask.reshape(shape)
 
 
-def _encode(labels: np.ndarray) -> np.ndarray:
-    return np.where(labels > 0, labels.astype(np.uint32) + 1, BACKGROUND).astype(np.uint32)
-
-
 def sparsify_dense(labels: np.ndarray, fraction: float, seed: int, pixel_size_um: float = 0.5,
                    sigma_um: float = DEFAULT_SIGMA_UM) -> PatchAnnotation:
     """Dense instance labels (0 background) seen only through a GP mask covering ``fraction``."""
     mask = gp_mask(labels.shape, fraction, seed, pixel_size_um, sigma_um)
-    partial = np.where(mask, _encode(labels), 0).astype(np.uint32)
+    partial = np.where(mask, encode_dense(labels), 0).astype(np.uint32)
     ids = np.unique(labels[labels > 0])
     inside = ndi.minimum(mask, labels, ids) if ids.size else []
     complete = frozenset(int(k) + 1 for k, whole in zip(ids, inside) if whole)

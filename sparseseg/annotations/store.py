@@ -20,7 +20,7 @@ from sparseseg.annotations.model import BACKGROUND, PatchAnnotation, boundary_fr
 from sparseseg.errors import InputError
 from sparseseg.io.atomic import staged_directory
 
-ANNOTATIONS = "annotations"
+ANNOTATIONS = "annotations"  # both in io.labels.RESERVED_LABELS
 FOREGROUND = "foreground"
 TABLES = "tables/annotations"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from sparseseg.annotations.lattice import (centre_distance, centre_gradient, label_interfaces,
+from sparseseg.geometry.lattice import (centre_distance, centre_gradient, empty_lattice, label_interfaces,
                                            lattice_distance, lattice_support, set_boundary)
 from sparseseg.annotations.model import BACKGROUND, FIRST_OBJECT, UNKNOWN, PatchAnnotation
 
@@ -91,7 +91,7 @@ def point_voronoi_boundaries(foreground: np.ndarray, points: np.ndarray) -> np.n
     (LACSS-style weak labels): not a guaranteed true boundary, so it never enters B or D.
     """
     h, w = foreground.shape
-    lattice = np.zeros((2 * h + 1, 2 * w + 1), bool)
+    lattice = empty_lattice((h, w))
     if len(points) < 2:
         return lattice
     blobs, _ = ndi.label(foreground)
@@ -111,7 +111,7 @@ def compute_targets(annotation: PatchAnnotation) -> Targets:
     s0 = state == BACKGROUND
     s1 = (state >= FIRST_OBJECT) & (state != _FG_UNKNOWN_ID)
     sign_only = state == _FG_UNKNOWN_ID
-    pieces = np.zeros((2 * state.shape[0] + 1, 2 * state.shape[1] + 1), bool)
+    pieces = empty_lattice(state.shape)
     if annotation.boundary is not None:
         pieces |= annotation.boundary
     boundary = _known_boundary(state, annotation.complete) | pieces

@@ -20,10 +20,14 @@ import numpy as np
 from scipy import ndimage as ndi
 from shapely.geometry import mapping
 
-from sparseseg.geometry import mask_to_polygon
-from sparseseg.measure.features import bounding_boxes, object_pixels
-from sparseseg.measure.objects import (SeamPiece, SeamPixels, check_unique_ids, group_by_object, join_pieces,
-                                       label_tiles, read_window, split_seam_objects, tiles_with_seams)
+from sparseseg.errors import InputError
+from sparseseg.geometry.polygons import mask_to_polygon
+from sparseseg.io.labels import label_source, resolve_labels
+from sparseseg.io.omezarr import open_omezarr_slide
+from sparseseg.tiling.blocks import array_tiles
+from sparseseg.tiling.pixels import bounding_boxes, object_pixels
+from sparseseg.tiling.seams import (SeamPiece, SeamPixels, check_unique_ids, group_by_object, join_pieces,
+                                    read_window, split_seam_objects, tiles_with_seams)
 
 COLOUR = [255, 0, 0]
 
@@ -81,7 +85,7 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
     tmp = out.with_name(f".{out.name}.partial")
     opener = gzip.open if out.suffix == ".gz" else open
     area = pixel_size_um[0] * pixel_size_um[1] if pixel_size_um else None
-    tiles = label_tiles(labels, block)
+    tiles = array_tiles(labels, block)
     written = []  # the ids, one array per tile: checked for repeats at the end
     count = 0
     try:
@@ -105,3 +109,25 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
         raise
     os.replace(tmp, out)
     return count
+
+
+def check_output_file(out: Path) -> Path:
+    """``out`` if a file can be written there: not a folder, in a folder that exists and is writable."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(out, "is a folder; give the file to write (e.g. cells.geojson.gz)")
+    if not out.parent.is_dir():
+        raise InputError(out, f"folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise InputError(out, f"folder {out.parent} is not writable")
+    return out
+
+
+def export_slide_geojson(slide: Path, labels: str, out: Path, classification: str = "Nucleus",
+                         margin: int = 64) -> int:
+    """``export_geojson`` of a slide's label group (or a label image file of its level-0 size)."""
+    out = check_output_file(out)
+    info = open_omezarr_slide(Path(slide))
+    label_array = resolve_labels(Path(slide), labels, tuple(info.shape[1:]))
+    return export_geojson(label_array, out, classification=classification, pixel_size_um=info.pixel_size_um,
+                          margin=margin, source=label_source(Path(slide), labels))

@@ -1,1 +1,1 @@
-"""Inference: whole-image and tiled network prediction (tiled equals whole-image)."""
+"""Inference: a checkpoint as a ready Predictor."""

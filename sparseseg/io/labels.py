@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import dask
 import dask.array as da
+import imageio.v3 as iio
 import numpy as np
+import tifffile
 import zarr
 
+from sparseseg.errors import InputError
 from sparseseg.io.atomic import staged_directory
 from sparseseg.io.ngff import (create_level_array, read_ome_attrs, write_image_metadata, write_label_metadata,
                                zarr_format_of)
+from sparseseg.io.slide import sniff_format
 from sparseseg.pyramid import downsample_nearest_2x, level_factors
+
+
+#: Label groups that sparseseg commands write themselves, with the command that owns each.
+RESERVED_LABELS = {"tissue": "ingest", "annotations": "annotations import", "foreground": "annotations import"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_label_name(name: str, reserved: bool = True) -> str:
+    """``name`` if it can name a label group: one path component of letters, digits, '_', '.', '-'
+    (not starting with '.'), and not a name another command writes (``RESERVED_LABELS``)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > 200:
+        raise InputError(None, f"--name must be one folder name of letters, digits, '_', '.' or '-' (not starting "
+                               f"with '.'), got {name!r}")
+    if reserved and name in RESERVED_LABELS:
+        raise InputError(None, f"--name {name!r} is reserved: labels/{name} is written by `sparseseg "
+                               f"{RESERVED_LABELS[name]}`")
+    return name
 
 
 def image_levels(slide_path: Path) -> tuple[str, list[tuple[int, int]], tuple[float, float] | None, int]:
@@ -39,34 +61,94 @@ def coarse_label_level(group: zarr.Group, max_px: int) -> tuple[np.ndarray, int]
     return group[str(level)][...], 2**level
 
 
+def write_label_levels(group: zarr.Group, version: str, name: str, shapes: list[tuple[int, int]], chunk: int,
+                       pixel_size_um: tuple[float, float] | None,
+                       level0_block: Callable[[tuple[slice, slice]], np.ndarray], dtype: np.dtype, method: str,
+                       **compute) -> None:
+    """Write a label image's levels into ``group``: level 0 chunk by chunk from ``level0_block(window)``, each
+    coarser level from the one written before it (the pixel at each 2x2 block's centre, never interpolated),
+    with the same shapes, chunks and physical scales as the image. ``compute``: dask's scheduler (and pool)."""
+    arrays = []
+    for level, shape in enumerate(shapes):
+        target = create_level_array(group, str(level), shape, (chunk, chunk), dtype, ("y", "x"))
+        if level == 0:
+            chunks = da.core.normalize_chunks((chunk, chunk), shape)
+            source = da.map_blocks(_block_from_callable, dask.delayed(level0_block, pure=True), chunks=chunks,
+                                   dtype=dtype)
+        else:
+            source = downsample_nearest_2x(da.from_zarr(arrays[-1], chunks=(2 * chunk, 2 * chunk)))
+        da.store(source.rechunk(target.chunks), target, lock=False, **({"scheduler": "threads"} | compute))
+        arrays.append(target)
+    write_image_metadata(group, version, name=name, n_levels=len(shapes), pixel_size_um=pixel_size_um,
+                         level_factors=level_factors(shapes), omero=None, channel_axis=False,
+                         method=f"{method}; coarser levels: the pixel at each 2x2 block centre")
+
+
 def write_label_pyramid(slide_path: Path, name: str, level0_block: Callable[[tuple[slice, slice]], np.ndarray],
-                        dtype: np.dtype, overwrite: bool, method: str, colors=None, properties=None) -> None:
-    """Write ``labels/<name>`` chunk by chunk from ``level0_block(window)``, then nearest-downsample.
+                        dtype: np.dtype, overwrite: bool, method: str, colors=None, properties=None,
+                        scheduler="threads") -> None:
+    """Write ``labels/<name>`` of a slide (``write_label_levels``), registered in ``labels/.zattrs``.
 
     The label group is built under a hidden name and renamed into place only once complete.
+    ``scheduler``: where the chunk tasks run (dask's threads, or a distributed Client: the workers).
     """
     version, shapes, pixel_size, chunk = image_levels(slide_path)
     zarr.open_group(slide_path, mode="r+").require_group("labels")
     final = Path(slide_path) / "labels" / name
     with staged_directory(final, overwrite=overwrite) as tmp:
         staging = zarr.open_group(tmp, mode="w", zarr_format=zarr_format_of(version))
-        arrays = []
-        for level, shape in enumerate(shapes):
-            target = create_level_array(staging, str(level), shape, (chunk, chunk), dtype, ("y", "x"))
-            if level == 0:
-                chunks = da.core.normalize_chunks((chunk, chunk), shape)
-                source = da.map_blocks(_block_from_callable, dask.delayed(level0_block, pure=True),
-                                       chunks=chunks, dtype=dtype)
-            else:
-                source = downsample_nearest_2x(da.from_zarr(arrays[-1], chunks=(2 * chunk, 2 * chunk)))
-            da.store(source.rechunk(target.chunks), target, lock=False, scheduler="threads")
-            arrays.append(target)
-        write_image_metadata(staging, version, name=name, n_levels=len(shapes), pixel_size_um=pixel_size,
-                             level_factors=level_factors(shapes), omero=None, channel_axis=False,
-                             method="level 0 as annotated; coarser levels: pixel at the 2x2 block centre")
+        write_label_levels(staging, version, name, shapes, chunk, pixel_size, level0_block, dtype, method,
+                           scheduler=scheduler)
     write_label_metadata(zarr.open_group(slide_path, mode="r+"), version, name, colors=colors, properties=properties)
 
 
 def _block_from_callable(fn, block_info=None) -> np.ndarray:
     (y0, y1), (x0, x1) = block_info[None]["array-location"]
     return fn((slice(y0, y1), slice(x0, x1)))
+
+
+def open_label_image(path: Path) -> da.Array:
+    """A (Y, X) integer label image from TIFF, PNG or zarr (an OME-Zarr label group's level 0)."""
+    kind = sniff_format(path)
+    if kind == "tiff":
+        try:
+            labels = da.from_zarr(zarr.open_array(tifffile.imread(path, aszarr=True), mode="r"))
+        except (tifffile.TiffFileError, ValueError) as exc:
+            raise InputError(path, f"cannot read TIFF label image ({exc})") from None
+    elif kind == "zarr":
+        node = zarr.open(path, mode="r")
+        if isinstance(node, zarr.Group):
+            _, attrs = read_ome_attrs(node)
+            if not attrs.get("multiscales"):
+                raise InputError(path, "zarr group has no 'multiscales' metadata: not a label image")
+            node = node[attrs["multiscales"][0]["datasets"][0]["path"]]
+        labels = da.from_zarr(node)
+    else:
+        labels = da.from_array(iio.imread(path))
+    labels = labels.squeeze() if labels.ndim > 2 else labels
+    if labels.ndim != 2:
+        raise InputError(path, f"label image must be 2D, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise InputError(path, f"label image must hold integers, got {labels.dtype}")
+    return labels
+
+
+def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int]):
+    """A label group of the slide (its level 0) or a label image file of level-0 size."""
+    group_path = slide / "labels" / name_or_file
+    if group_path.is_dir():
+        return zarr.open_group(slide, mode="r")[f"labels/{name_or_file}/0"]
+    path = Path(name_or_file)
+    if not path.exists():
+        raise InputError(slide, f"has no labels/{name_or_file}, and no file {name_or_file} exists")
+    labels = open_label_image(path)
+    if tuple(labels.shape) != tuple(shape):
+        raise InputError(path, f"label image is {labels.shape[0]}x{labels.shape[1]} but the slide's level 0 is "
+                               f"{shape[0]}x{shape[1]}")
+    return labels
+
+
+def label_source(slide: Path, name_or_file: str) -> str:
+    """The path errors about the labels name: the label group's folder, or the file."""
+    group_path = slide / "labels" / name_or_file
+    return str(group_path if group_path.is_dir() else name_or_file)

@@ -46,9 +46,14 @@ def read_ome_attrs(group: zarr.Group) -> tuple[str, dict[str, Any]]:
 
 
 def create_level_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-                       dtype: np.dtype, dimension_names: tuple[str, ...]) -> zarr.Array:
-    """A pyramid level: '/'-separated chunk keys (NGFF), Blosc-LZ4 (fast on slides)."""
-    common = dict(shape=shape, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True)
+                       dtype: np.dtype, dimension_names: tuple[str, ...], write_empty: bool = False) -> zarr.Array:
+    """A pyramid level: '/'-separated chunk keys (NGFF), Blosc-LZ4 (fast on slides).
+
+    ``write_empty``: store chunks that hold only the fill value too (image levels), so that a chunk
+    missing on disk always means damage, never "empty".
+    """
+    common = dict(shape=shape, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True,
+                  config={"write_empty_chunks": write_empty})
     if group.metadata.zarr_format == 2:
         from numcodecs import Blosc
 

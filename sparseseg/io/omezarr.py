@@ -26,8 +26,20 @@ def dataset_scale(dataset: dict) -> list[float] | None:
     return None
 
 
-def open_omezarr_slide(path: Path, chunk: int = 1024) -> Slide:
-    """Levels as dask arrays (C, Y, X); singleton t/z axes are dropped, others refused."""
+def check_complete(path: Path, name: str, array: zarr.Array) -> None:
+    """Refuse an image level with chunks missing on disk: zarr would read them as the fill value (black)."""
+    stored, expected = array.nchunks_initialized, array.nchunks
+    if stored < expected:
+        raise InputError(path, f"image level {name} is missing {expected - stored} of its {expected} chunks (a "
+                               "damaged or partial copy); re-copy it, or pass --fill-missing to read them as "
+                               f"{array.fill_value!r}")
+
+
+def open_omezarr_slide(path: Path, chunk: int = 1024, fill_missing: bool = False) -> Slide:
+    """Levels as dask arrays (C, Y, X); singleton t/z axes are dropped, others refused.
+
+    Levels with chunks missing on disk are refused unless ``fill_missing``.
+    """
     group = _open_group(path)
     version, attrs = read_ome_attrs(group)
     multiscales = attrs.get("multiscales")
@@ -40,9 +52,12 @@ def open_omezarr_slide(path: Path, chunk: int = 1024) -> Slide:
     levels = []
     for dataset in ms["datasets"]:
         try:
-            arr = da.from_zarr(group[dataset["path"]])
+            array = group[dataset["path"]]
         except KeyError:
             raise InputError(path, f"multiscales names dataset {dataset['path']!r}, which is missing") from None
+        if not fill_missing:
+            check_complete(path, dataset["path"], array)
+        arr = da.from_zarr(array)
         if arr.ndim != len(axes):
             raise InputError(path, f"dataset {dataset['path']!r} has {arr.ndim} dims but axes are {axes}")
         index: list = []

@@ -61,6 +61,29 @@ def default_channel_names(n_channels: int) -> tuple[str, ...]:
     return tuple(f"C{i}" for i in range(n_channels))
 
 
+def select_channels(requested: tuple[str, ...] | None, names: tuple[str, ...], source) -> tuple[int, ...] | None:
+    """Indices of the ``requested`` channels (OME names, or numbers) among ``names``, in the order asked;
+    None (all channels) when nothing is requested."""
+    if not requested:
+        return None
+    indices = []
+    for item in requested:
+        if item in names:
+            indices.append(names.index(item))
+        elif str(item).isdigit() and int(item) < len(names):
+            indices.append(int(item))
+        else:
+            raise InputError(source, f"has no channel {item!r} (channels: {', '.join(names)})")
+    return tuple(indices)
+
+
+def check_finite(path, pixels: np.ndarray) -> None:
+    """Refuse float pixels holding NaN or infinity (a network would turn them into garbage silently)."""
+    if np.issubdtype(np.asarray(pixels).dtype, np.floating) and not np.isfinite(pixels).all():
+        bad = int((~np.isfinite(pixels)).sum())
+        raise InputError(path, f"{bad} pixel values are NaN or infinite; replace them (e.g. by 0) first")
+
+
 def check_dtype(path: Path, dtype: np.dtype) -> None:
     if np.dtype(dtype) not in SUPPORTED_DTYPES:
         names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
@@ -87,8 +110,11 @@ def sniff_format(path: Path) -> str:
     raise InputError(path, "not a supported image file (expected TIFF/SVS, PNG, JPEG or an OME-Zarr directory)")
 
 
-def open_slide(path: str | Path, chunk: int = 1024) -> Slide:
-    """Open any supported slide lazily; ``chunk`` sets the dask block edge of every level."""
+def open_slide(path: str | Path, chunk: int = 1024, fill_missing: bool = False) -> Slide:
+    """Open any supported slide lazily; ``chunk`` sets the dask block edge of every level.
+
+    ``fill_missing``: read chunks missing from an OME-Zarr source as its fill value (default: refuse).
+    """
     path = Path(path)
     kind = sniff_format(path)
     if kind == "tiff":
@@ -98,7 +124,7 @@ def open_slide(path: str | Path, chunk: int = 1024) -> Slide:
     elif kind == "zarr":
         from sparseseg.io.omezarr import open_omezarr_slide
 
-        slide = open_omezarr_slide(path, chunk=chunk)
+        slide = open_omezarr_slide(path, chunk=chunk, fill_missing=fill_missing)
     else:
         from sparseseg.io.plain import open_plain_image
 

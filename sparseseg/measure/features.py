@@ -12,20 +12,10 @@ column against ``regionprops_table``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numba
 import numpy as np
 from skimage.color import hed_from_rgb
 
-
-def _compiled(function):
-    """``numba.njit`` releasing the GIL, cached on disk (compiled once per install) where a cache folder is
-    writable; in a read-only install with no writable home, compiled once per process instead."""
-    try:
-        return numba.njit(cache=True, nogil=True)(function)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True)(function)
+from sparseseg.tiling.pixels import ObjectPixels, bounding_boxes, compiled
 
 
 # Benkrid-Crookes perimeter weights indexed by 1 + 2 x (4-neighbours) + 10 x (diagonal neighbours) on the border
@@ -35,142 +25,10 @@ _PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
 _PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
 
 
-@dataclass(frozen=True)
-class ObjectPixels:
-    """The pixels of objects 1..n of a (H, W) label image, in raster order.
-
-    ``flat``: flat indices (ascending), ``rows``/``cols``: their coordinates, ``objects``: the
-    object number (1..n) of each pixel. Every object 1..n has at least one pixel.
-    """
-
-    shape: tuple[int, int]
-    flat: np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
-    objects: np.ndarray
-    n: int
-
-    def subset(self, keep: np.ndarray) -> ObjectPixels:
-        """The pixels of the objects numbered ``keep`` (ascending), renumbered 1..len(keep)."""
-        renumber = np.zeros(self.n + 1, np.int64)
-        renumber[keep] = np.arange(1, len(keep) + 1)
-        objects = renumber[self.objects]
-        inside = objects > 0
-        return ObjectPixels(self.shape, self.flat[inside], self.rows[inside], self.cols[inside], objects[inside],
-                            len(keep))
-
-    def occupied(self, origin: tuple[int, int], block: tuple[int, int]) -> np.ndarray:
-        """bool (ny, nx): which blocks of the grid of ``block`` (h, w) px from (0, 0) hold a pixel, over the
-        blocks the image covers when placed at ``origin``: an image chunk grid, for instance."""
-        (y0, x0), (by, bx) = origin, block
-        grid = ((y0 + self.shape[0] - 1) // by - y0 // by + 1, (x0 + self.shape[1] - 1) // bx - x0 // bx + 1)
-        return _occupied_blocks(self.rows, self.cols, y0, x0, by, bx, *grid)
-
-    def image(self) -> np.ndarray:
-        """The int32 label image (H, W) of the objects, numbered 1..n."""
-        local = np.zeros(self.shape, np.int32)
-        local.ravel()[self.flat] = self.objects
-        return local
-
-
-def compact_values(values: np.ndarray, size_hint: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, numbers): the sorted distinct nonzero ``values`` with 0 prepended, and each value's index in it.
-
-    A lookup table over the id range when the ids are dense (segmentation output: consecutive global
-    ids, at most ``4 * size_hint`` apart), a sort only for sparse id sets.
-    """
-    if not values.size:
-        return np.zeros(1, values.dtype), np.zeros(0, np.int64)
-    low, high = int(values.min()), int(values.max())
-    if high - low < 4 * size_hint:
-        lut = np.zeros(high - low + 1, np.int64)
-        offset = values - values.dtype.type(low)
-        lut[offset] = 1
-        ids = np.flatnonzero(lut) + low
-        lut[ids - low] = np.arange(1, ids.size + 1)
-        numbers = lut[offset]
-    else:
-        ids, inverse = np.unique(values, return_inverse=True)
-        numbers = inverse.astype(np.int64) + 1
-    return np.concatenate([[0], ids]).astype(values.dtype), numbers
-
-
-@_compiled
-def _occupied_blocks(rows, cols, y0, x0, by, bx, ny, nx):
-    """``ObjectPixels.occupied``: rows ascending, so each band of blocks is left once all of its blocks are hit."""
-    occupied = np.zeros((ny, nx), np.bool_)
-    i = 0
-    for band in range(ny):
-        band_stop = (y0 // by + band + 1) * by - y0  # first local row of the next band
-        hit = 0
-        while i < rows.size and rows[i] < band_stop:
-            j = (cols[i] + x0) // bx - x0 // bx
-            if not occupied[band, j]:
-                occupied[band, j] = True
-                hit += 1
-                if hit == nx:
-                    i = np.searchsorted(rows, band_stop)
-                    break
-            i += 1
-    return occupied
-
-
-@_compiled
-def _labelled(values, count):
-    """Flat indices and values of the ``count`` nonzero ``values`` (1-d), in order.
-
-    Runs of 64 zeros are skipped with one OR; inside a run with labels every pixel is written and
-    the cursor moves on the labelled ones only (no unpredictable branch per pixel).
-    """
-    run = 64
-    flat, found = np.empty(count + run, np.int64), np.empty(count + run, values.dtype)
-    j, whole = 0, values.size - values.size % run
-    for start in range(0, whole, run):
-        any_set = values[start]
-        for i in range(start + 1, start + run):  # a fixed trip count: vectorised
-            any_set |= values[i]
-        if any_set:
-            for i in range(start, start + run):
-                flat[j], found[j] = i, values[i]
-                j += values[i] != 0
-    for i in range(whole, values.size):
-        flat[j], found[j] = i, values[i]
-        j += values[i] != 0
-    return flat[:count], found[:count]
-
-
-def object_pixels(labels: np.ndarray) -> tuple[np.ndarray, ObjectPixels]:
-    """(ids, pixels): the distinct labels of ``labels`` (ids[0] = 0) and the pixels of each, numbered 1..n."""
-    values = np.ascontiguousarray(labels).ravel()
-    flat, found = _labelled(values, np.count_nonzero(values))
-    ids, objects = compact_values(found, labels.size)
-    rows, cols = np.divmod(flat, labels.shape[1])
-    return ids, ObjectPixels(tuple(labels.shape), flat, rows, cols, objects, ids.size - 1)
-
-
 _FAR = 2**62  # "no pixel yet" for minima, and an empty row in the hull chains
 
 
-@_compiled
-def _boxes(rows, cols, objects, n):
-    box = np.empty((n, 4), np.int64)
-    box[:, :2] = _FAR
-    box[:, 2:] = -1
-    for i in range(objects.size):
-        k, r, c = objects[i] - 1, rows[i], cols[i]
-        box[k, 0] = min(box[k, 0], r)
-        box[k, 1] = min(box[k, 1], c)
-        box[k, 2] = max(box[k, 2], r + 1)
-        box[k, 3] = max(box[k, 3], c + 1)
-    return box
-
-
-def bounding_boxes(rows: np.ndarray, cols: np.ndarray, objects: np.ndarray, n: int) -> np.ndarray:
-    """int64 (n, 4): row start, column start, row stop, column stop of objects 1..n (regionprops' bbox)."""
-    return _boxes(rows, cols, objects, n)
-
-
-@_compiled
+@compiled
 def _is_border(labels, r, c):
     """A pixel whose 4-neighbourhood leaves its label or the image."""
     v = labels[r, c]
@@ -179,7 +37,7 @@ def _is_border(labels, r, c):
             or labels[r, c - 1] != v or labels[r, c + 1] != v)
 
 
-@_compiled
+@compiled
 def _perimeter_weight(labels, r, c, weights):
     """scikit-image's perimeter weight of border pixel (r, c): its code counts the border pixels of its own
     label among its 4-neighbours (x2) and diagonal neighbours (x10)."""
@@ -196,7 +54,7 @@ def _perimeter_weight(labels, r, c, weights):
     return weights[code]
 
 
-@_compiled
+@compiled
 def _shape_sums(labels, rows, cols, objects, box, weights):
     """Per object: (area, sums of y, x, yy, xx, xy relative to the box origin, perimeter), and each box
     row's first and last column (``_FAR`` / ``-_FAR`` where the row has no pixel of the object)."""
@@ -224,12 +82,12 @@ def _shape_sums(labels, rows, cols, objects, box, weights):
     return sums, start, first, last
 
 
-@_compiled
+@compiled
 def _cross(y0, x0, y1, x1, y2, x2):
     return (y1 - y0) * (x2 - x0) - (x1 - x0) * (y2 - y0)
 
 
-@_compiled
+@compiled
 def _left_chain(ends, y0, ys, xs):
     """Vertices (doubled coordinates) of the left hull chain of rows ``y0 + j`` whose end pixel is ``ends[j]``.
 
@@ -254,7 +112,7 @@ def _left_chain(ends, y0, ys, xs):
     return m
 
 
-@_compiled
+@compiled
 def _first_inside(ys, xs, m, y0, height, out):
     """For each row ``y0 + j``: the first pixel column at or right of the chain (``out[j]``)."""
     v = 0
@@ -267,7 +125,7 @@ def _first_inside(ys, xs, m, y0, height, out):
         out[j] = -((-numerator) // (2 * dy))  # ceil
 
 
-@_compiled
+@compiled
 def _convex_areas(box, start, first, last):
     """Pixel centres in or on each object's convex hull, row by row between its left and right chains."""
     n = box.shape[0]
@@ -295,7 +153,7 @@ def object_features(labels: np.ndarray, pixels: ObjectPixels) -> dict[str, np.nd
     centroid (n, 2), perimeter, equivalent_diameter_area, eccentricity, orientation, solidity.
     """
     labels = labels.view(np.dtype(f"u{labels.itemsize}"))  # only equality matters: one compiled loop per width
-    bbox = _boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
+    bbox = bounding_boxes(pixels.rows, pixels.cols, pixels.objects, pixels.n)
     sums, start, first, last = _shape_sums(labels, pixels.rows, pixels.cols, pixels.objects, bbox, _PERIMETER_WEIGHTS)
     area, sy, sx, syy, sxx, sxy, perimeter = sums.T
     cy, cx = sy / area, sx / area
@@ -316,17 +174,12 @@ def object_features(labels: np.ndarray, pixels: ObjectPixels) -> dict[str, np.nd
     }
 
 
-def pixel_values(image: np.ndarray, flat: np.ndarray) -> np.ndarray:
-    """(C, M) values of ``image`` (C, H, W) at the flat pixel indices ``flat``."""
-    return image.reshape(image.shape[0], -1)[:, flat]
-
-
 # skimage.color.separate_stains on 8-bit RGB: optical density log(max(v / 255, 1e-6)) / log(1e-6) per value
 _OPTICAL_DENSITY = np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)
 _HE_STAINS = np.ascontiguousarray(hed_from_rgb[:, :2])
 
 
-@_compiled
+@compiled
 def _channel_sums(channels, index, objects, n):
     sums = np.zeros((n, channels.shape[0]))
     for i in range(index.size):
@@ -335,7 +188,7 @@ def _channel_sums(channels, index, objects, n):
     return sums
 
 
-@_compiled
+@compiled
 def _rgb_he_sums(rgb, index, objects, n, density, stains):
     """Per object, sums of red, green, blue and of the hematoxylin and eosin optical densities (``rgb2hed``)
     of 8-bit RGB pixels, in one pass over them."""

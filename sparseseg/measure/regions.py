@@ -104,7 +104,7 @@ def roi_regions(slide: Path, shape: tuple[int, int], pixel_size_um: float, path:
     from shapely.geometry import shape as to_shape
 
     from sparseseg.annotations.geojson import load_features
-    from sparseseg.geometry import rasterize_polygon
+    from sparseseg.geometry.polygons import rasterize_polygon
 
     polygons, names = [], {0: "outside ROIs"}
     for feature in load_features(path):

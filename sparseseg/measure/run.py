@@ -13,36 +13,15 @@ import zarr
 from tqdm.auto import tqdm
 
 from sparseseg.errors import InputError
+from sparseseg.io.labels import label_source, resolve_labels
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.measure.accuracy import accumulate, accuracy_tables
-from sparseseg.measure.objects import MeasureInputs, label_tiles, measure_objects
+from sparseseg.measure.objects import MeasureInputs, measure_objects
+from sparseseg.tiling.blocks import array_tiles
 from sparseseg.measure.regions import parse_regions, region_table, stain_columns
 from sparseseg.measure.report import accuracy_curve, density_heatmap, thumbnail_with_labels, write_report
 
 log = logging.getLogger(__name__)
-
-
-def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int]):
-    """A label group of the slide (its level 0) or a label image file of level-0 size."""
-    group_path = slide / "labels" / name_or_file
-    if group_path.is_dir():
-        return zarr.open_group(slide, mode="r")[f"labels/{name_or_file}/0"]
-    path = Path(name_or_file)
-    if not path.exists():
-        raise InputError(slide, f"has no labels/{name_or_file}, and no file {name_or_file} exists")
-    from sparseseg.annotations.importer import open_label_image
-
-    labels = open_label_image(path)
-    if tuple(labels.shape) != tuple(shape):
-        raise InputError(path, f"label image is {labels.shape[0]}x{labels.shape[1]} but the slide's level 0 is "
-                               f"{shape[0]}x{shape[1]}")
-    return labels
-
-
-def label_source(slide: Path, name_or_file: str) -> str:
-    """The path errors about the labels name: the label group's folder, or the file."""
-    group_path = slide / "labels" / name_or_file
-    return str(group_path if group_path.is_dir() else name_or_file)
 
 
 def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid:250um", truth: str | None = None,
@@ -70,7 +49,7 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
                            channel_names=info.channel_names, brightfield_rgb=rgb, source=label_source(slide, labels),
                            image_source=str(slide / "0"))
     region_set = parse_regions(regions, slide, shape, info.pixel_size_um[0])
-    n_blocks = len(label_tiles(label_array, block))
+    n_blocks = len(array_tiles(label_array, block))
     with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
         n_objects = measure_objects(inputs, out / "objects.parquet", block=block, margin=margin,
                                     assign_region=region_set.assign_frame, progress=bar, threads=threads)

@@ -1,1 +1,6 @@
-"""Whole-slide segmentation: block plan, block work on Dask workers, stitching by ownership."""
+"""Whole-slide segmentation: plan, blocks on Dask workers, large objects on grown windows, labels written."""
+
+from sparseseg.segment.options import SegmentOptions
+from sparseseg.segment.run import SegmentResult, segment_slide
+
+__all__ = ["SegmentOptions", "SegmentResult", "segment_slide"]

@@ -1,17 +1,14 @@
-"""`sparseseg train`: argument handling kept out of the generic CLI module."""
+"""`sparseseg train`: its arguments, and the request they make (the policy is in ``train.request``)."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from pathlib import Path
 
-from sparseseg.errors import InputError
 
-
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+def add_train_arguments(p: argparse.ArgumentParser, positive_int, positive_float) -> None:
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", nargs="+", type=Path, metavar="SLIDE.ome.zarr",
                       help="annotated OME-Zarr slides (labels/annotations)")
@@ -19,58 +16,51 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", type=Path, metavar="DIR",
                    help="folder of partial-instance maps (TIFF/PNG) with the images' file stems")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL.pt", help="checkpoint to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint")
     p.add_argument("--init", type=Path, metavar="MODEL.pt", help="start from this checkpoint (transfer learning)")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     p.add_argument("--loss", choices=("sketchpose", "eikonal", "masked"), default="sketchpose")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, metavar="M", help="wall-clock budget")
-    budget.add_argument("--epochs", type=float, metavar="E", default=None,
-                        help="passes over the data; one epoch = as many patches as cover the images' area once")
-    p.add_argument("--workers", type=int, metavar="N", help="data-parallel training on N local Dask workers")
+    budget.add_argument("--minutes", type=positive_float, metavar="M", help="wall-clock budget")
+    budget.add_argument("--epochs", type=positive_float, metavar="E", default=None,
+                        help="passes over the data; one epoch = as many patches as cover the images' area once "
+                             "(default 50 when no budget is given)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="data-parallel training on N local Dask workers")
     p.add_argument("--scheduler", metavar="ADDR", help="data-parallel training on every worker of this Dask scheduler")
-    p.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size of --images data (slides record theirs)")
-    p.add_argument("--patch", type=int, default=128, metavar="PX")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--pixel-size", type=positive_float, metavar="UM",
+                   help="pixel size of --images data (slides record theirs)")
+    p.add_argument("--channels", metavar="NAME[,NAME]", help="channels to train on (names or indices)")
+    p.add_argument("--patch", type=positive_int, default=None, metavar="PX")
+    p.add_argument("--batch", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--depth", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip tuning the instance parameters on the validation annotations")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def run_train(args: argparse.Namespace) -> dict:
-    import torch
+def request_from_args(args: argparse.Namespace):
+    """The ``TrainRequest`` of a parsed ``sparseseg train`` command line (recorded verbatim in the checkpoint)."""
+    from dataclasses import replace
 
+    from sparseseg.infer.predictor import default_device
     from sparseseg.model.unet import UNetConfig
-    from sparseseg.train.distributed import open_sources, train_on_dask
-    from sparseseg.train.loop import TrainConfig, train
+    from sparseseg.train.loop import TrainConfig
+    from sparseseg.train.request import DataSpec, TrainRequest
 
-    if args.images is not None and args.annotations is None:
-        raise InputError(None, "--images needs --annotations DIR")
-    spec = {"slides": [str(p) for p in args.data]} if args.data else \
-        {"images": str(args.images), "annotations": str(args.annotations)}
-    sources = open_sources(spec)
-    channels = {s.n_channels for s in sources}
-    if len(channels) != 1:
-        raise InputError(None, f"training images mix channel counts {sorted(channels)}")
-    pixel_size = args.pixel_size
-    if pixel_size is None and args.data:
-        sizes = {s.pixel_size_um[0] for s in sources if s.pixel_size_um}
-        pixel_size = sizes.pop() if len(sizes) == 1 else None
-    area = sum(s.shape[0] * s.shape[1] for s in sources)
-    per_epoch = max(1, math.ceil(area / (args.patch**2 * args.batch)))
-    steps = 10**9 if args.minutes else max(1, round((args.epochs or 50) * per_epoch))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config = TrainConfig(loss=args.loss, patch=args.patch, batch=args.batch, lr=args.lr, steps=steps,
-                         minutes=args.minutes, seed=args.seed, device=device)
-    model_config = UNetConfig(in_channels=channels.pop(), depth=args.depth, width=args.width)
+    channels = tuple(c.strip() for c in args.channels.split(",")) if args.channels else None
+    data = DataSpec(slides=tuple(str(p) for p in args.data or ()),
+                    images=str(args.images) if args.images else None,
+                    annotations=str(args.annotations) if args.annotations else None, channels=channels)
+    config = TrainConfig(loss=args.loss, seed=args.seed, device=args.device or default_device())
+    config = replace(config, **{k: getattr(args, k) for k in ("patch", "batch", "lr") if getattr(args, k) is not None})
+    model = UNetConfig()
+    model = replace(model, **{k: getattr(args, k) for k in ("depth", "width") if getattr(args, k) is not None})
     command = "sparseseg " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
-    # with 5+ images/slides, every 5th is held out for the validation loss (never trained on)
-    val_sources = sources[4::5] if len(sources) >= 5 else None
-    train_sources = [s for i, s in enumerate(sources) if i % 5 != 4] if val_sources else sources
-    if args.workers or args.scheduler:
-        return train_on_dask(spec, args.out, model_config, config, workers=args.workers, scheduler=args.scheduler,
-                             init=args.init, resume=args.resume, command=command, pixel_size_um=pixel_size)
-    return train(train_sources, args.out, model_config, config, init=args.init, resume=args.resume, command=command,
-                 pixel_size_um=pixel_size, progress=not args.quiet, val_sources=val_sources)
+    return TrainRequest(data=data, out=args.out, model=model, config=config, init=args.init, resume=args.resume,
+                        overwrite=args.overwrite, minutes=args.minutes, epochs=args.epochs, workers=args.workers,
+                        scheduler=args.scheduler, pixel_size_um=args.pixel_size, calibrate=not args.no_calibrate,
+                        command=command)

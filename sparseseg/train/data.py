@@ -23,8 +23,10 @@ from sparseseg.annotations.model import PatchAnnotation
 from sparseseg.annotations.store import ANNOTATIONS, read_annotation_patch
 from sparseseg.annotations.targets import Targets, compute_targets
 from sparseseg.errors import InputError
+from sparseseg.geometry.lattice import empty_lattice
 from sparseseg.io.labels import coarse_label_level
-from sparseseg.train.normalize import Normalization, percentile_normalization, slide_normalization
+from sparseseg.io.slide import check_finite, default_channel_names, select_channels
+from sparseseg.model.normalize import Normalization, percentile_normalization, slide_normalization
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -56,17 +58,30 @@ class CentreSampler:
 class FolderSource:
     """An image file with a partial-instance annotation file of the same stem (small images, in memory)."""
 
-    def __init__(self, image_path: Path, annotation_path: Path):
+    def __init__(self, image_path: Path, annotation_path: Path, channels: tuple[str, ...] | None = None):
         self.name = image_path.stem
-        pixels = tifffile.imread(image_path) if image_path.suffix.lower() in (".tif", ".tiff") else iio.imread(image_path)
+        try:
+            pixels = tifffile.imread(image_path) if image_path.suffix.lower() in (".tif", ".tiff") \
+                else iio.imread(image_path)
+        except Exception as exc:  # a file that is not the image it claims to be
+            raise InputError(image_path, f"cannot read the image ({type(exc).__name__}: {exc})") from None
         if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
             pixels = pixels[..., :3].transpose(2, 0, 1)
         elif pixels.ndim == 2:
             pixels = pixels[None]
-        else:
+        elif not (pixels.ndim == 3 and pixels.shape[0] <= 16):  # channel-first (multi-channel TIFF)
             raise InputError(image_path, f"unsupported image shape {pixels.shape}")
-        labels = tifffile.imread(annotation_path) if annotation_path.suffix.lower() in (".tif", ".tiff") \
-            else iio.imread(annotation_path)
+        self.channel_names = default_channel_names(pixels.shape[0])
+        chosen = select_channels(channels, self.channel_names, image_path)
+        if chosen is not None:
+            pixels, self.channel_names = pixels[list(chosen)], tuple(self.channel_names[i] for i in chosen)
+        check_finite(image_path, pixels)
+        try:
+            labels = tifffile.imread(annotation_path) if annotation_path.suffix.lower() in (".tif", ".tiff") \
+                else iio.imread(annotation_path)
+        except Exception as exc:
+            raise InputError(annotation_path, f"cannot read the annotation image ({type(exc).__name__}: {exc})") \
+                from None
         if labels.shape != pixels.shape[1:]:
             raise InputError(annotation_path, f"annotation is {labels.shape} but the image is {pixels.shape[1:]}")
         if not np.issubdtype(labels.dtype, np.integer):
@@ -88,7 +103,7 @@ class FolderSource:
 class SlideSource:
     """An OME-Zarr slide with ``labels/annotations``; pixels and annotations are read lazily."""
 
-    def __init__(self, path: Path, coarse_max_px: int = 1024):
+    def __init__(self, path: Path, coarse_max_px: int = 1024, channels: tuple[str, ...] | None = None):
         root = zarr.open_group(path, mode="r")
         if f"labels/{ANNOTATIONS}" not in root:
             raise InputError(path, "has no labels/annotations (run `sparseseg annotations import` first)")
@@ -99,20 +114,25 @@ class SlideSource:
         self.path = Path(path)
         self.image = root["0"]
         self.shape = tuple(self.image.shape[1:])
-        self.n_channels = self.image.shape[0]
+        self.channels = select_channels(channels, slide.channel_names, path)
+        self.channel_names = slide.channel_names if self.channels is None else \
+            tuple(slide.channel_names[i] for i in self.channels)
+        self.n_channels = len(self.channel_names)
         self.pixel_size_um = slide.pixel_size_um
-        self.normalization = slide_normalization(slide.levels)
+        levels = slide.levels if self.channels is None else tuple(lv[list(self.channels)] for lv in slide.levels)
+        self.normalization = slide_normalization(levels)
         coarse, factor = coarse_label_level(root[f"labels/{ANNOTATIONS}"], coarse_max_px)
         self.centres = CentreSampler(coarse > 0, factor)
 
     def read_image(self, window: tuple[slice, slice]) -> np.ndarray:
-        return self.image[(slice(None), *window)]
+        channels = slice(None) if self.channels is None else list(self.channels)
+        return self.image.get_orthogonal_selection((channels, *window))
 
     def read_annotation(self, window: tuple[slice, slice]) -> PatchAnnotation:
         return read_annotation_patch(self.path, window)
 
 
-def folder_sources(images: Path, annotations: Path) -> list[FolderSource]:
+def folder_sources(images: Path, annotations: Path, channels: tuple[str, ...] | None = None) -> list[FolderSource]:
     """Pairs ``images/NAME.*`` with ``annotations/NAME.*`` (TIFF/PNG partial-instance maps)."""
     images, annotations = Path(images), Path(annotations)
     for folder in (images, annotations):
@@ -123,7 +143,7 @@ def folder_sources(images: Path, annotations: Path) -> list[FolderSource]:
              if p.suffix.lower() in _IMAGE_SUFFIXES and p.stem in labels]
     if not pairs:
         raise InputError(images, f"no image has an annotation of the same name in {annotations}")
-    return [FolderSource(image, label) for image, label in pairs]
+    return [FolderSource(image, label, channels) for image, label in pairs]
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,7 @@ class Augment:
 class Patch:
     image: np.ndarray   # (C, P, P) float32, normalised
     targets: Targets
+    source: int = 0     # index of the source it was drawn from
 
 
 def _source_cumulative(sources) -> np.ndarray:
@@ -250,7 +271,8 @@ def draw_patch(sources, normalizations: list[Normalization], patch: int, margin:
         image = _augment_intensity(image, rng, augment)
     targets = compute_targets(annotation)
     crop = (slice(margin, margin + patch), slice(margin, margin + patch))
-    return Patch(image=np.ascontiguousarray(image[(slice(None), *crop)]), targets=crop_targets(targets, crop))
+    return Patch(image=np.ascontiguousarray(image[(slice(None), *crop)]), targets=crop_targets(targets, crop),
+                 source=min(which, len(sources) - 1))
 
 
 def _crop_annotation(a: PatchAnnotation, size: int) -> PatchAnnotation:
@@ -270,7 +292,7 @@ def _pad_annotation(a: PatchAnnotation, shape: tuple[int, int]) -> PatchAnnotati
     partial[:h, :w] = a.partial
     boundary = None
     if a.boundary is not None:
-        boundary = np.zeros((2 * shape[0] + 1, 2 * shape[1] + 1), bool)
+        boundary = empty_lattice(shape)
         boundary[: 2 * h + 1, : 2 * w + 1] = a.boundary
     if a.foreground is not None:  # a mask claims every pixel known: padding would read as background
         raise InputError(None, f"image {h}x{w} is smaller than patch + 2 x margin ({shape[0]}) and has a "

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from sparseseg.errors import InputError
 from sparseseg.losses import LOSSES, batch_targets
 from sparseseg.model.unet import UNet, UNetConfig, split_outputs
-from sparseseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from sparseseg.train.data import Augment, _source_cumulative, draw_patch
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True           # bf16 autocast on CUDA (no effect on CPU, where it does not help)
     compile: bool = False      # torch.compile the network
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.augmentation, dict):  # read back from a checkpoint or shipped to a worker
@@ -72,7 +71,8 @@ def _batch(sources, normalizations, config: TrainConfig, step: int, indices: ran
     patches = [draw_patch(sources, normalizations, config.patch, config.margin, config.seed, step, i,
                           config.augmentation if augment else None, cumulative) for i in indices]
     images = torch.from_numpy(np.stack([p.image for p in patches])).to(device)
-    return images, batch_targets([p.targets for p in patches], device)
+    drawn = np.bincount([p.source for p in patches], minlength=len(sources))
+    return images, batch_targets([p.targets for p in patches], device), drawn
 
 
 class WeightAverage:
@@ -112,8 +112,12 @@ def _lr_factor(progress: float) -> float:
 
 def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, init: Path | None = None,
           resume: bool = False, command: str = "", pixel_size_um: float | None = None,
-          progress: bool = True, val_sources=None) -> dict:
-    """Train and write ``out`` (checkpoint); returns {'history': [...], 'step': n}.
+          progress: bool = True, val_sources=None, channels: tuple[str, ...] | None = None) -> dict:
+    """Train on ``sources`` and write ``out`` (checkpoint); returns {'history': [...], 'step': n}.
+
+    ``val_sources`` give the validation loss (default: fixed patches of ``sources``). The checkpoint
+    records how many patches each source gave (``data``), the channel names, the pixel size and
+    ``command``.
 
     The next batch is drawn in a background thread while the network trains on the current one.
     With ``config.ema`` the checkpoint's weights are the moving average (the raw weights are kept
@@ -124,9 +128,10 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
         raise InputError(None, f"global batch {config.batch} must be divisible by the {world} workers")
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    start_step, history, optimizer_state, average_state = 0, [], None, None
+    start_step, history, optimizer_state, average_state, drawn_before = 0, [], None, None, {}
     if resume:
         state = load_checkpoint(out)
+        drawn_before = state.get("data", {}).get("train", {}) if rank == 0 else {}
         model = model_from_checkpoint(state)
         if "raw_state_dict" in state:
             average_state = state["state_dict"]
@@ -161,13 +166,23 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
                disable=not (progress and rank == 0), dynamic_ncols=True)
     step = start_step
     meta = dict(normalization={"method": "percentile", "per_source": [n.to_dict() for n in normalizations]},
-                pixel_size_um=pixel_size_um, command=command, loss=config.loss, train_config=asdict(config))
+                pixel_size_um=pixel_size_um, command=command, loss=config.loss, train_config=asdict(config),
+                channels=list(channels) if channels else None)
     shares = range(rank * per_rank, (rank + 1) * per_rank)
+    # patches this rank drew from each source (rank 0 carries a resumed run's earlier counts)
+    drawn = torch.tensor([int(drawn_before.get(s.name, 0)) for s in sources], dtype=torch.int64)
 
     def draw(at_step: int):
         return _batch(sources, normalizations, config, at_step, shares, config.augment, device)
 
     def save() -> None:
+        counts = drawn.clone()
+        if world > 1:  # every rank reaches the same checkpoint steps
+            dist.all_reduce(counts)
+        if rank != 0:
+            return
+        meta["data"] = {"train": {s.name: int(c) for s, c in zip(sources, counts)},
+                        "validation": [s.name for s in val_sources if all(s is not t for t in sources)]}
         if average is None:
             save_checkpoint(out, net, optimizer, step=step, history=history, **meta)
         else:
@@ -196,7 +211,8 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(progress_fraction)
             model.train()
-            images, targets = pending.result()
+            images, targets, counts = pending.result()
+            drawn += torch.from_numpy(counts)
             pending = prefetch.submit(draw, step + 1)
             loss = _loss(model, images, targets, config)
             optimizer.zero_grad(set_to_none=True)
@@ -215,15 +231,14 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             bar.update(1)
-            if rank == 0 and step % config.checkpoint_every == 0:
+            if step % config.checkpoint_every == 0:
                 save()
         pending.cancel()
     bar.close()
-    if rank == 0:
-        if not history or "val_loss" not in history[-1]:
-            history.append({"step": step, "val_loss": validation_loss(inference_net, val_sources, val_norms, config,
-                                                                      device)})
-        save()
+    if rank == 0 and (not history or "val_loss" not in history[-1]):
+        history.append({"step": step, "val_loss": validation_loss(inference_net, val_sources, val_norms, config,
+                                                                  device)})
+    save()
     return {"history": history, "step": step}
 
 
@@ -231,8 +246,8 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
 def validation_loss(model: UNet, sources, normalizations, config: TrainConfig, device) -> float:
     """Mean loss over a fixed set of un-augmented patches, drawn at ``VALIDATION_STEP``."""
     model.eval()
-    images, targets = _batch(sources, normalizations, config, VALIDATION_STEP, range(config.val_patches), False,
-                             device)
+    images, targets, _ = _batch(sources, normalizations, config, VALIDATION_STEP, range(config.val_patches), False,
+                                device)
     losses = [float(_loss(model, images[i:i + 4], _slice_targets(targets, i, i + 4), config))
               for i in range(0, config.val_patches, 4)]
     return float(np.mean(losses))

@@ -1,4 +1,7 @@
-"""The block plan: which pixels each block reads, predicts, labels, owns and writes.
+"""Blocks and tiles of a 2D image: which pixels each block reads, predicts, labels, owns and writes.
+
+One tiler for every stage: ``segment`` (blocks with a label margin and a network halo),
+``measure``, ``export`` and accuracy (``tiles``: chunk-aligned, no overlap).
 
 A block's *core* is a tile of the model grid (origins on multiples of the block size, itself a
 multiple of the network's downsampling factor and of the output chunk). Around it:
@@ -96,23 +99,68 @@ class BlockPlan:
         return tuple(-(-s // self.block) for s in self.shape)  # type: ignore[return-value]
 
     def blocks(self) -> Iterator[Block]:
-        h, w = self.shape
+        """Every block, row by row."""
         for by in range(self.grid[0]):
             for bx in range(self.grid[1]):
-                y0, x0 = by * self.block, bx * self.block
-                y1, x1 = y0 + self.block, x0 + self.block
-                m, r = self.margin, self.margin + self.halo
-                yield Block(index=(by, bx), core=(_clip(y0, y1, h), _clip(x0, x1, w)),
-                            context=(_clip(y0 - m, y1 + m, h), _clip(x0 - m, x1 + m, w)),
-                            read=(_clip(y0 - r, y1 + r, h), _clip(x0 - r, x1 + r, w)))
+                yield self.at((by, bx))
+
+    def at(self, index: tuple[int, int]) -> Block:
+        """The block at grid position ``index`` (row, column)."""
+        by, bx = index
+        h, w = self.shape
+        y0, x0 = by * self.block, bx * self.block
+        y1, x1 = y0 + self.block, x0 + self.block
+        m, r = self.margin, self.margin + self.halo
+        return Block(index=(by, bx), core=(_clip(y0, y1, h), _clip(x0, x1, w)),
+                     context=(_clip(y0 - m, y1 + m, h), _clip(x0 - m, x1 + m, w)),
+                     read=(_clip(y0 - r, y1 + r, h), _clip(x0 - r, x1 + r, w)))
+
+    def owner(self, y: int, x: int) -> tuple[int, int]:
+        """Grid index of the block whose core holds pixel (y, x)."""
+        return y // self.block, x // self.block
 
     def blocks_touching(self, window: Window) -> list[Block]:
-        """Blocks whose label context intersects ``window`` (their objects may reach into it)."""
-        return [b for b in self.blocks()
-                if b.context[0].start < window[0].stop and window[0].start < b.context[0].stop
-                and b.context[1].start < window[1].stop and window[1].start < b.context[1].stop]
+        """Blocks whose label context intersects ``window`` (their objects may reach into it).
+
+        Found by index arithmetic: block k's context spans [k B - m, (k + 1) B + m).
+        """
+        ranges = []
+        for sl, n in zip(window, self.grid):
+            first = max(0, (sl.start - self.margin) // self.block)
+            last = min(n - 1, (sl.stop - 1 + self.margin) // self.block)
+            ranges.append(range(first, last + 1))
+        return [self.at((by, bx)) for by in ranges[0] for bx in ranges[1]]
 
     def amplification(self) -> float:
         """Network input pixels read per output pixel written (the halo and margin overhead)."""
         read = sum((b.read[0].stop - b.read[0].start) * (b.read[1].stop - b.read[1].start) for b in self.blocks())
         return read / (self.shape[0] * self.shape[1])
+
+
+def tiles(shape: tuple[int, int], tile: int, chunk: int | None = None) -> list[Block]:
+    """Tiles of about ``tile`` px covering ``shape`` without overlap, row by row (core = context = read).
+
+    With ``chunk`` (the array's chunk width), ``tile`` is rounded down to a multiple of it, so each
+    chunk is read once.
+    """
+    size = tile // chunk * chunk if chunk and 0 < chunk <= tile else tile
+    return list(BlockPlan(shape=tuple(shape), block=size, margin=0, halo=0, factor=1).blocks())
+
+
+def array_tiles(array, tile: int) -> list[Block]:
+    """``tiles`` of a zarr or dask array's (Y, X) shape, aligned to its chunks."""
+    chunks = getattr(array, "chunksize", None) or getattr(array, "chunks", None)
+    return tiles(tuple(array.shape[-2:]), tile, int(chunks[-1]) if chunks else None)
+
+
+def canvas_shape(shape_yx: tuple[int, int], factor: int) -> tuple[int, int]:
+    """The image zero-extended at the bottom/right to multiples of the network's downsampling ``factor``."""
+    return tuple(-(-s // factor) * factor for s in shape_yx)  # type: ignore[return-value]
+
+
+def read_canvas(image: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+    """(C, h, w) float32 window of the zero-extended canvas (zeros beyond the image's bottom/right)."""
+    out = np.zeros((image.shape[0], rows.stop - rows.start, cols.stop - cols.start), np.float32)
+    part = image[:, rows.start: min(rows.stop, image.shape[1]), cols.start: min(cols.stop, image.shape[2])]
+    out[:, : part.shape[1], : part.shape[2]] = part
+    return out

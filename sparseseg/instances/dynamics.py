@@ -15,19 +15,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import ndimage as ndi
+from skimage import measure
 
-from sparseseg.annotations.lattice import dense_flow
+from sparseseg.geometry.lattice import dense_flow
 
 
 @dataclass(frozen=True)
 class InstanceParams:
-    distance_threshold: float = 0.0
-    min_size: int = 15               # pixels
+    """How instances are derived from distance + flow; stored in checkpoints (calibrated at the end of training)."""
+
+    distance_threshold: float = 0.0    # foreground: predicted distance above this (px)
+    min_size: int = 15                 # objects with fewer pixels are dropped
     flow_error_threshold: float = 0.6  # mean squared flow difference per object (0 = perfect, 4 = opposite)
-    max_steps: int = 200
-    step_factor: float = 2.0         # steps = step_factor x the largest predicted distance
-    merge_ratio: float = 0.5         # merge touching clusters whose saddle distance >= ratio x the lower peak
-    n_steps: int | None = None       # fixed step count (block-wise segmentation needs one independent of the block)
+    n_steps: int = 50                  # Euler steps: a fixed count, so a block integrates as the whole image does
+    merge_ratio: float = 0.5           # merge touching clusters whose saddle distance >= ratio x the lower peak
 
 
 FIXED_POINT_BITS = 16  # positions in 1/65536 px: integer arithmetic is exact and translation-invariant
@@ -130,9 +131,13 @@ def flow_errors(labels: np.ndarray, flow: np.ndarray, threads: int = 1) -> dict[
     return dict(zip(ids.tolist(), (sums[ids] / sizes[ids]).tolist()))
 
 
-def flows_to_labels(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
-                    params: InstanceParams = InstanceParams(), device: str | torch.device | None = None) -> np.ndarray:
-    """uint32 instance labels (0 background, 1..N) from one distance (H, W) and flow (2, H, W)."""
+def instance_clusters(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
+                      params: InstanceParams = InstanceParams(), device: str | torch.device | None = None
+                      ) -> np.ndarray:
+    """uint32 clusters (H, W): foreground pixels grouped by where their trajectories end, lobes merged.
+
+    The candidates for objects before any is rejected: ``finalize_clusters`` decides which stay.
+    """
     distance_t = torch.as_tensor(distance, dtype=torch.float32, device=device)
     flow_t = torch.as_tensor(flow, dtype=torch.float32, device=distance_t.device)
     shape = tuple(distance_t.shape)
@@ -141,20 +146,61 @@ def flows_to_labels(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torc
     if not bool(foreground.any()):
         return labels
     seeds = torch.nonzero(foreground).to(torch.float32)
-    n_steps = params.n_steps or int(min(params.max_steps, max(10, params.step_factor * float(distance_t.max()))))
     trail = torch.zeros(shape, dtype=torch.bool, device=distance_t.device)
-    ends = euler_endpoints(flow_t, seeds, n_steps, trail).cpu().numpy()
+    ends = euler_endpoints(flow_t, seeds, params.n_steps, trail).cpu().numpy()
     clusters = cluster_endpoints(ends, trail.cpu().numpy())
     cells = seeds.cpu().numpy().astype(np.int64)
     labels[cells[:, 0], cells[:, 1]] = clusters
-    labels = merge_lobes(labels, distance_t.cpu().numpy(), params.merge_ratio).astype(np.uint32)
-    flow_np = flow_t.cpu().numpy()
-    errors = flow_errors(labels, flow_np, torch.get_num_threads())
-    sizes = np.bincount(labels.ravel())
+    return merge_lobes(labels, distance_t.cpu().numpy(), params.merge_ratio).astype(np.uint32)
+
+
+def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstanceParams = InstanceParams()
+                      ) -> np.ndarray:
+    """The objects among ``clusters`` (ids kept, 0 elsewhere): each one 4-connected piece.
+
+    A cluster whose recomputed flow disagrees with the prediction (flow error QC) or that is too
+    small is dropped; of the rest, only the largest 4-connected piece stays (the other pieces,
+    slivers of trajectories that ended in a neighbour's cluster, become background, so every
+    object is one piece and one polygon). Each object depends on its own cluster's pixels only,
+    so a cluster computed exactly in a block gives exactly the whole image's object.
+    """
+    flow = np.asarray(flow, np.float32)
+    errors = flow_errors(clusters, flow, torch.get_num_threads())
+    sizes = np.bincount(clusters.ravel())
     keep = np.ones(sizes.size, bool)
     keep[0] = False
     keep[[k for k, e in errors.items() if e > params.flow_error_threshold or sizes[k] < params.min_size]] = False
-    return relabel_sequential(np.where(keep[labels], labels, 0))
+    labels = np.where(keep[clusters], clusters, 0).astype(np.uint32)
+    return largest_pieces(labels)
+
+
+def largest_pieces(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with every object cut down to its largest 4-connected piece (ties: the piece whose first
+    pixel comes first in raster order, which does not depend on where the image starts)."""
+    pieces = measure.label(labels, background=0, connectivity=1)  # equal neighbours join: pieces of one object
+    n = int(pieces.max())
+    if n == 0:
+        return labels
+    owner = np.zeros(n + 1, np.int64)
+    owner[pieces.ravel()] = labels.ravel()
+    size = np.bincount(pieces.ravel(), minlength=n + 1)
+    size[0] = 0
+    if np.bincount(owner[1:]).max() == 1:  # every object in one piece already
+        return labels
+    order = np.lexsort((np.arange(n + 1), -size))  # largest first; skimage numbers pieces in raster order
+    _, first = np.unique(owner[order], return_index=True)
+    chosen = np.zeros(n + 1, bool)
+    chosen[order[first]] = True
+    chosen[0] = False
+    return np.where(chosen[pieces], labels, 0).astype(labels.dtype)
+
+
+def flows_to_labels(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
+                    params: InstanceParams = InstanceParams(), device: str | torch.device | None = None) -> np.ndarray:
+    """uint32 instance labels (0 background, 1..N), each one 4-connected piece, from one distance (H, W)
+    and flow (2, H, W)."""
+    clusters = instance_clusters(distance, flow, params, device)
+    return relabel_sequential(finalize_clusters(clusters, np.asarray(torch.as_tensor(flow).cpu()), params))
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Prefect flows of sparseseg (thin wiring of library calls)."""

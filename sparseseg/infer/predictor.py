@@ -1,0 +1,96 @@
+"""A trained network ready for inference: ``Predictor`` = network + normalisation method + instance parameters.
+
+One object serves the segment blocks, training validation and calibration, benchmarks, the demo
+and the tests, so "load a checkpoint, normalise, predict, derive instances" is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparseseg.instances.dynamics import InstanceParams, flows_to_labels
+from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint
+from sparseseg.model.normalize import Normalization, percentile_normalization
+from sparseseg.model.unet import UNet
+from sparseseg.tiling.blocks import canvas_shape, read_canvas
+
+
+def default_device() -> str:
+    """CUDA where this process sees a GPU, else the CPU (decided where the work runs)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def instance_params(stored: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> InstanceParams:
+    """Instance parameters: the defaults, then those stored in a checkpoint, then explicit overrides."""
+    known = {f.name for f in fields(InstanceParams)}
+    values = {k: v for k, v in (stored or {}).items() if k in known}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return InstanceParams(**values)
+
+
+@dataclass
+class Predictor:
+    """``network`` (eval mode, on ``device``) with what inference needs from its checkpoint."""
+
+    network: UNet
+    device: str = "cpu"
+    params: InstanceParams = InstanceParams()
+    pixel_size_um: float | None = None
+    channels: tuple[str, ...] | None = None   # channel names the network was trained on, when recorded
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | dict, device: str | None = None,
+                        params: dict[str, Any] | None = None) -> Predictor:
+        """Load ``path`` (weights only, no code executed); ``params`` override the stored instance parameters."""
+        state = load_checkpoint(path) if not isinstance(path, dict) else path
+        device = device or default_device()
+        network = model_from_checkpoint(state).to(device).eval().to(memory_format=torch.channels_last)
+        channels = state.get("channels")
+        return cls(network=network, device=device, params=instance_params(state.get("instance_params"), params),
+                   pixel_size_um=state.get("pixel_size_um"), channels=tuple(channels) if channels else None)
+
+    @property
+    def halo(self) -> int:
+        return self.network.halo
+
+    @property
+    def downsampling(self) -> int:
+        return self.network.downsampling
+
+    @property
+    def in_channels(self) -> int:
+        return self.network.config.in_channels
+
+    def with_params(self, **values) -> Predictor:
+        """The same network with some instance parameters replaced."""
+        return replace(self, params=replace(self.params, **values))
+
+    @torch.no_grad()
+    def forward(self, canvases: np.ndarray) -> np.ndarray:
+        """Distance + flow (N, 3, h, w) float32 for normalised canvases (N, C, h, w), h and w multiples of
+        ``downsampling``; one (C, h, w) canvas gives (3, h, w)."""
+        single = canvases.ndim == 3
+        x = torch.from_numpy(np.ascontiguousarray(canvases[None] if single else canvases, np.float32))
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        out = self.network(x)[:, :3].float().cpu().numpy()
+        return out[0] if single else out
+
+    def fields(self, image: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
+        """Distance + flow (3, H, W) of a whole (C, H, W) image in one pass, zero-extended to the
+        downsampling grid; normalised with ``normalization`` or, by default, the image's own percentiles."""
+        normalization = normalization or percentile_normalization(image)
+        h, w = image.shape[1:]
+        ch, cw = canvas_shape((h, w), self.downsampling)
+        canvas = read_canvas(normalization.apply(np.asarray(image)), slice(0, ch), slice(0, cw))
+        return self.forward(canvas)[:, :h, :w]
+
+    def instances(self, image: np.ndarray, normalization: Normalization | None = None,
+                  params: InstanceParams | None = None) -> np.ndarray:
+        """uint32 instance labels (H, W) of a whole (C, H, W) image."""
+        output = self.fields(image, normalization)
+        return flows_to_labels(output[0], output[1:3], params or self.params, device=self.device)

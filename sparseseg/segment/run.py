@@ -1,0 +1,254 @@
+"""`sparseseg segment`: plan -> run the blocks -> grow the large objects -> write the labels.
+
+Guarantee: the labels equal those of segmenting the whole image at once (up to the order of ids)
+for every object up to ``--max-object-um``: each block keeps the objects it owns that it computed
+whole; an object reaching a block's context edge is segmented again on a window grown around it
+(``engine.resolve_candidate``). The label group appears only when complete; one writer at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from sparseseg.cluster import dask_client, workers_spec
+from sparseseg.errors import InputError
+from sparseseg.io.labels import write_label_pyramid
+from sparseseg.io.lock import writer_lock
+from sparseseg.segment.engine import (BlockRecord, ObjectPixelsGlobal, Resolution, owner_sees_whole,
+                                      resolve_candidates, run_block_group)
+from sparseseg.segment.options import SegmentOptions
+from sparseseg.instances.dynamics import InstanceParams
+from sparseseg.segment.plan import BlockJob, SegmentPlan, plan_segment
+from sparseseg.segment.write import LabelComposer, write_large_objects
+from sparseseg.tiling.blocks import BlockPlan
+
+log = logging.getLogger(__name__)
+
+#: Blocks per Dask task: enough for the read-ahead pipeline to pay, few enough for load balance and retries.
+MAX_GROUP = 16
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    labels: Path
+    n_objects: int
+    n_blocks: int
+    skipped_blocks: int
+    amplification: float
+    large_objects: int = 0      # objects computed on grown windows (larger than the margin)
+    too_large: int = 0          # objects beyond --max-object-um, not written
+    dropped_objects: int = 0    # objects reaching their context edge under --large-objects drop
+    large_pixels: int = 0       # model-grid pixels labelled by the large-object pass (its extra work)
+    timings: dict = field(default_factory=dict)
+
+
+def block_groups(blocks: list, workers: int) -> list[list]:
+    """Consecutive blocks in groups of about ``len / (4 workers)`` (1 .. MAX_GROUP)."""
+    size = max(1, min(MAX_GROUP, math.ceil(len(blocks) / (4 * max(1, workers)))))
+    return [blocks[i:i + size] for i in range(0, len(blocks), size)]
+
+
+def _prepare_work(plan: SegmentPlan, resume: bool) -> None:
+    """A work folder for this run: kept when resuming the same settings, else started afresh."""
+    work, stamp = plan.work, plan.work / "fingerprint.json"
+    if work.exists():
+        same = stamp.exists() and json.loads(stamp.read_text()).get("id") == plan.fingerprint
+        if not (resume and same):
+            log.warning("removing the records of an earlier interrupted run in %s%s", work,
+                        "" if resume else " (--resume continues one)")
+            shutil.rmtree(work)
+    (work / "blocks").mkdir(parents=True, exist_ok=True)
+    (work / "large").mkdir(exist_ok=True)
+    stamp.write_text(json.dumps({"id": plan.fingerprint}))
+
+
+def _check_replaceable(plan: SegmentPlan) -> None:
+    """--overwrite only replaces a label group that ``segment`` wrote."""
+    if plan.final.exists():
+        attrs = dict(zarr.open_group(plan.final, mode="r").attrs)
+        if "model" not in attrs.get("sparseseg", {}):
+            raise InputError(plan.final, "was not written by `sparseseg segment`; --overwrite only replaces "
+                                         "segmentations (choose another --name)")
+
+
+def _gather(client, futures: dict, bar) -> dict:
+    """Results of ``futures`` (future -> key); the first failure cancels the rest and is raised."""
+    from distributed import as_completed
+
+    results = {}
+    for future in as_completed(futures, loop=client.loop):
+        key = futures[future]
+        if future.status != "finished":
+            error = future.exception()
+            for other in futures:
+                other.cancel()
+            if isinstance(error, InputError):
+                raise error
+            raise InputError(None, f"{key} failed on a worker: {type(error).__name__}: {error}") from None
+        results[key] = future.result()
+        bar.update(getattr(results[key], "__len__", lambda: 1)())
+    return results
+
+
+def run_blocks(client, plan: SegmentPlan, workers: int, progress: bool) -> dict[str, BlockRecord]:
+    """Pass 1: every block's record (computed, or read back when a resumed run had it)."""
+    blocks = list(plan.blocks.blocks())
+    groups = block_groups(blocks, workers)
+    with tqdm(total=len(blocks), desc="blocks", disable=not progress, dynamic_ncols=True) as bar:
+        futures = {client.submit(run_block_group, plan.job, group, plan.skips, pure=False,
+                                 key=f"blocks-{group[0].name}-{plan.fingerprint}"): i
+                   for i, group in enumerate(groups)}
+        results = _gather(client, futures, bar)
+    return {block.name: record for i, group in enumerate(groups) for block, record in zip(group, results[i])}
+
+
+def _resolve(client, plan: SegmentPlan, candidates: np.ndarray, progress: bool) -> list[Resolution]:
+    """The large-object pass: each candidate on grown windows, in tasks of a few candidates."""
+    if not len(candidates):
+        return []
+    chunks = [candidates[i:i + 8] for i in range(0, len(candidates), 8)]
+    with tqdm(total=len(candidates), desc="large objects", disable=not progress, dynamic_ncols=True) as bar:
+        futures = {client.submit(resolve_candidates, plan.job, chunk, pure=False,
+                                 key=f"large-{i}-{plan.fingerprint}"): i for i, chunk in enumerate(chunks)}
+        results = _gather(client, futures, bar)
+    return [r for i in range(len(chunks)) for r in results[i]]
+
+
+def large_objects_of(plan, records: dict[str, BlockRecord], resolutions: list[Resolution]
+                  ) -> tuple[dict[tuple[int, int], list], int]:
+    """The whole objects each block owns but did not keep ({block index: [(key, rows, cols)]}), and the number
+    of distinct objects beyond the cap. Objects found from several blocks count once; one its owner
+    computed whole is the owner's already."""
+    found = {}
+    for source in [r.elsewhere for r in records.values()] + [r.objects for r in resolutions]:
+        for k in range(len(source)):
+            rows, cols = source.pixels(k)
+            key = (*(int(v) for v in source.anchors[k]), *(int(v) for v in source.cluster_boxes[k]), int(rows.size))
+            found.setdefault(key, (rows, cols))
+    owned: dict[tuple[int, int], list] = {}
+    for key in sorted(found):
+        anchor, box = key[:2], np.array(key[2:6])
+        owner = plan.owner(*anchor)
+        if not owner_sees_whole(plan, box, owner):
+            owned.setdefault(owner, []).append((key, *found[key]))
+    too_large = {r.box for r in resolutions if r.too_large}
+    return owned, len(too_large)
+
+
+def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict) -> tuple[LabelComposer, int, int]:
+    """(composer of the final labels, number of objects, number of large objects).
+
+    Ids: block by block in block order (so they do not depend on the order blocks finished in),
+    each block's kept objects then the large objects it owns.
+    """
+    offsets, total, items, ids = {}, 0, [], []
+    for block in job.plan.blocks():
+        offsets[block.name] = total
+        kept, mine = records[block.name].count, owned.get(block.index, [])
+        for j, (key, rows, cols) in enumerate(mine):
+            items.append((key[:2], np.array(key[2:6]), rows, cols))
+            ids.append(total + kept + j + 1)
+        total += kept + len(mine)
+    if total >= 2**32 - 1:
+        raise InputError(job.slide, f"{total} objects do not fit uint32 labels")
+    large_path = None
+    if items:
+        large_path = Path(job.work) / "large.npz"
+        write_large_objects(large_path, ObjectPixelsGlobal.build(items), np.array(ids))
+    return LabelComposer(job, offsets, str(large_path) if large_path else None), total, len(items)
+
+
+def segment_fields(fields: np.ndarray, plan: BlockPlan, params: InstanceParams, work: Path,
+                   large_objects: str = "grow", max_object_px: int = 2**31) -> tuple[np.ndarray, int]:
+    """(labels, number of large objects) of a whole in-memory (3, H, W) distance + flow array, computed block by
+    block exactly as ``segment_slide`` does, in this process (what the stitching tests prove equal to ``flows_to_labels``)."""
+    from sparseseg.model.normalize import Normalization
+    from sparseseg.segment.engine import ArrayFields
+
+    source = ArrayFields(fields)
+    (Path(work) / "blocks").mkdir(parents=True, exist_ok=True)
+    (Path(work) / "large").mkdir(exist_ok=True)
+    job = BlockJob(slide="<in memory>", checkpoint="", checkpoint_mtime_ns=0, plan=plan,
+                   normalization=Normalization((0.0,), (1.0,)), params=params, work=str(work),
+                   large_objects=large_objects, max_object_px=max_object_px)
+    blocks = list(plan.blocks())
+    records = dict(zip([b.name for b in blocks], run_block_group(job, blocks, frozenset(), source)))
+    candidates = np.concatenate([r.candidates for r in records.values()] + [np.zeros((0, 6), np.int64)])
+    owned, _ = large_objects_of(plan, records, resolve_candidates(job, candidates, source))
+    composer, _, n_large = labels_composer(job, records, owned)
+    return composer.model_window((slice(0, plan.shape[0]), slice(0, plan.shape[1]))), n_large
+
+
+def segment_slide(slide: str | Path, model: str | Path, options: SegmentOptions = SegmentOptions()) -> SegmentResult:
+    """Segment every cell of ``slide`` into ``labels/<options.name>``; see the module docstring."""
+    slide = Path(slide)
+    plan = plan_segment(slide, model, options)
+    with writer_lock(slide, "segment"):
+        if options.overwrite:
+            _check_replaceable(plan)
+        _prepare_work(plan, options.resume)
+        try:
+            result = _run(plan, options)
+        except KeyboardInterrupt:
+            log.warning("interrupted: finished blocks are kept in %s; --resume continues", plan.work)
+            raise
+        except BaseException:
+            shutil.rmtree(plan.work, ignore_errors=True)
+            raise
+        shutil.rmtree(plan.work, ignore_errors=True)
+    return result
+
+
+def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
+    timings, started = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.perf_counter() - started - sum(timings.values()), 3)
+
+    with dask_client(workers_spec(options.workers, options.scheduler)) as client:
+        workers = max(1, len(client.scheduler_info()["workers"]))
+        records = run_blocks(client, plan, workers, options.progress)
+        lap("blocks")
+        candidates = np.concatenate([r.candidates for r in records.values()] + [np.zeros((0, 6), np.int64)])
+        resolutions = _resolve(client, plan, candidates, options.progress)
+        owned, too_large = large_objects_of(plan.blocks, records, resolutions)
+        if too_large and options.large_objects == "error":
+            box = next(r.box for r in resolutions if r.too_large)
+            raise InputError(plan.slide, f"an object at model-grid (y={box[0]}, x={box[1]}) spans {box[2] - box[0]}"
+                                         f"x{box[3] - box[1]} px, beyond --max-object-um {options.max_object_um}: "
+                                         "raise it, or use --large-objects grow to leave such objects out")
+        lap("large objects")
+        composer, total, n_large = labels_composer(plan.job, records, owned)
+        write_label_pyramid(plan.slide, options.name, composer, np.uint32, options.overwrite,
+                            f"flow-derived instances at {plan.job.scale:.4g}x, stitched by block ownership",
+                            properties=[{"label-value": 0, "class": "background"}], scheduler=client)
+        lap("write")
+    dropped = sum(r.dropped for r in records.values())
+    large_pixels = sum(r.pixels for r in resolutions)
+    if too_large or dropped:
+        log.warning("%d objects were left out (%s)", too_large + dropped,
+                    f"larger than --max-object-um {options.max_object_um}" if too_large
+                    else f"reaching their block's context edge, --large-objects drop, --margin {plan.blocks.margin}")
+    group = zarr.open_group(plan.final, mode="r+")
+    group.attrs["sparseseg"] = {"objects": int(total), "large_objects": n_large, "too_large": too_large,
+                                "dropped_at_block_edges": int(dropped), "scale": plan.job.scale, "model": str(model_path(plan)),
+                                "block": plan.blocks.block, "margin": plan.blocks.margin, "halo": plan.halo,
+                                "params": {k: getattr(plan.job.params, k) for k in plan.job.params.__dataclass_fields__},
+                                "timings_s": timings}
+    return SegmentResult(labels=plan.final, n_objects=total, n_blocks=len(records), skipped_blocks=len(plan.skips),
+                         amplification=plan.blocks.amplification(), large_objects=n_large,
+                         too_large=too_large, dropped_objects=dropped, large_pixels=large_pixels, timings=timings)
+
+
+def model_path(plan: SegmentPlan) -> str:
+    return plan.job.checkpoint

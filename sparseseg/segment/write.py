@@ -1,0 +1,85 @@
+"""Pass 2: compose the label image from the block records and write its pyramid, as tasks on the workers.
+
+Object ids are ``block offset + local id``: the offsets are the prefix sum of the per-block counts
+(kept objects, then the large objects the block owns) in block order, so ids are compact
+(1..N, uint32) and do not depend on the order in which blocks finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from sparseseg.segment.engine import ObjectPixelsGlobal, record_path
+from sparseseg.segment.plan import BlockJob
+from sparseseg.segment.rescale import level0_to_model_indices
+from sparseseg.tiling.blocks import Window
+
+
+@lru_cache(maxsize=16)
+def _block_labels(path: str) -> np.ndarray:
+    with np.load(path) as data:
+        return data["labels"]
+
+
+@lru_cache(maxsize=2)
+def _large_objects(path: str) -> tuple[ObjectPixelsGlobal, np.ndarray, np.ndarray]:
+    """(objects, their global ids, their boxes (y0, x0, y1, x1))."""
+    with np.load(path) as data:
+        return ObjectPixelsGlobal.from_arrays(data, "large"), data["ids"], data["boxes"]
+
+
+def write_large_objects(path: Path, objects: ObjectPixelsGlobal, ids: np.ndarray) -> None:
+    boxes = np.array([[r.min(), c.min(), r.max() + 1, c.max() + 1] for r, c in
+                      (objects.pixels(k) for k in range(len(objects)))], np.int64).reshape(-1, 4)
+    np.savez_compressed(path, ids=np.asarray(ids, np.int64), boxes=boxes, **objects.to_arrays("large"))
+
+
+@dataclass(frozen=True)
+class LabelComposer:
+    """Global uint32 labels of any level-0 window (picklable: runs on the workers)."""
+
+    job: BlockJob
+    offsets: dict[str, int]
+    large: str | None = None   # large-objects file, when there are any
+
+    def model_window(self, window: Window) -> np.ndarray:
+        """Labels of a model-grid window: the kept objects of the blocks reaching it, then the large objects."""
+        rows, cols = window
+        out = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint32)
+        for block in self.job.plan.blocks_touching(window):
+            labels = _block_labels(str(record_path(self.job, block)))
+            if not labels.size:
+                continue
+            (by0, by1), (bx0, bx1) = (block.context[0].start, block.context[0].stop), (block.context[1].start,
+                                                                                       block.context[1].stop)
+            r0, r1, c0, c1 = max(rows.start, by0), min(rows.stop, by1), max(cols.start, bx0), min(cols.stop, bx1)
+            if r0 >= r1 or c0 >= c1:
+                continue
+            part = labels[r0 - by0: r1 - by0, c0 - bx0: c1 - bx0]
+            inside = part > 0
+            out[r0 - rows.start: r1 - rows.start, c0 - cols.start: c1 - cols.start][inside] = \
+                part[inside] + np.uint32(self.offsets[block.name])
+        if self.large:
+            objects, ids, boxes = _large_objects(self.large)
+            near = np.flatnonzero((boxes[:, 0] < rows.stop) & (boxes[:, 2] > rows.start)
+                                  & (boxes[:, 1] < cols.stop) & (boxes[:, 3] > cols.start))
+            for k in near:
+                r, c = objects.pixels(int(k))
+                inside = (r >= rows.start) & (r < rows.stop) & (c >= cols.start) & (c < cols.stop)
+                out[r[inside] - rows.start, c[inside] - cols.start] = np.uint32(ids[k])
+        return out
+
+    def __call__(self, window: Window) -> np.ndarray:
+        """Labels of a level-0 window: each level-0 pixel takes the model-grid pixel under its centre."""
+        job = self.job
+        if job.scale == 1.0:
+            return self.model_window(window)
+        shape = job.plan.shape
+        rows = level0_to_model_indices(window[0].start, window[0].stop, job.scale, shape[0])
+        cols = level0_to_model_indices(window[1].start, window[1].stop, job.scale, shape[1])
+        grid = self.model_window((slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)))
+        return grid[np.ix_(rows - rows[0], cols - cols[0])]

@@ -1,0 +1,140 @@
+"""One training request: what to train on, how long, where to write; the CLI, the flows and the demo only build it.
+
+The policy lives here, once: which images are held out for validation (every 5th image or slide
+when there are at least 5; in one process and on every data-parallel rank alike), how many steps
+a budget in epochs means, which pixel size the data has, and the exact call recorded in the
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from sparseseg.errors import InputError
+from sparseseg.model.unet import UNetConfig
+from sparseseg.train.loop import TrainConfig
+
+#: Default budget when neither minutes nor epochs are given.
+DEFAULT_EPOCHS = 50.0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Training data as paths only (picklable, opened where it is used): annotated slides, or two folders."""
+
+    slides: tuple[str, ...] = ()
+    images: str | None = None
+    annotations: str | None = None
+    channels: tuple[str, ...] | None = None   # slide channels to train on (names or indices); None: all
+
+    def __post_init__(self):
+        if bool(self.slides) == bool(self.images):
+            raise InputError(None, "give annotated slides (--data) or an image folder (--images), not both or neither")
+        if self.images and not self.annotations:
+            raise InputError(None, "--images needs --annotations DIR")
+
+    def open(self) -> list:
+        from sparseseg.train.data import SlideSource, folder_sources
+
+        if self.slides:
+            return [SlideSource(Path(p), channels=self.channels) for p in self.slides]
+        return folder_sources(Path(self.images), Path(self.annotations), channels=self.channels)
+
+
+def validation_split(n: int) -> tuple[list[int], list[int]]:
+    """(training, validation) indices: every 5th source is held out when there are at least 5."""
+    if n < 5:
+        return list(range(n)), []
+    return [i for i in range(n) if i % 5 != 4], [i for i in range(n) if i % 5 == 4]
+
+
+def split_sources(sources: list) -> tuple[list, list]:
+    """(training sources, validation sources); with fewer than 5 sources, validation patches come from
+    the training images (a fixed set drawn at a step training never reaches)."""
+    train_idx, val_idx = validation_split(len(sources))
+    return [sources[i] for i in train_idx], ([sources[i] for i in val_idx] or [sources[i] for i in train_idx])
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    data: DataSpec
+    out: Path
+    model: UNetConfig = field(default_factory=UNetConfig)   # in_channels is set from the data
+    config: TrainConfig = field(default_factory=TrainConfig)
+    init: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    minutes: float | None = None
+    epochs: float | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    pixel_size_um: float | None = None
+    calibrate: bool = True
+    command: str = ""          # the call that made it, recorded in the checkpoint
+
+    def __post_init__(self):
+        if self.minutes is not None and self.epochs is not None:
+            raise InputError(None, "--minutes and --epochs exclude each other")
+        for flag, value in (("--minutes", self.minutes), ("--epochs", self.epochs)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InputError(None, f"{flag} must be a positive number, got {value}")
+        if self.pixel_size_um is not None and not (math.isfinite(self.pixel_size_um) and self.pixel_size_um > 0):
+            raise InputError(None, f"--pixel-size must be a positive number of micrometres, got {self.pixel_size_um}")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(None, f"--workers must be at least 1, got {self.workers}")
+        out = Path(self.out)
+        if out.is_dir():
+            raise InputError(out, "is a folder; --out names the checkpoint file to write")
+        if not out.parent.is_dir():
+            raise InputError(out, f"folder {out.parent} does not exist")
+        if self.resume and not out.exists():
+            raise InputError(out, "--resume needs the checkpoint of the run to continue, which does not exist")
+        if out.exists() and not (self.resume or self.overwrite):
+            raise InputError(out, "already exists (use --overwrite to replace it, or --resume to continue it)")
+        if not os.access(out.parent, os.W_OK):
+            raise InputError(out, f"folder {out.parent} is not writable")
+
+    def prepared(self, sources: list) -> TrainRequest:
+        """The request with what the data decides: input channels, steps of the budget, pixel size."""
+        channels = {s.n_channels for s in sources}
+        if len(channels) != 1:
+            raise InputError(None, f"training images mix channel counts {sorted(channels)}; choose with --channels")
+        model = replace(self.model, in_channels=channels.pop())
+        area = sum(s.shape[0] * s.shape[1] for s in sources)
+        per_epoch = max(1, math.ceil(area / (self.config.patch ** 2 * self.config.batch)))
+        steps = 10**9 if self.minutes else max(1, round((self.epochs or DEFAULT_EPOCHS) * per_epoch))
+        pixel_size = self.pixel_size_um
+        if pixel_size is None:
+            sizes = {s.pixel_size_um[0] for s in sources if getattr(s, "pixel_size_um", None)}
+            pixel_size = sizes.pop() if len(sizes) == 1 else None
+        return replace(self, model=model, pixel_size_um=pixel_size,
+                       config=replace(self.config, steps=steps, minutes=self.minutes))
+
+
+def run_training(request: TrainRequest, progress: bool = True) -> dict:
+    """Train as requested (one process, or DDP over Dask workers) and write ``request.out``.
+
+    Returns {'history': [...], 'step': n, 'calibration': {...} or None}.
+    """
+    from sparseseg.train.distributed import train_on_dask
+    from sparseseg.train.loop import train
+
+    sources = request.data.open()
+    request = request.prepared(sources)
+    if request.workers or request.scheduler:
+        result = train_on_dask(request)
+    else:
+        train_sources, val_sources = split_sources(sources)
+        result = train(train_sources, request.out, request.model, request.config, init=request.init,
+                       resume=request.resume, command=request.command, pixel_size_um=request.pixel_size_um,
+                       progress=progress, val_sources=val_sources, channels=channel_names(sources))
+    return result
+
+
+def channel_names(sources: list) -> tuple[str, ...] | None:
+    names = {tuple(getattr(s, "channel_names", ()) or ()) for s in sources}
+    return names.pop() if len(names) == 1 and () not in names else None
+
