@@ -134,6 +134,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from sparseseg.train.calibrate import calibrate_checkpoint
+    from sparseseg.train.request import DataSpec
+
+    if args.out is not None and args.out.is_dir():
+        raise InputError(args.out, "is a folder; --out names the checkpoint file to write")
+    data = DataSpec(slides=tuple(str(p) for p in args.data or ()), images=str(args.images) if args.images else None,
+                    annotations=str(args.annotations) if args.annotations else None, channels=args.channels)
+    result = calibrate_checkpoint(args.model, data.open(), out=args.out, device=args.device)
+    if result is None:
+        raise InputError(args.annotations or args.data[0], "holds no annotated object to calibrate on")
+    print(f"calibrated on {result.objects} annotated objects in {result.windows} windows ({result.settings} settings): "
+          f"mean F1 at IoU 0.5/0.7 {result.default_score:.3f} -> {result.score:.3f}, F1@0.5 {result.default_f1:.3f} -> "
+          f"{result.f1:.3f}; wrote {args.out or args.model}")
+    return 0
+
+
 def _instance_overrides(args: argparse.Namespace) -> dict:
     """Instance parameters given on the command line (they override the checkpoint's calibrated ones)."""
     return {name: getattr(args, name) for name in ("distance_threshold", "flow_error_threshold", "min_size",
@@ -262,6 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(p, positive_int, positive_float)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("calibrate", help="tune a model's instance parameters on annotated images",
+                       description="Tune the instance parameters (distance threshold, Euler steps, merge ratio, "
+                       "flow-error threshold, minimum size) of a checkpoint on annotated images or slides, scored "
+                       "on annotated pixels only, and store them in the checkpoint (segment uses them).")
+    p.add_argument("--model", type=Path, required=True, metavar="MODEL.pt")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", nargs="+", type=Path, metavar="SLIDE.ome.zarr", help="annotated OME-Zarr slides")
+    data.add_argument("--images", type=Path, metavar="DIR", help="folder of images (with --annotations)")
+    p.add_argument("--annotations", type=Path, metavar="DIR", help="folder of partial-instance maps")
+    p.add_argument("--channels", type=names, metavar="NAME[,NAME]", help="channels the model takes")
+    p.add_argument("--out", type=Path, metavar="MODEL.pt", help="write the calibrated checkpoint here (default: "
+                   "update --model in place)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("segment", help="segment every cell of a slide into labels/<name>",
                        description="Predict distance + flow block by block on Dask workers (halo from the "

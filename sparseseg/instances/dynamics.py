@@ -138,6 +138,15 @@ def instance_clusters(distance: np.ndarray | torch.Tensor, flow: np.ndarray | to
 
     The candidates for objects before any is rejected: ``finalize_clusters`` decides which stay.
     """
+    clusters = trajectory_clusters(distance, flow, params, device)
+    return merge_lobes(clusters, np.asarray(torch.as_tensor(distance).cpu(), np.float32),
+                       params.merge_ratio).astype(np.uint32)
+
+
+def trajectory_clusters(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
+                        params: InstanceParams = InstanceParams(), device: str | torch.device | None = None
+                        ) -> np.ndarray:
+    """uint32 (H, W): foreground pixels (distance above the threshold) grouped by where their trajectories end."""
     distance_t = torch.as_tensor(distance, dtype=torch.float32, device=device)
     flow_t = torch.as_tensor(flow, dtype=torch.float32, device=distance_t.device)
     shape = tuple(distance_t.shape)
@@ -151,11 +160,11 @@ def instance_clusters(distance: np.ndarray | torch.Tensor, flow: np.ndarray | to
     clusters = cluster_endpoints(ends, trail.cpu().numpy())
     cells = seeds.cpu().numpy().astype(np.int64)
     labels[cells[:, 0], cells[:, 1]] = clusters
-    return merge_lobes(labels, distance_t.cpu().numpy(), params.merge_ratio).astype(np.uint32)
+    return labels
 
 
-def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstanceParams = InstanceParams()
-                      ) -> np.ndarray:
+def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstanceParams = InstanceParams(),
+                      errors: dict[int, float] | None = None) -> np.ndarray:
     """The objects among ``clusters`` (ids kept, 0 elsewhere): each one 4-connected piece.
 
     A cluster whose recomputed flow disagrees with the prediction (flow error QC) or that is too
@@ -164,8 +173,8 @@ def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstancePa
     object is one piece and one polygon). Each object depends on its own cluster's pixels only,
     so a cluster computed exactly in a block gives exactly the whole image's object.
     """
-    flow = np.asarray(flow, np.float32)
-    errors = flow_errors(clusters, flow, torch.get_num_threads())
+    if errors is None:  # the flow error of each cluster (given when several thresholds are tried on one set)
+        errors = flow_errors(clusters, np.asarray(flow, np.float32), torch.get_num_threads())
     sizes = np.bincount(clusters.ravel())
     keep = np.ones(sizes.size, bool)
     keep[0] = False

@@ -33,6 +33,16 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     os.replace(tmp, path)
 
 
+def update_checkpoint(path: Path, out: Path, **values: Any) -> None:
+    """Write ``path``'s checkpoint with ``values`` added or replaced to ``out`` (atomically; may be ``path``)."""
+    state = load_checkpoint(path)
+    state.update(values)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.partial")
+    torch.save(state, tmp)
+    os.replace(tmp, out)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

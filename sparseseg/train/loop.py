@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from sparseseg.errors import InputError
-from sparseseg.losses import LOSSES, batch_targets
+from sparseseg.losses import LOSSES, SketchposeWeights, batch_targets
 from sparseseg.model.unet import UNet, UNetConfig, split_outputs
 from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from sparseseg.train.data import Augment, _source_cumulative, draw_patch
@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     augmentation: Augment = field(default_factory=Augment)
+    weights: SketchposeWeights = field(default_factory=SketchposeWeights)  # of the sketchpose and masked losses
     ema: float = 0.0           # decay of the weight average written as the model (0 = the raw weights)
     val_patches: int = 16
     val_every: int = 50
@@ -56,6 +57,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.augmentation, dict):  # read back from a checkpoint or shipped to a worker
             self.augmentation = Augment(**self.augmentation)
+        if isinstance(self.weights, dict):
+            self.weights = SketchposeWeights(**self.weights)
         if self.loss not in LOSSES:
             raise InputError(None, f"--loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
 
@@ -100,7 +103,9 @@ def _loss(model, images, targets, config: TrainConfig) -> torch.Tensor:
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=config.amp and images.device.type == "cuda"):
         output = model(images.contiguous(memory_format=torch.channels_last))
     distance, flow, _ = split_outputs(output.float())
-    return LOSSES[config.loss](distance, flow, targets)
+    if config.loss == "eikonal":
+        return LOSSES[config.loss](distance, flow, targets)
+    return LOSSES[config.loss](distance, flow, targets, config.weights)
 
 
 def _lr_factor(progress: float) -> float:

@@ -124,13 +124,19 @@ def run_training(request: TrainRequest, progress: bool = True) -> dict:
 
     sources = request.data.open()
     request = request.prepared(sources)
+    train_sources, val_sources = split_sources(sources)
     if request.workers or request.scheduler:
         result = train_on_dask(request)
     else:
-        train_sources, val_sources = split_sources(sources)
         result = train(train_sources, request.out, request.model, request.config, init=request.init,
                        resume=request.resume, command=request.command, pixel_size_um=request.pixel_size_um,
                        progress=progress, val_sources=val_sources, channels=channel_names(sources))
+    result["calibration"] = None
+    if request.calibrate:
+        from sparseseg.train.calibrate import calibrate_checkpoint
+
+        calibration = calibrate_checkpoint(request.out, val_sources, device=request.config.device)
+        result["calibration"] = calibration.to_dict() if calibration else None
     return result
 
 
