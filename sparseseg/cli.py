@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -380,13 +381,17 @@ def _one_line(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # before distributed configures logging
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad argument (already said in one line)
+        return int(exc.code or 0)
     args.argv = argv  # recorded in checkpoints as the exact training command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # tifffile logs every oddity it repairs, distributed every worker start
-        logging.getLogger("tifffile").setLevel(logging.ERROR)
+    if not args.verbose:  # tifffile logs every oddity it repairs, distributed every worker start, and
+        logging.getLogger("tifffile").setLevel(logging.ERROR)  # libraries' warnings are not the user's business
         logging.getLogger("distributed").setLevel(logging.ERROR)
+        warnings.simplefilter("ignore")
     command = "sparseseg " + " ".join(filter(None, [args.command, getattr(args, "action", None)]))
     try:
         return args.func(args)

@@ -189,10 +189,14 @@ def read_qupath_geojson(path: str | Path, image_shape: tuple[int, int],
     for index, feature in enumerate(features):
         label = f"feature {index}" + (f" ({feature['properties']['name']})"
                                       if (feature.get("properties") or {}).get("name") else "")
+        if not isinstance(feature.get("geometry"), dict):
+            raise InputError(path, f"{label}: has no geometry (\"geometry\": {json.dumps(feature.get('geometry'))})")
         try:
             geometry = to_shape(feature["geometry"])
-        except (KeyError, TypeError, ValueError, shapely.errors.GEOSException) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, shapely.errors.GEOSException) as exc:
             raise InputError(path, f"{label}: invalid geometry ({exc})") from None
+        if geometry.is_empty or not np.isfinite(shapely.get_coordinates(geometry)).all():
+            raise InputError(path, f"{label}: the geometry is empty or has NaN or infinite coordinates")
         role = _role(feature, geometry.geom_type, roles, label, path)
         if role == "ignore":
             continue

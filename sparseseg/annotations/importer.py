@@ -10,9 +10,11 @@ import numpy as np
 
 from sparseseg.annotations.geojson import read_qupath_geojson
 from sparseseg.annotations.model import BACKGROUND, encode_dense
-from sparseseg.annotations.store import (ANNOTATION_COLOURS, ANNOTATION_PROPERTIES, ANNOTATIONS, FOREGROUND,
+from sparseseg.annotations.store import (ANNOTATION_COLOURS, ANNOTATION_PROPERTIES, ANNOTATIONS, FOREGROUND, TABLES,
                                          write_annotation_tables)
 from sparseseg.errors import InputError
+from sparseseg.io.atomic import remove_leftovers
+from sparseseg.io.lock import writer_lock
 from sparseseg.io.labels import image_levels, open_label_image, write_label_pyramid
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,10 @@ def import_annotations(slide_path: str | Path, path: str | Path, kind: str = "pa
     target = slide_path / "labels" / (FOREGROUND if kind == "foreground" and not is_geojson else ANNOTATIONS)
     if target.exists() and not overwrite:  # fail before any parsing or writing
         raise InputError(target, "already exists (use --overwrite to replace it)")
-    if is_geojson:
-        return import_geojson(slide_path, path, class_roles, overwrite)
-    return import_label_image(slide_path, path, kind, overwrite)
+    image_levels(slide_path)  # a slide to import into, before taking its lock
+    with writer_lock(slide_path, "annotations import"):
+        for output in (target, slide_path / TABLES):
+            remove_leftovers(output)
+        if is_geojson:
+            return import_geojson(slide_path, path, class_roles, overwrite)
+        return import_label_image(slide_path, path, kind, overwrite)

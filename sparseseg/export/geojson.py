@@ -22,6 +22,8 @@ from shapely.geometry import mapping
 
 from sparseseg.errors import InputError
 from sparseseg.geometry.polygons import mask_to_polygon
+from sparseseg.io.atomic import remove_leftovers, staged_file
+from sparseseg.io.lock import writer_lock
 from sparseseg.io.labels import label_source, resolve_labels
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.tiling.blocks import array_tiles
@@ -82,13 +84,12 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
     """
     out = Path(out)
     shape = tuple(labels.shape)
-    tmp = out.with_name(f".{out.name}.partial")
     opener = gzip.open if out.suffix == ".gz" else open
     area = pixel_size_um[0] * pixel_size_um[1] if pixel_size_um else None
     tiles = array_tiles(labels, block)
     written = []  # the ids, one array per tile: checked for repeats at the end
     count = 0
-    try:
+    with staged_file(out) as tmp:
         with opener(tmp, "wt", encoding="utf-8") as fh:
             fh.write('{"type": "FeatureCollection", "features": [\n')
             results = ((tile, *_tile_outlines(labels, tile, shape, margin, source)) for tile in tiles)
@@ -104,10 +105,6 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
                     progress.update(1)
             fh.write("\n]}\n")
         check_unique_ids(np.concatenate(written) if written else np.zeros(0, np.int64), source, margin)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
     return count
 
 
@@ -129,5 +126,7 @@ def export_slide_geojson(slide: Path, labels: str, out: Path, classification: st
     out = check_output_file(out)
     info = open_omezarr_slide(Path(slide))
     label_array = resolve_labels(Path(slide), labels, tuple(info.shape[1:]))
-    return export_geojson(label_array, out, classification=classification, pixel_size_um=info.pixel_size_um,
-                          margin=margin, source=label_source(Path(slide), labels))
+    with writer_lock(out, "export geojson", inside=False):
+        remove_leftovers(out)
+        return export_geojson(label_array, out, classification=classification, pixel_size_um=info.pixel_size_um,
+                              margin=margin, source=label_source(Path(slide), labels))

@@ -1,7 +1,13 @@
-"""Write a directory under a temporary sibling name and move it into place only when complete."""
+"""Write a directory or file under a temporary sibling name and move it into place only when complete.
+
+Temporary names are unique to each run (``.NAME.partial-<token>``), so two runs never share one.
+Leftovers of a run that was killed (its partial or old siblings) are removed by the next run on the
+same output, which holds the output's writer lock (``io.lock``) while it does so.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -10,6 +16,39 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sparseseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def remove_leftovers(dst: Path) -> list[str]:
+    """Remove ``.NAME.partial-*`` / ``.NAME.old-*`` siblings of ``dst`` left by killed runs; returns their names.
+
+    Call it only while holding ``dst``'s writer lock: a live run's partial output has such a name too.
+    """
+    dst = Path(dst).absolute()
+    removed = []
+    if not dst.parent.is_dir():
+        return removed
+    for sibling in dst.parent.iterdir():
+        if sibling.name.startswith((f".{dst.name}.partial", f".{dst.name}.old-")):
+            shutil.rmtree(sibling) if sibling.is_dir() and not sibling.is_symlink() else sibling.unlink()
+            removed.append(sibling.name)
+    if removed:
+        log.warning("removed leftovers of an interrupted run next to %s: %s", dst, ", ".join(sorted(removed)))
+    return removed
+
+
+def temporary_sibling(dst: Path, kind: str = "partial") -> Path:
+    """A fresh hidden sibling name of ``dst``, unique to this call."""
+    dst = Path(dst).absolute()
+    return dst.with_name(f".{dst.name}.{kind}-{uuid.uuid4().hex[:8]}{''.join(dst.suffixes[-1:])}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -24,17 +63,50 @@ def staged_directory(dst: Path, overwrite: bool = False) -> Iterator[Path]:
         raise InputError(dst, "already exists (use --overwrite to replace it)")
     if not dst.parent.is_dir():
         raise InputError(dst, f"parent directory {dst.parent} does not exist")
-    token = uuid.uuid4().hex[:8]
-    tmp = dst.with_name(f".{dst.name}.partial-{token}")
+    tmp = temporary_sibling(dst)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if dst.exists():
+        trash = temporary_sibling(dst, "old")
+        os.replace(dst, trash)
+        os.replace(tmp, dst)
+        _remove(trash)
+    else:
+        os.replace(tmp, dst)
+
+
+@contextmanager
+def staged_file(dst: Path) -> Iterator[Path]:
+    """Yield a unique temporary sibling file of ``dst``; renamed to ``dst`` on success, removed on error."""
+    dst = Path(dst).absolute()
+    tmp = temporary_sibling(dst)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dst)
+
+
+@contextmanager
+def staged_outputs(folder: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success its files move into ``folder`` (created if needed,
+    other files in it kept), on error it is removed and ``folder`` is untouched (not even created)."""
+    folder = Path(folder).absolute()
+    tmp = temporary_sibling(folder)
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if dst.exists():
-        trash = dst.with_name(f".{dst.name}.old-{token}")
-        os.replace(dst, trash)
-        os.replace(tmp, dst)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, dst)
+    folder.mkdir(exist_ok=True)
+    for item in sorted(tmp.iterdir()):
+        target = folder / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    tmp.rmdir()

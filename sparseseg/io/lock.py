@@ -1,7 +1,8 @@
 """One writer at a time per slide (or output): an exclusive, non-blocking lock held for the whole command.
 
-``writer_lock(target)`` takes an ``flock`` on a lock file (``target/.sparseseg.lock`` for a folder,
-a hidden sibling ``.NAME.sparseseg.lock`` otherwise). A second command writing into the same
+``writer_lock(target)`` takes an ``flock`` on a lock file: ``target/.sparseseg.lock`` for a slide
+written in place, a hidden sibling ``.NAME.sparseseg.lock`` for an output that is replaced by a
+rename (``inside=False``: ingest's DST, a checkpoint, an export). A second command writing into the same
 target fails at once with a message naming the holder. The kernel releases the lock when its
 holder dies (kill -9 included), so a crashed run never blocks the next one; the lock file is
 removed on release.
@@ -20,15 +21,15 @@ from pathlib import Path
 from sparseseg.errors import InputError
 
 
-def lock_path(target: Path) -> Path:
-    target = Path(target)
-    return target / ".sparseseg.lock" if target.is_dir() else target.with_name(f".{target.name}.sparseseg.lock")
+def lock_path(target: Path, inside: bool = True) -> Path:
+    target = Path(target).absolute()
+    return target / ".sparseseg.lock" if inside and target.is_dir() else target.with_name(f".{target.name}.sparseseg.lock")
 
 
 @contextmanager
-def writer_lock(target: str | Path, command: str) -> Iterator[None]:
+def writer_lock(target: str | Path, command: str, inside: bool = True) -> Iterator[None]:
     """Hold the write lock of ``target`` while the block runs; InputError if another command holds it."""
-    path = lock_path(Path(target))
+    path = lock_path(Path(target), inside)
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -13,7 +13,9 @@ import zarr
 from tqdm.auto import tqdm
 
 from sparseseg.errors import InputError
+from sparseseg.io.atomic import staged_outputs
 from sparseseg.io.labels import label_source, resolve_labels
+from sparseseg.io.lock import writer_lock
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.measure.accuracy import accumulate, accuracy_tables
 from sparseseg.measure.objects import MeasureInputs, measure_objects
@@ -41,8 +43,27 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     if info.pixel_size_um is None:
         raise InputError(slide, "records no pixel size; re-ingest it with --pixel-size UM")
     out = Path(out) if out else slide.parent / f"{slide.name.split('.')[0]}-measure"
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "is a file; --out names the folder for the tables and the report")
+    if not out.absolute().parent.is_dir():
+        raise InputError(out, f"folder {out.absolute().parent} does not exist")
     label_array = resolve_labels(slide, labels, shape)
+    with writer_lock(slide, "measure"), staged_outputs(out) as staging:
+        summary = _measure(slide, info, label_array, labels, regions, truth, staging, block, margin, progress, report,
+                           intensities, threads)
+        if "report" in summary:
+            summary["report"] = str(out / Path(summary["report"]).name)
+        if isinstance(label_array, zarr.Array) and (slide / "labels" / labels).is_dir():
+            group = zarr.open_group(slide / "labels" / labels, mode="r+")
+            group.attrs["sparseseg_measure"] = summary.pop("_attrs")
+        summary.pop("_attrs", None)
+    return summary
+
+
+def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: str | None, out: Path, block: int,
+             margin: int, progress: bool, report: bool, intensities: bool, threads: int) -> dict:
+    """Everything ``measure_slide`` writes, into the folder ``out``."""
+    shape = tuple(info.shape[1:])
     image = zarr.open_group(slide, mode="r")["0"]
     rgb = info.n_channels == 3 and info.dtype == np.uint8
     inputs = MeasureInputs(labels=label_array, image=image if intensities else None, pixel_size_um=info.pixel_size_um,
@@ -81,12 +102,9 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
         _figures(slide, info, label_array, per_region, region_set, out)
         summary["report"] = str(write_report(out, slide, summary, per_region, accuracy, accuracy_summary,
                                              accuracy_regions))
-    if isinstance(label_array, zarr.Array) and (slide / "labels" / labels).is_dir():
-        group = zarr.open_group(slide / "labels" / labels, mode="r+")
-        group.attrs["sparseseg_measure"] = {"regions": region_set.kind, "cells": int(n_objects),
-                                            "density_per_mm2": summary["density_per_mm2"],
-                                            "per_region_cells": {str(r): int(c) for r, c in
-                                                                 zip(per_region["region"], per_region["cells"])}}
+    summary["_attrs"] = {"regions": region_set.kind, "cells": int(n_objects),
+                         "density_per_mm2": summary["density_per_mm2"],
+                         "per_region_cells": {str(r): int(c) for r, c in zip(per_region["region"], per_region["cells"])}}
     return summary
 
 
@@ -102,7 +120,9 @@ def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_se
     level = len(info.levels) - 1
     image_level = np.asarray(info.levels[level])
     factor = 2**level
-    labels_low = np.asarray(label_array[factor // 2::factor, factor // 2::factor])[: image_level.shape[1],
-                                                                                   : image_level.shape[2]]
+    rows, cols = (np.minimum(np.arange(n) * factor + factor // 2, size - 1)
+                  for n, size in zip(image_level.shape[1:], label_array.shape))
+    labels_low = np.asarray(label_array[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1])[
+        np.ix_(rows - rows.min(), cols - cols.min())]  # the label under each thumbnail pixel's centre
     thumbnail_with_labels(image_level, labels_low, out / "thumbnail.png")
     density_heatmap(per_region, region_set, out / "density.png")

@@ -6,13 +6,14 @@ so ``torch.load(path, weights_only=True)`` reads it without executing code.
 
 from __future__ import annotations
 
-import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sparseseg.errors import InputError
+from sparseseg.io.atomic import staged_file
 from sparseseg.model.unet import UNet, UNetConfig
 
 FORMAT = "sparseseg-checkpoint-v1"
@@ -27,20 +28,16 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
              "halo": net.halo, "downsampling": net.downsampling, **metadata}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with staged_file(Path(path)) as tmp:
+        torch.save(state, tmp)
 
 
 def update_checkpoint(path: Path, out: Path, **values: Any) -> None:
     """Write ``path``'s checkpoint with ``values`` added or replaced to ``out`` (atomically; may be ``path``)."""
     state = load_checkpoint(path)
     state.update(values)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.partial")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
+    with staged_file(Path(out)) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -49,8 +46,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(path, "checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign or corrupt files
-        raise InputError(path, f"not a loadable sparseseg checkpoint ({type(exc).__name__}: {exc})") from None
+    except pickle.UnpicklingError as exc:  # weights-only refused it: it holds code or objects to execute
+        message = str(exc)
+        detail = "it holds Python objects that loading would have to execute" if "GLOBAL" in message \
+            else "not a torch file, or a damaged one"
+        raise InputError(path, f"not a loadable sparseseg checkpoint ({detail}; sparseseg loads weights only)") \
+            from None
+    except Exception:  # torch raises several types for foreign, truncated or corrupt files
+        raise InputError(path, "not a loadable sparseseg checkpoint (not a torch file, or a damaged or truncated "
+                               "one)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(path, f"not a sparseseg checkpoint (expected format {FORMAT!r})")
     return state

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sparseseg.errors import InputError
+
 LOW_PERCENTILE = 1.0
 HIGH_PERCENTILE = 99.8
 
@@ -37,10 +39,16 @@ def percentile_normalization(pixels: np.ndarray) -> Normalization:
     return Normalization(low=tuple(float(v) for v in low), high=tuple(float(v) for v in high))
 
 
-def slide_normalization(levels, max_px: int = 2048) -> Normalization:
+def slide_normalization(levels, max_px: int = 2048, source=None) -> Normalization:
     """Percentiles of a slide's finest pyramid level that fits ``max_px`` (or its coarsest level).
 
     One rule for training and inference, computed once per slide, so both normalise identically.
+    A level that cannot be read is an InputError naming ``source``.
     """
-    low = next((lv for lv in levels if max(lv.shape[1:]) <= max_px), levels[-1])
-    return percentile_normalization(np.asarray(low))
+    index, low = next(((k, lv) for k, lv in enumerate(levels) if max(lv.shape[1:]) <= max_px),
+                      (len(levels) - 1, levels[-1]))
+    try:
+        pixels = np.asarray(low)
+    except Exception as exc:  # a corrupt chunk
+        raise InputError(source, f"cannot read image level {index}: {type(exc).__name__}: {exc}") from None
+    return percentile_normalization(pixels)

@@ -131,7 +131,7 @@ def plan_segment(slide: str | Path, model: str | Path, options: SegmentOptions) 
     shape = model_grid_shape(source_shape, scale) if scale != 1.0 else source_shape
     plan = BlockPlan(shape=shape, block=options.block, margin=margin, halo=halo, factor=factor)
     levels = info.levels if channels is None else tuple(level[list(channels)] for level in info.levels)
-    normalization = slide_normalization(levels)  # once per slide, never per block
+    normalization = slide_normalization(levels, source=slide)  # once per slide, never per block
     params = instance_params(state.get("instance_params"), options.params)
     pixel_um = (model_um or (slide_um[0] if slide_um else 0.5))
     max_object_px = max(1, int(math.ceil(options.max_object_um / pixel_um)))

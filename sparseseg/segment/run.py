@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sparseseg.cluster import dask_client, workers_spec
 from sparseseg.errors import InputError
+from sparseseg.io.atomic import remove_leftovers
 from sparseseg.io.labels import write_label_pyramid
 from sparseseg.io.lock import writer_lock
 from sparseseg.segment.engine import (BlockRecord, ObjectPixelsGlobal, Resolution, owner_sees_whole,
@@ -196,6 +197,7 @@ def segment_slide(slide: str | Path, model: str | Path, options: SegmentOptions 
     with writer_lock(slide, "segment"):
         if options.overwrite:
             _check_replaceable(plan)
+        remove_leftovers(plan.final)
         _prepare_work(plan, options.resume)
         try:
             result = _run(plan, options)

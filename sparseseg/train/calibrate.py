@@ -21,6 +21,7 @@ from sparseseg.infer.predictor import Predictor
 from sparseseg.instances.dynamics import (InstanceParams, finalize_clusters, flow_errors, merge_lobes,
                                           trajectory_clusters)
 from sparseseg.metrics.sparse import Counts, sparse_counts
+from sparseseg.io.lock import writer_lock
 from sparseseg.model.checkpoint import load_checkpoint, update_checkpoint
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,12 @@ def calibrate_checkpoint(checkpoint: Path, sources, out: Path | None = None, dev
     """Calibrate ``checkpoint`` on ``sources`` and store the parameters in ``out`` (default: the checkpoint
     itself, rewritten atomically). The search starts from the defaults. None (and nothing written) when
     the sources hold no annotated object."""
+    with writer_lock(out or checkpoint, "calibrate", inside=False):
+        return calibrate_unlocked(checkpoint, sources, out, device)
+
+
+def calibrate_unlocked(checkpoint: Path, sources, out: Path | None, device: str | None) -> Calibration | None:
+    """``calibrate_checkpoint`` for a caller that holds the output's writer lock already."""
     state = load_checkpoint(checkpoint)
     start = InstanceParams()
     predictor = replace(Predictor.from_checkpoint(state, device=device), params=start)

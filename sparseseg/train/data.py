@@ -120,7 +120,7 @@ class SlideSource:
         self.n_channels = len(self.channel_names)
         self.pixel_size_um = slide.pixel_size_um
         levels = slide.levels if self.channels is None else tuple(lv[list(self.channels)] for lv in slide.levels)
-        self.normalization = slide_normalization(levels)
+        self.normalization = slide_normalization(levels, source=path)
         coarse, factor = coarse_label_level(root[f"labels/{ANNOTATIONS}"], coarse_max_px)
         self.centres = CentreSampler(coarse > 0, factor)
 

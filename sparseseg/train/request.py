@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sparseseg.errors import InputError
+from sparseseg.io.atomic import remove_leftovers
+from sparseseg.io.lock import writer_lock
 from sparseseg.model.unet import UNetConfig
 from sparseseg.train.loop import TrainConfig
 
@@ -94,6 +96,18 @@ class TrainRequest:
             raise InputError(out, "--resume needs the checkpoint of the run to continue, which does not exist")
         if out.exists() and not (self.resume or self.overwrite):
             raise InputError(out, "already exists (use --overwrite to replace it, or --resume to continue it)")
+        if out.exists() and self.overwrite:
+            from sparseseg.model.checkpoint import load_checkpoint
+
+            try:
+                load_checkpoint(out)
+            except InputError:
+                raise InputError(out, "exists and is not a sparseseg checkpoint; --overwrite only replaces those") \
+                    from None
+        factor = 2 ** self.model.depth
+        if self.config.patch < 2 * factor or self.config.patch % factor:
+            raise InputError(None, f"--patch must be a multiple of {factor} (2 ** depth) and at least {2 * factor}, "
+                                   f"got {self.config.patch}")
         if not os.access(out.parent, os.W_OK):
             raise InputError(out, f"folder {out.parent} is not writable")
 
@@ -119,6 +133,12 @@ def run_training(request: TrainRequest, progress: bool = True) -> dict:
 
     Returns {'history': [...], 'step': n, 'calibration': {...} or None}.
     """
+    with writer_lock(request.out, "train", inside=False):
+        remove_leftovers(request.out)
+        return _run_training(request, progress)
+
+
+def _run_training(request: TrainRequest, progress: bool) -> dict:
     from sparseseg.train.distributed import train_on_dask
     from sparseseg.train.loop import train
 
@@ -133,9 +153,9 @@ def run_training(request: TrainRequest, progress: bool = True) -> dict:
                        progress=progress, val_sources=val_sources, channels=channel_names(sources))
     result["calibration"] = None
     if request.calibrate:
-        from sparseseg.train.calibrate import calibrate_checkpoint
+        from sparseseg.train.calibrate import calibrate_unlocked
 
-        calibration = calibrate_checkpoint(request.out, val_sources, device=request.config.device)
+        calibration = calibrate_unlocked(request.out, val_sources, None, request.config.device)  # lock held above
         result["calibration"] = calibration.to_dict() if calibration else None
     return result
 

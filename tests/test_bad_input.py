@@ -1,0 +1,215 @@
+"""Bad input and faults against every command: one stderr line naming the file or option, exit code 2, no
+traceback, no new file, and every output that existed before byte-identical afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from conftest import DSB
+
+from sparseseg.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) with a hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, fluo_model, fluo_training_folders) -> Path:
+    """A workspace as a user has it: a source image, its slide with a segmentation, a model, training data."""
+    root = tmp_path_factory.mktemp("bad-input")
+    pixels = iio.imread(DSB / "images" / "fluo_0402a81e.png")
+    tifffile.imwrite(root / "fluo.tif", pixels, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    shutil.copy(fluo_model, root / "model.pt")
+    shutil.copytree(fluo_training_folders["images"], root / "images")
+    shutil.copytree(fluo_training_folders["annotations"], root / "annotations")
+    assert main(["ingest", str(root / "fluo.tif"), str(root / "slide.ome.zarr"), "-q", "--chunk", "128"]) == 0
+    assert main(["segment", str(root / "slide.ome.zarr"), "--model", str(root / "model.pt"), "--block", "128",
+                 "-q"]) == 0
+    shutil.copytree(root / "slide.ome.zarr" / "labels" / "tissue", root / "slide.ome.zarr" / "labels" / "manual")
+    (root / "notes.txt").write_text("a text file, not an image\n")
+    (root / "folder").mkdir()
+    nan = np.full((64, 64), np.nan, np.float32)
+    tifffile.imwrite(root / "nan.tif", nan)
+    bad_images = root / "bad-annotations"
+    (bad_images / "images").mkdir(parents=True)
+    (bad_images / "annotations").mkdir()
+    shutil.copy(root / "images" / "fluo_0402a81e.png", bad_images / "images")
+    (bad_images / "annotations" / "fluo_0402a81e.tif").write_text("not a TIFF at all\n")
+    for name, geometry in (("null", None),
+                           ("nan", {"type": "Polygon", "coordinates": [[[1, 1], [float("nan"), 2], [2, 2], [1, 1]]]})):
+        (root / f"{name}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": geometry, "properties": {"classification": {"name": "Nucleus"}}}]}))
+    tifffile.imwrite(root / "small-labels.tif", np.zeros((10, 10), np.uint16))
+    # a copy of the slide with a chunk missing (a damaged copy) and one with a corrupt chunk
+    shutil.copytree(root / "slide.ome.zarr", root / "missing.ome.zarr")
+    (root / "missing.ome.zarr" / "0" / "0" / "1" / "1").unlink()
+    shutil.copytree(root / "slide.ome.zarr", root / "corrupt.ome.zarr")
+    (root / "corrupt.ome.zarr" / "0" / "0" / "1" / "1").write_bytes(b"\x00" * 100)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, root / "evil.pt")
+    (root / "junk.pt").write_bytes(b"garbage" * 100)
+    rgb = iio.imread(DSB / "images" / "he_65c8527c.png")[..., :3]
+    tifffile.imwrite(root / "rgb.tif", rgb, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER",
+                     photometric="rgb")
+    assert main(["ingest", str(root / "rgb.tif"), str(root / "rgb.ome.zarr"), "-q"]) == 0
+    return root
+
+
+S, M = "slide.ome.zarr", "model.pt"
+CASES = [  # (id, argv with {w} for the workspace, text the one error line must contain)
+    ("ingest-missing-source", ["ingest", "{w}/nope.tif", "{w}/x.ome.zarr"], "nope.tif"),
+    ("ingest-text-file", ["ingest", "{w}/notes.txt", "{w}/x.ome.zarr"], "notes.txt"),
+    ("ingest-nan-pixels", ["ingest", "{w}/nan.tif", "{w}/x.ome.zarr"], "NaN"),
+    ("ingest-pixel-size-nan", ["ingest", "{w}/fluo.tif", "{w}/x.ome.zarr", "--pixel-size", "nan"], "--pixel-size"),
+    ("ingest-pixel-size-inf", ["ingest", "{w}/fluo.tif", "{w}/x.ome.zarr", "--pixel-size", "inf"], "--pixel-size"),
+    ("ingest-pixel-size-negative", ["ingest", "{w}/fluo.tif", "{w}/x.ome.zarr", "--pixel-size", "-1"], "--pixel-size"),
+    ("ingest-chunk", ["ingest", "{w}/fluo.tif", "{w}/x.ome.zarr", "--chunk", "100"], "--chunk"),
+    ("ingest-exists", ["ingest", "{w}/fluo.tif", "{w}/" + S], "already exists"),
+    ("ingest-overwrite-source-folder", ["ingest", "{w}/images/fluo_0402a81e.png", "{w}/images", "--overwrite"],
+     "holds the source"),
+    ("ingest-overwrite-plain-file", ["ingest", "{w}/fluo.tif", "{w}/notes.txt", "--overwrite"], "is a file"),
+    ("ingest-overwrite-other-folder", ["ingest", "{w}/fluo.tif", "{w}/annotations", "--overwrite"],
+     "not a slide written by"),
+    ("ingest-missing-parent", ["ingest", "{w}/fluo.tif", "{w}/no/such/x.ome.zarr"], "does not exist"),
+    ("ingest-missing-chunk", ["ingest", "{w}/missing.ome.zarr", "{w}/x.ome.zarr"], "missing 1 of"),
+    ("ingest-unwritable", ["ingest", "{w}/fluo.tif", "/proc/sparseseg-x.ome.zarr"], "/proc"),
+    ("info-missing", ["info", "{w}/nope.ome.zarr"], "nope.ome.zarr"),
+    ("info-not-a-slide", ["info", "{w}/folder"], "folder"),
+    ("annotations-null-geometry", ["annotations", "import", "{w}/" + S, "{w}/null.geojson"], "has no geometry"),
+    ("annotations-nan-coordinate", ["annotations", "import", "{w}/" + S, "{w}/nan.geojson"], "NaN"),
+    ("annotations-wrong-shape", ["annotations", "import", "{w}/" + S, "{w}/small-labels.tif"], "small-labels.tif"),
+    ("annotations-missing-file", ["annotations", "import", "{w}/" + S, "{w}/nope.tif"], "nope.tif"),
+    ("annotations-class-map", ["annotations", "import", "{w}/" + S, "{w}/null.geojson", "--class-map", "x"],
+     "--class-map"),
+    ("annotations-not-a-slide", ["annotations", "import", "{w}/folder", "{w}/null.geojson"], "folder"),
+    ("annotations-text-as-labels", ["annotations", "import", "{w}/" + S, "{w}/notes.txt"], "notes.txt"),
+    ("train-patch", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out", "{w}/new.pt",
+                     "--patch", "7"], "--patch"),
+    ("train-batch", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out", "{w}/new.pt",
+                     "--batch", "0"], "--batch"),
+    ("train-lr", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out", "{w}/new.pt",
+                  "--lr", "-1"], "--lr"),
+    ("train-minutes", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out", "{w}/new.pt",
+                       "--minutes", "0"], "--minutes"),
+    ("train-out-exists", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out", "{w}/" + M,
+                          "--minutes", "0.01"], "already exists"),
+    ("train-out-folder", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out", "{w}/folder"],
+     "is a folder"),
+    ("train-out-missing-folder", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out",
+                                  "{w}/no/such/m.pt"], "does not exist"),
+    ("train-overwrite-not-checkpoint", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations",
+                                        "--out", "{w}/notes.txt", "--overwrite"], "not a sparseseg checkpoint"),
+    ("train-text-annotation", ["train", "--images", "{w}/bad-annotations/images", "--annotations",
+                               "{w}/bad-annotations/annotations", "--out", "{w}/new.pt"], "fluo_0402a81e.tif"),
+    ("train-images-without-annotations", ["train", "--images", "{w}/images", "--out", "{w}/new.pt"], "--annotations"),
+    ("train-resume-nothing", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out",
+                              "{w}/new.pt", "--resume"], "--resume"),
+    ("segment-block-not-multiple", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--block", "7"], "--block"),
+    ("segment-block-zero", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--block", "0"], "--block"),
+    ("segment-block-negative", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--block", "-256"], "--block"),
+    ("segment-margin", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--margin", "-1"], "--margin"),
+    ("segment-workers", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--workers", "-2"], "--workers"),
+    ("segment-threads", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--threads", "-1"], "--threads"),
+    ("segment-name-escapes", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--name", "../../evil"], "--name"),
+    ("segment-name-nested", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--name", "a/b"], "--name"),
+    ("segment-name-reserved", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--name", "tissue", "--overwrite"],
+     "reserved"),
+    ("segment-exists", ["segment", "{w}/" + S, "--model", "{w}/" + M], "already exists"),
+    ("segment-overwrite-foreign", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--name", "manual", "--overwrite"],
+     "not written by `sparseseg segment`"),
+    ("segment-model-missing", ["segment", "{w}/" + S, "--model", "{w}/nope.pt", "--name", "x"], "nope.pt"),
+    ("segment-model-junk", ["segment", "{w}/" + S, "--model", "{w}/junk.pt", "--name", "x"], "junk.pt"),
+    ("segment-model-evil", ["segment", "{w}/" + S, "--model", "{w}/evil.pt", "--name", "x"], "weights only"),
+    ("segment-channels-mismatch", ["segment", "{w}/rgb.ome.zarr", "--model", "{w}/" + M], "--channels"),
+    ("segment-channel-unknown", ["segment", "{w}/rgb.ome.zarr", "--model", "{w}/" + M, "--channels", "DAPI"], "DAPI"),
+    ("segment-missing-chunk", ["segment", "{w}/missing.ome.zarr", "--model", "{w}/" + M, "--name", "x"], "missing"),
+    ("segment-corrupt-chunk", ["segment", "{w}/corrupt.ome.zarr", "--model", "{w}/" + M, "--name", "x",
+                               "--block", "128"], "corrupt.ome.zarr"),
+    ("segment-max-object", ["segment", "{w}/" + S, "--model", "{w}/" + M, "--max-object-um", "0"], "--max-object-um"),
+    ("measure-threads", ["measure", "{w}/" + S, "--threads", "0"], "--threads"),
+    ("measure-regions", ["measure", "{w}/" + S, "--regions", "hexagons", "--out", "{w}/m"], "hexagons"),
+    ("measure-labels-missing", ["measure", "{w}/" + S, "--labels", "nope", "--out", "{w}/m"], "nope"),
+    ("measure-out-file", ["measure", "{w}/" + S, "--out", "{w}/notes.txt"], "notes.txt"),
+    ("measure-out-parent", ["measure", "{w}/" + S, "--out", "{w}/no/such/m"], "does not exist"),
+    ("measure-truth-missing", ["measure", "{w}/" + S, "--truth", "nope", "--out", "{w}/m"], "nope"),
+    ("export-missing-folder", ["export", "geojson", "{w}/" + S, "--out", "{w}/no/such/c.geojson"], "does not exist"),
+    ("export-onto-folder", ["export", "geojson", "{w}/" + S, "--out", "{w}/folder"], "is a folder"),
+    ("export-labels-missing", ["export", "geojson", "{w}/" + S, "--labels", "nope", "--out", "{w}/c.geojson"], "nope"),
+    ("calibrate-model-missing", ["calibrate", "--model", "{w}/nope.pt", "--images", "{w}/images", "--annotations",
+                                 "{w}/annotations"], "nope.pt"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, work, capsys):
+    _, argv, expected = case
+    before = _snapshot(work)
+    quiet = ["-q"] if argv[0] in ("ingest", "train", "segment", "measure") else []  # no progress bars on stderr
+    code = main([a.format(w=work) for a in argv] + quiet)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert expected in lines[0], lines[0]
+    assert "weights_only=False" not in err
+    assert _snapshot(work) == before, "files were created, changed or removed"
+
+
+def test_a_closed_pipe_is_one_line_not_a_traceback(work):
+    reader = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read(1)"], stdin=subprocess.PIPE)
+    writer = subprocess.run([sys.executable, "-m", "sparseseg.cli", "info", str(work / S)], stdout=reader.stdin,
+                            stderr=subprocess.PIPE, text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    reader.wait(timeout=30)
+    assert "Traceback" not in writer.stderr and len(writer.stderr.strip().splitlines()) <= 1
+
+
+def test_a_killed_export_leaves_no_debris_for_the_next_run(work, tmp_path):
+    out = tmp_path / "cells.geojson"
+    (tmp_path / ".cells.geojson.partial-deadbeef").write_text("half written by a run that was killed")
+    assert main(["export", "geojson", str(work / S), "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.geojson"]
+
+
+def test_concurrent_segments_on_one_slide_never_corrupt_each_other(work, tmp_path):
+    """The second writer fails at once with one line naming the holder; the first one's labels are exact."""
+    slide = tmp_path / "slide.ome.zarr"
+    shutil.copytree(work / S, slide)
+    reference = zarr.open_group(slide, mode="r")["labels/cells/0"][...]
+    command = [sys.executable, "-m", "sparseseg.cli", "segment", str(slide), "--model", str(work / M), "-q",
+               "--overwrite"]
+    rounds = int(os.environ.get("SPARSESEG_CONCURRENT_ROUNDS", "2"))
+    for _ in range(rounds):
+        first = subprocess.Popen(command + ["--block", "128"], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (slide / ".sparseseg.lock").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = subprocess.run(command + ["--block", "256"], stderr=subprocess.PIPE, text=True, timeout=120)
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+        assert second.returncode == 2 and "another sparseseg command (segment" in second.stderr, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        np.testing.assert_array_equal(zarr.open_group(slide, mode="r")["labels/cells/0"][...], reference)
+        debris = [p.name for p in (slide / "labels").iterdir() if p.name.startswith(".") and p.name not in
+                  (".zattrs", ".zgroup")]
+        assert not debris and not (slide / ".sparseseg.lock").exists()
