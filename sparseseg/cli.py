@@ -165,7 +165,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                              scheduler=args.scheduler, device=args.device, threads=args.threads, batch=args.batch,
                              resume=args.resume, overwrite=args.overwrite, large_objects=args.large_objects,
                              max_object_um=args.max_object_um, params=_instance_overrides(args),
-                             channels=args.channels, progress=not args.quiet)
+                             channels=args.channels, fill_missing=args.fill_missing, progress=not args.quiet)
     result = segment_slide(args.slide, args.model, options)
     left_out = result.too_large + result.dropped_objects
     print(f"wrote {result.labels}: {result.n_objects} objects from {result.n_blocks} blocks "
@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-object-um", type=positive_float, default=200.0, metavar="UM",
                    help="largest object extent grown for (default 200 um)")
     p.add_argument("--overwrite", action="store_true", help="replace a label group an earlier segment wrote")
+    p.add_argument("--fill-missing", action="store_true",
+                   help="read image chunks missing on disk as the fill value (default: refuse such a slide)")
     _add_instance_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)

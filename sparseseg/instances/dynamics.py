@@ -28,7 +28,7 @@ class InstanceParams:
     min_size: int = 15                 # objects with fewer pixels are dropped
     flow_error_threshold: float = 0.6  # mean squared flow difference per object (0 = perfect, 4 = opposite)
     n_steps: int = 50                  # Euler steps: a fixed count, so a block integrates as the whole image does
-    merge_ratio: float = 0.5           # merge touching clusters whose saddle distance >= ratio x the lower peak
+    merge_ratio: float = 0.0           # > 0: merge touching clusters whose saddle distance >= ratio x the lower peak
 
 
 FIXED_POINT_BITS = 16  # positions in 1/65536 px: integer arithmetic is exact and translation-invariant

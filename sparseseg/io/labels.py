@@ -42,7 +42,7 @@ def image_levels(slide_path: Path) -> tuple[str, list[tuple[int, int]], tuple[fl
     """(NGFF version, level (Y, X) shapes, level-0 pixel size, chunk edge) of the slide image."""
     from sparseseg.io.omezarr import open_omezarr_slide
 
-    slide = open_omezarr_slide(Path(slide_path))
+    slide = open_omezarr_slide(Path(slide_path), fill_missing=True)  # metadata only: no chunk is read
     group = zarr.open_group(slide_path, mode="r")
     version, attrs = read_ome_attrs(group)
     datasets = attrs["multiscales"][0]["datasets"]

@@ -41,6 +41,7 @@ class SegmentOptions:
     max_object_um: float = 200.0
     params: dict[str, Any] = field(default_factory=dict)
     channels: tuple[str, ...] | None = None
+    fill_missing: bool = False   # read image chunks missing on disk as the fill value (default: refuse the slide)
     progress: bool = True
 
     def __post_init__(self):

@@ -99,7 +99,7 @@ def tissue_skips(slide_path: Path, plan: BlockPlan) -> frozenset:
 def plan_segment(slide: str | Path, model: str | Path, options: SegmentOptions) -> SegmentPlan:
     """Check the inputs and plan the run; raises InputError naming the file or option at fault."""
     slide, model = Path(slide), Path(model)
-    info = open_omezarr_slide(slide)
+    info = open_omezarr_slide(slide, fill_missing=options.fill_missing)
     state = load_checkpoint(model)
     channels = select_channels(options.channels, info.channel_names, slide)
     n_channels = len(channels) if channels is not None else info.n_channels

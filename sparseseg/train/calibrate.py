@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.5, 0.7)
 DISTANCE_OFFSETS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5)   # px, around the current threshold
-STEP_FACTORS = (0.6, 1.0, 1.6)
-MERGE_RATIOS = (0.3, 0.5, 0.7, math.inf)
+STEP_FACTORS = (0.5, 1.0, 2.0, 3.2)  # objects of ~10 to ~80 px across
+MERGE_RATIOS = (0.0, 0.3, 0.5, 0.7)  # 0: lobes never merged
 FLOW_ERRORS = (0.2, 0.4, 0.6, 0.8, 1.2, math.inf)
 MIN_SIZE_FACTORS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
@@ -102,7 +102,7 @@ def _clusters(sample: Sample, params: InstanceParams, device: str) -> np.ndarray
 
 
 def calibrate(samples: list[Sample], start: InstanceParams, device: str = "cpu") -> Calibration:
-    """Coordinate search from ``start``: distance threshold and Euler steps (each needs new trajectories),
+    """Coordinate search from ``start``: Euler steps and distance threshold (each needs new trajectories),
     then the merge ratio, then flow-error threshold x minimum size (cheap: the same clusters)."""
     if not samples:
         raise ValueError("no annotated object to calibrate on")
@@ -120,19 +120,19 @@ def calibrate(samples: list[Sample], start: InstanceParams, device: str = "cpu")
         [finalize_clusters(merge_lobes(_clusters(s, start, device), s.fields[0], start.merge_ratio).astype(np.uint32),
                            s.fields[1:3], start) for s in samples], samples)
     best, best_score = start, default_score
-    for offset in DISTANCE_OFFSETS:
-        params = replace(start, distance_threshold=start.distance_threshold + offset)
+    for factor in STEP_FACTORS:  # the steps first: they matter most, and scale with the object size in pixels
+        params = replace(best, n_steps=max(5, int(round(start.n_steps * factor))))
         score, _, _ = evaluate(params)
         if score > best_score:
             best, best_score = params, score
-    for factor in STEP_FACTORS:
-        params = replace(best, n_steps=max(5, int(round(start.n_steps * factor))))
+    for offset in DISTANCE_OFFSETS:
+        params = replace(best, distance_threshold=start.distance_threshold + offset)
         score, _, _ = evaluate(params)
         if score > best_score:
             best, best_score = params, score
     raw = [_clusters(s, best, device) for s in samples]
     for ratio in MERGE_RATIOS:
-        params = replace(best, merge_ratio=ratio if math.isfinite(ratio) else 1e9)
+        params = replace(best, merge_ratio=ratio)
         score, _, _ = evaluate(params, raw)
         if score > best_score:
             best, best_score = params, score
