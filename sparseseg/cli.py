@@ -89,7 +89,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     dst = ingest(args.src, args.dst, ngff=args.ngff, pixel_size_um=args.pixel_size, chunk=args.chunk,
                  tissue=args.tissue, overwrite=args.overwrite, progress=not args.quiet,
-                 fill_missing=args.fill_missing)
+                 fill_missing=args.fill_missing, reader=args.reader)
     print(f"wrote {dst}")
     return 0
 
@@ -230,9 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (and tracebacks)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
-    p = sub.add_parser("ingest", help="convert a slide (SVS, OME-TIFF, TIFF, PNG, OME-Zarr) to an OME-Zarr pyramid",
+    p = sub.add_parser("ingest", help="convert a slide (SVS, NDPI, MRXS, SCN, BIF, Philips, DICOM WSI, OME-TIFF, TIFF, "
+                       "PNG, OME-Zarr) to an OME-Zarr pyramid",
                        description="Convert a slide into an OME-Zarr image pyramid with a tissue mask label.")
-    p.add_argument("src", type=Path, help="SVS / OME-TIFF / tiled TIFF / PNG / OME-Zarr source")
+    p.add_argument("src", type=Path, help="slide file (any OpenSlide format, OME-TIFF, TIFF, PNG/JPEG), DICOM WSI "
+                   "folder or OME-Zarr")
     p.add_argument("dst", type=Path, help="output directory, e.g. slide.ome.zarr")
     p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4",
                    help="NGFF version: 0.4 (zarr v2, read by most viewers and QuPath; default) or 0.5 (zarr v3)")
@@ -246,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace DST if it is an OME-Zarr written by sparseseg (only once the new one is complete)")
     p.add_argument("--fill-missing", action="store_true",
                    help="read missing chunks of an OME-Zarr source as its fill value (default: an error)")
+    p.add_argument("--reader", choices=("auto", "tifffile", "openslide", "wsidicom", "zarr", "image"), default="auto",
+                   help="auto (default): tifffile for the TIFFs it reads itself (SVS, OME-TIFF, NDPI, generic), "
+                        "OpenSlide for other vendor formats (MRXS, SCN, BIF, Philips...), wsidicom for DICOM WSI")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_ingest)
 
@@ -393,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # tifffile logs every oddity it repairs, distributed every worker start, and
         logging.getLogger("tifffile").setLevel(logging.ERROR)  # libraries' warnings are not the user's business
         logging.getLogger("distributed").setLevel(logging.ERROR)
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
         warnings.simplefilter("ignore")
     command = "sparseseg " + " ".join(filter(None, [args.command, getattr(args, "action", None)]))
     try:

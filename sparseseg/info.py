@@ -40,7 +40,9 @@ def describe_slide(path: str | Path) -> dict[str, Any]:
             first = label_group[one["multiscales"][0]["datasets"][0]["path"]]
             labels[name] = {"levels": len(one["multiscales"][0]["datasets"]), "dtype": str(first.dtype),
                             "shape": list(first.shape)}
+    ingested = dict(group.attrs).get("sparseseg", {}).get("ingest", {})
     return {"path": str(path), "ngff": version, "zarr_format": group.metadata.zarr_format,
+            "source": ingested.get("source"), "reader": ingested.get("format"),
             "dtype": str(slide.dtype), "channels": list(slide.channel_names),
             "pixel_size_um": slide.pixel_size_um, "levels": levels, "labels": labels}
 
@@ -49,9 +51,11 @@ def format_description(info: dict[str, Any]) -> str:
     def size(ps):
         return "unknown" if ps is None else f"{ps[0]:.4g} x {ps[1]:.4g} um"
 
-    lines = [f"{info['path']}  (NGFF {info['ngff']}, zarr v{info['zarr_format']})",
-             f"dtype {info['dtype']}, channels {', '.join(info['channels'])}, pixel size {size(info['pixel_size_um'])}",
-             "levels:"]
+    lines = [f"{info['path']}  (NGFF {info['ngff']}, zarr v{info['zarr_format']})"]
+    if info.get("source"):
+        lines.append(f"ingested from {info['source']} ({info['reader']})")
+    lines += [f"dtype {info['dtype']}, channels {', '.join(info['channels'])}, pixel size {size(info['pixel_size_um'])}",
+              "levels:"]
     for lv in info["levels"]:
         lines.append(f"  {lv['path']}: shape {tuple(lv['shape'])} chunks {tuple(lv['chunks'])} "
                      f"pixel {size(lv['pixel_size_um'])}")

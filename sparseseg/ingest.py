@@ -130,7 +130,7 @@ def check_replaceable(dst: Path, src: Path) -> None:
 
 def ingest(src: str | Path, dst: str | Path, *, ngff: str = "0.4", pixel_size_um: float | None = None,
            chunk: int = 1024, tissue: str = "auto", overwrite: bool = False, progress: bool = False,
-           fill_missing: bool = False) -> Path:
+           fill_missing: bool = False, reader: str = "auto") -> Path:
     """Convert ``src`` (SVS, TIFF, PNG/JPEG or OME-Zarr) into an OME-Zarr pyramid at ``dst``.
 
     One ingest at a time per DST; ``overwrite`` replaces only a slide ``ingest`` wrote, and only once
@@ -141,7 +141,7 @@ def ingest(src: str | Path, dst: str | Path, *, ngff: str = "0.4", pixel_size_um
         raise InputError(None, f"--chunk must be a multiple of 16 and >= 64, got {chunk}")
     if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
         raise InputError(None, f"--pixel-size must be a finite number > 0, got {pixel_size_um}")
-    slide = open_slide(src, chunk=chunk, fill_missing=fill_missing).with_pixel_size(pixel_size_um)
+    slide = open_slide(src, chunk=chunk, fill_missing=fill_missing, reader=reader).with_pixel_size(pixel_size_um)
     if dst.absolute() == src.absolute():
         raise InputError(dst, "destination is the source itself")
     if dst.exists() and not overwrite:

@@ -22,7 +22,7 @@ from sparseseg.tissue import resample_mask_block
                                                 (GENERIC_TIFF, "tiff", 4)])
 def test_tiff_kinds_open_as_the_same_slide(path, fmt, n_levels):
     slide = open_slide(path)
-    assert slide.source_format == fmt
+    assert slide.source_format == f"{fmt} (tifffile)"
     assert slide.shape == (3, 2967, 2220) and slide.dtype == np.uint8
     assert len(slide.levels) == n_levels
     np.testing.assert_allclose(slide.pixel_size_um, (0.499, 0.499))

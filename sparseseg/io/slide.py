@@ -91,36 +91,66 @@ def check_dtype(path: Path, dtype: np.dtype) -> None:
                                "convert the image first")
 
 
+#: Readers ``open_slide`` can use; "auto" picks tifffile wherever it reads the file itself.
+READERS = ("auto", "tifffile", "openslide", "wsidicom", "zarr", "image")
+#: OpenSlide vendors whose TIFF files tifffile reads itself (the rest go through OpenSlide).
+_TIFFFILE_VENDORS = (None, "aperio", "generic-tiff", "hamamatsu")
+
+
 def sniff_format(path: Path) -> str:
-    """'tiff', 'png', 'jpeg' or 'zarr' from the file's content (not its suffix)."""
+    """'tiff', 'png', 'jpeg', 'zarr', 'dicom' or 'openslide' from the file's content (not its suffix)."""
+    from sparseseg.io.dicom import is_dicom
+    from sparseseg.io.openslide import openslide_format
+
     if path.is_dir():
         if any((path / name).exists() for name in (".zgroup", "zarr.json", ".zattrs")):
             return "zarr"
-        raise InputError(path, "is a directory but not a zarr group (no .zgroup or zarr.json)")
+        if is_dicom(path):
+            return "dicom"
+        raise InputError(path, "is a directory but neither a zarr group (no .zgroup or zarr.json) nor a DICOM "
+                               "whole-slide image (no .dcm file)")
     if not path.exists():
         raise InputError(path, "no such file or directory")
     with path.open("rb") as fh:
         head = fh.read(8)
     if head[:4] in _TIFF_MAGIC:
-        return "tiff"
+        return "tiff" if openslide_format(path) in _TIFFFILE_VENDORS else "openslide"
     if head == _PNG_MAGIC:
         return "png"
     if head[:3] == _JPEG_MAGIC:
         return "jpeg"
-    raise InputError(path, "not a supported image file (expected TIFF/SVS, PNG, JPEG or an OME-Zarr directory)")
+    if is_dicom(path):
+        return "dicom"
+    if openslide_format(path) is not None:  # MRXS, VMS, SVSLIDE, ...
+        return "openslide"
+    raise InputError(path, "not a supported image file (expected a slide OpenSlide or tifffile reads, a DICOM WSI, "
+                           "PNG, JPEG or an OME-Zarr directory)")
 
 
-def open_slide(path: str | Path, chunk: int = 1024, fill_missing: bool = False) -> Slide:
+def open_slide(path: str | Path, chunk: int = 1024, fill_missing: bool = False, reader: str = "auto") -> Slide:
     """Open any supported slide lazily; ``chunk`` sets the dask block edge of every level.
 
-    ``fill_missing``: read chunks missing from an OME-Zarr source as its fill value (default: refuse).
+    ``reader``: "auto" (tifffile for the TIFFs it reads itself, OpenSlide for vendor formats,
+    wsidicom for DICOM WSI) or one of ``READERS`` to force it. ``fill_missing``: read chunks missing
+    from an OME-Zarr source as its fill value (default: refuse).
     """
     path = Path(path)
-    kind = sniff_format(path)
+    if reader not in READERS:
+        raise InputError(None, f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
+    kind = sniff_format(path) if reader == "auto" else {"tifffile": "tiff", "wsidicom": "dicom",
+                                                        "image": "png"}.get(reader, reader)
     if kind == "tiff":
         from sparseseg.io.tiff import open_tiff_slide
 
         slide = open_tiff_slide(path, chunk=chunk)
+    elif kind == "openslide":
+        from sparseseg.io.openslide import open_openslide_slide
+
+        slide = open_openslide_slide(path, chunk=chunk)
+    elif kind == "dicom":
+        from sparseseg.io.dicom import open_dicom_slide
+
+        slide = open_dicom_slide(path, chunk=chunk)
     elif kind == "zarr":
         from sparseseg.io.omezarr import open_omezarr_slide
 

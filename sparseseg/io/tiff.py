@@ -95,7 +95,8 @@ def _pixel_size_from_svs(page: tifffile.TiffPage) -> tuple[float, float] | None:
     return None if mpp is None else (float(mpp), float(mpp))
 
 
-def _pixel_size_from_resolution(page: tifffile.TiffPage) -> tuple[float, float] | None:
+def _pixel_size_from_resolution(page: tifffile.TiffPage, plausible_um: float = _MAX_PLAUSIBLE_PIXEL_UM
+                                ) -> tuple[float, float] | None:
     unit = page.tags.get("ResolutionUnit")
     xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
     if unit is None or xres is None or yres is None:
@@ -107,7 +108,7 @@ def _pixel_size_from_resolution(page: tifffile.TiffPage) -> tuple[float, float] 
     if not (xn and yn):
         return None
     size = (per_unit_um * yd / yn, per_unit_um * xd / xn)
-    if max(size) > _MAX_PLAUSIBLE_PIXEL_UM:
+    if max(size) > plausible_um:
         log.info("%s: ignoring resolution tag (%.1f um/px is a display default)", page.parent.filehandle.name, size[0])
         return None
     return size
@@ -143,6 +144,8 @@ def open_tiff_slide(path: Path, chunk: int = 1024) -> Slide:
             fmt, pixel_size = "svs", _pixel_size_from_svs(tif.pages[0])
         elif tif.is_ome:
             fmt, pixel_size = "ome-tiff", _pixel_size_from_ome(tif)
+        elif tif.is_ndpi:
+            fmt, pixel_size = "ndpi", _pixel_size_from_resolution(keyframe, plausible_um=_MAX_PLAUSIBLE_PIXEL_UM)
         else:
             fmt, pixel_size = "tiff", _pixel_size_from_resolution(keyframe)
         levels = []
@@ -154,7 +157,7 @@ def open_tiff_slide(path: Path, chunk: int = 1024) -> Slide:
             levels.append(_channel_first(path, lazy, level.axes))
         if not levels[0].size:
             raise InputError(path, "TIFF image is empty")
-    return Slide(path=path, source_format=fmt, levels=tuple(levels), pixel_size_um=pixel_size,
+    return Slide(path=path, source_format=f"{fmt} (tifffile)", levels=tuple(levels), pixel_size_um=pixel_size,
                  channel_names=default_channel_names(levels[0].shape[0]))
 
 
