@@ -201,6 +201,26 @@ def _cmd_export_geojson(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    import time
+    import webbrowser
+
+    from sparseseg.view import serve
+
+    viewer = serve(args.slide, labels=args.labels, port=args.port)
+    print(f"serving {args.slide} on {viewer.base_url}/data/ (this machine only); Ctrl-C stops")
+    print(f"neuroglancer: {viewer.url}", flush=True)
+    if not args.no_browser:
+        webbrowser.open(viewer.url)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        viewer.close()
+        print("stopped")
+        return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sparseseg.demo import run_demo
 
@@ -372,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outline the parts of a disconnected object lying within PX of the same tile seam as one "
                    "feature (default 64); connected objects of any size are always exported whole")
     p.set_defaults(func=_cmd_export_geojson)
+
+    p = sub.add_parser("view", help="look at a slide and its labels in neuroglancer (served on 127.0.0.1)",
+                       description="Serve the slide (read-only) and neuroglancer's web client on 127.0.0.1 and open "
+                       "the viewer: the image at its physical scale (RGB in colour), each label group as a "
+                       "segmentation layer. Works offline; stops with Ctrl-C.")
+    p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
+    p.add_argument("--labels", type=names, metavar="NAME[,NAME]", help="label groups to show (default: all)")
+    p.add_argument("--port", type=non_negative_int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="print the URL only")
+    p.set_defaults(func=_cmd_view)
 
     p = sub.add_parser("demo", help="run the pipeline on the bundled CC0 demo slide",
                        description="Run the main job on the bundled CC0 slide and print where the outputs are.")

@@ -90,9 +90,8 @@ def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -
     for name, path in outputs.items():
         print(f"  {name:8s} {path}")
     print("\nview them:")
+    print(f"  browser:  sparseseg view {slide}   (neuroglancer on 127.0.0.1, offline)")
     print(f"  napari:   pip install napari[all] napari-ome-zarr && napari --plugin napari-ome-zarr {slide}")
-    print(f"  browser:  python -m http.server -d {out_dir} 8000, then open "
-          f"https://hms-dbmi.github.io/vizarr/?source=http://localhost:8000/{slide.name}")
     print(f"  report:   open {measure_dir / 'report.html'} in a browser")
     print(f"  QuPath:   File > Import objects, choose {geojson}")
     return outputs
