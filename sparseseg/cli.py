@@ -196,7 +196,7 @@ def _cmd_export_geojson(args: argparse.Namespace) -> int:
     from sparseseg.export.geojson import export_slide_geojson
 
     count = export_slide_geojson(Path(args.slide), args.labels, Path(args.out), classification=args.classification,
-                                 margin=args.margin)
+                                 margin=args.margin, object_type=args.object_type, measurements=args.measurements)
     print(f"wrote {count} detections to {args.out}")
     return 0
 
@@ -388,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default="cells", metavar="NAME_OR_FILE", help="label group or label image file")
     p.add_argument("--out", required=True, metavar="F", help="cells.geojson or cells.geojson.gz")
     p.add_argument("--classification", default="Nucleus", help="QuPath class of the detections (default Nucleus)")
+    p.add_argument("--object-type", choices=("detection", "cell"), default="detection",
+                   help="QuPath object type: detection (default) or cell (the nucleus as the cell's nucleus)")
+    p.add_argument("--measurements", type=Path, metavar="objects.parquet",
+                   help="add the object table of `sparseseg measure` as QuPath measurements (area, perimeter, "
+                        "circularity, H&E densities, channel means)")
     p.add_argument("--margin", type=non_negative_int, default=64, metavar="PX",
                    help="outline the parts of a disconnected object lying within PX of the same tile seam as one "
                    "feature (default 64); connected objects of any size are always exported whole")

@@ -252,7 +252,7 @@ def test_geojson_export_is_valid_and_rasterises_back(slide, tmp_path, suffix):
         assert shapely.is_valid(geometry) and feature["properties"]["objectType"] == "detection"
         rebuilt[rasterize_polygon(geometry, (slice(0, truth.shape[0]), slice(0, truth.shape[1])))] = \
             feature["properties"]["id"]
-        assert feature["properties"]["measurements"]["Area um^2"] == pytest.approx(
+        assert feature["properties"]["measurements"]["Nucleus: Area µm^2"] == pytest.approx(
             (truth == feature["properties"]["id"]).sum() * PIXEL**2)
     for k in np.unique(truth[truth > 0]):
         a, b = truth == k, rebuilt == k

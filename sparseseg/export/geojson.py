@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,26 +63,74 @@ def _assembled_outlines(ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> 
         yield int(unique[k]), mask_to_polygon(mask, (top, left))
 
 
-def _feature(object_id: int, polygon, classification: str, measurements: dict[int, dict] | None,
-             pixel_area_um2: float | None) -> dict:
-    properties = {"objectType": "detection", "id": object_id, "isLocked": False,
-                  "classification": {"name": classification, "color": COLOUR}}
-    values = dict(measurements.get(object_id, {})) if measurements is not None else {}
+#: measure's object-table columns as QuPath names them for a nucleus (its own cell detection uses these).
+QUPATH_MEASUREMENTS = {"area_um2": "Nucleus: Area µm^2", "perimeter_um": "Nucleus: Perimeter µm",
+                       "circularity": "Nucleus: Circularity", "solidity": "Nucleus: Solidity",
+                       "eccentricity": "Nucleus: Eccentricity", "equivalent_diameter_um": "Nucleus: Diameter µm",
+                       "hematoxylin_od": "Nucleus: Hematoxylin OD mean", "eosin_od": "Nucleus: Eosin OD mean"}
+OBJECT_TYPES = ("detection", "cell")
+_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4f4e-9a57-5b1d2b9e7c10")  # sparseseg's namespace for object UUIDs
+
+
+class MeasurementTable:
+    """Per-object measurements from ``sparseseg measure``'s objects.parquet, looked up by label id.
+
+    Only the columns QuPath gets are held, as arrays sorted by id (a few numbers per cell).
+    """
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        wanted = [c for c in names if c in QUPATH_MEASUREMENTS or c.startswith("mean_")] + \
+            [c for c in ("area_um2", "perimeter_um") if c in names]
+        table = pq.read_table(path, columns=["id", *dict.fromkeys(wanted)]).to_pandas().sort_values("id")
+        if "area_um2" in table and "perimeter_um" in table:
+            perimeter = table["perimeter_um"].to_numpy(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                table["circularity"] = np.clip(4 * np.pi * table["area_um2"] / perimeter**2, 0, 1)
+        self.ids = table["id"].to_numpy(np.int64)
+        self.columns = {QUPATH_MEASUREMENTS.get(c, f"Nucleus: {c[5:]} mean" if c.startswith("mean_") else c):
+                        table[c].to_numpy(np.float64) for c in table.columns if c != "id"}
+
+    def get(self, object_id: int) -> dict[str, float]:
+        row = int(np.searchsorted(self.ids, object_id))
+        if row >= self.ids.size or self.ids[row] != object_id:
+            return {}
+        return {name: float(values[row]) for name, values in self.columns.items() if np.isfinite(values[row])}
+
+
+def _feature(object_id: int, polygon, classification: str, measurements, pixel_area_um2: float | None,
+             object_type: str = "detection", namespace: str = "") -> dict:
+    """One QuPath object (0.4 to 0.6 read it): a UUID id, objectType, classification with a colour, numeric
+    measurements, and for cells the nucleus as ``nucleusGeometry``."""
+    properties = {"objectType": object_type, "id": object_id,  # the label id (QuPath reads its own keys only)
+                  "classification": {"name": classification, "color": COLOUR},
+                  "metadata": {"sparseseg_id": str(object_id)}}  # QuPath 0.6 keeps metadata on detections too
+    values = dict(measurements.get(object_id)) if measurements is not None else {}
     if pixel_area_um2 is not None:
-        values.setdefault("Area um^2", float(polygon.area * pixel_area_um2))
+        values.setdefault("Nucleus: Area µm^2", float(polygon.area * pixel_area_um2))
     if values:
         properties["measurements"] = values
-    return {"type": "Feature", "id": f"cell-{object_id}", "geometry": mapping(polygon), "properties": properties}
+    feature = {"type": "Feature", "id": str(uuid.uuid5(_NAMESPACE, f"{namespace}/{object_id}")),
+               "geometry": mapping(polygon), "properties": properties}
+    if object_type == "cell":  # a nucleus-only cell: its outline is the nucleus'
+        feature["nucleusGeometry"] = feature["geometry"]
+    return feature
 
 
 def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, classification: str = "Nucleus",
-                   measurements: dict[int, dict] | None = None, pixel_size_um: tuple[float, float] | None = None,
-                   progress=None, source: str = "") -> int:
+                   measurements=None, pixel_size_um: tuple[float, float] | None = None, progress=None,
+                   source: str = "", object_type: str = "detection") -> int:
     """Write a FeatureCollection to ``out`` (gzip when it ends in .gz), atomically; returns the count.
 
     ``margin``: the parts of a disconnected object within this many px of the same tile seam are
     outlined together (a MultiPolygon); parts farther apart would repeat its id, which is an error.
+    ``measurements``: an object with ``get(id) -> {name: value}`` (``MeasurementTable``).
+    ``object_type``: QuPath "detection" objects, or "cell" objects (the nucleus as cell and nucleus).
     """
+    if object_type not in OBJECT_TYPES:
+        raise InputError(None, f"--object-type must be one of {', '.join(OBJECT_TYPES)}, got {object_type!r}")
     out = Path(out)
     shape = tuple(labels.shape)
     opener = gzip.open if out.suffix == ".gz" else open
@@ -97,7 +146,8 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
                 if complete:
                     outlines.extend(_assembled_outlines(*join_pieces(complete)[:3]))
                 for object_id, polygon in outlines:
-                    feature = _feature(object_id, polygon, classification, measurements, area)
+                    feature = _feature(object_id, polygon, classification, measurements, area, object_type,
+                                       source)
                     fh.write((",\n" if count else "") + json.dumps(feature, separators=(",", ":")))
                     count += 1
                 written.append(np.array([object_id for object_id, _ in outlines], np.int64))
@@ -121,12 +171,22 @@ def check_output_file(out: Path) -> Path:
 
 
 def export_slide_geojson(slide: Path, labels: str, out: Path, classification: str = "Nucleus",
-                         margin: int = 64) -> int:
-    """``export_geojson`` of a slide's label group (or a label image file of its level-0 size)."""
+                         margin: int = 64, object_type: str = "detection", measurements: Path | None = None) -> int:
+    """``export_geojson`` of a slide's label group (or a label image file of its level-0 size), with the
+    measurements of ``sparseseg measure``'s object table when given."""
     out = check_output_file(out)
+    table = None
+    if measurements is not None:
+        if not Path(measurements).is_file():
+            raise InputError(measurements, "no such object table (objects.parquet from `sparseseg measure`)")
+        try:
+            table = MeasurementTable(Path(measurements))
+        except Exception as exc:  # not a Parquet table, or one without an id column
+            raise InputError(measurements, f"not an object table of `sparseseg measure` ({exc})") from None
     info = open_omezarr_slide(Path(slide))
     label_array = resolve_labels(Path(slide), labels, tuple(info.shape[1:]))
     with writer_lock(out, "export geojson", inside=False):
         remove_leftovers(out)
         return export_geojson(label_array, out, classification=classification, pixel_size_um=info.pixel_size_um,
-                              margin=margin, source=label_source(Path(slide), labels))
+                              margin=margin, source=label_source(Path(slide), labels), measurements=table,
+                              object_type=object_type)
