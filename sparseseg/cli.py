@@ -179,7 +179,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
     summary = measure_slide(args.slide, labels=args.labels, regions=args.regions, truth=args.truth, out=args.out,
                             margin=args.margin, progress=not args.quiet, report=not args.no_report,
-                            intensities=not args.no_intensities, threads=args.threads)
+                            intensities=not args.no_intensities, threads=args.threads, channels=args.channels)
     density = summary["density_per_mm2"]
     print(f"{summary['cells']} cells, {summary['tissue_area_mm2']:.4f} mm2 of tissue, "
           f"{density:.4f} cells/mm2" if density is not None else f"{summary['cells']} cells")
@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-intensities", action="store_true",
                    help="shape columns only: no per-channel means or H&E densities (the image is not read)")
     p.add_argument("--threads", type=positive_int, default=2, metavar="N", help="tiles measured at once (default 2)")
+    p.add_argument("--channels", type=names, metavar="NAME[,NAME]",
+                   help="channels whose mean intensities the table holds (default: every channel of the slide)")
     p.add_argument("--margin", type=non_negative_int, default=64, metavar="PX",
                    help="join the parts of a disconnected object lying within PX of the same tile seam (default "
                    "64); connected objects of any size are always measured whole")

@@ -157,8 +157,20 @@ def open_tiff_slide(path: Path, chunk: int = 1024) -> Slide:
             levels.append(_channel_first(path, lazy, level.axes))
         if not levels[0].size:
             raise InputError(path, "TIFF image is empty")
+        names = _channel_names_from_ome(tif) if tif.is_ome else None
+    n_channels = levels[0].shape[0]
+    if not names or len(names) != n_channels:
+        names = default_channel_names(n_channels)
     return Slide(path=path, source_format=f"{fmt} (tifffile)", levels=tuple(levels), pixel_size_um=pixel_size,
-                 channel_names=default_channel_names(levels[0].shape[0]))
+                 channel_names=tuple(names))
+
+
+def _channel_names_from_ome(tif: tifffile.TiffFile) -> list[str] | None:
+    """Channel names of the first image of an OME-TIFF (its <Channel Name=...> elements), if all are named."""
+    xml = tif.ome_metadata or ""
+    image = re.search(r"<Image\b.*?</Image>", xml, re.S)
+    names = re.findall(r"<Channel\b[^>]*\bName=\"([^\"]*)\"", image.group(0) if image else "")
+    return names if names and all(names) else None
 
 
 def _yx_chunks(axes: str, shape: tuple[int, ...], chunk: int) -> tuple[int, ...]:

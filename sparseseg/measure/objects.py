@@ -43,6 +43,7 @@ class MeasureInputs:
     brightfield_rgb: bool
     source: str = ""  # the labels, named in read errors
     image_source: str = ""  # the image, named in read errors
+    channels: tuple[int, ...] | None = None  # image channels measured (``channel_names`` are theirs); None: all
 
 
 class TileBuffers(threading.local):
@@ -138,6 +139,8 @@ def measure_tile(inputs: MeasureInputs, tile: Block, labels: np.ndarray, shape: 
     if not pixels.n:
         return {}, None, np.zeros(0, ids.dtype), np.zeros(0, ids.dtype)
     image = None if inputs.image is None else read_image(inputs, tile, pixels, buffers)
+    if image is not None and inputs.channels is not None:
+        image = image[list(inputs.channels)]
     features = object_features(labels, pixels)  # all objects: cheaper than splitting first; seam rows dropped
     seam, piece, reaching_down, reaching_right = split_seam_objects(ids, pixels, features["bbox"], tile, shape,
                                                                     reach, image)

@@ -17,6 +17,7 @@ from sparseseg.io.atomic import staged_outputs
 from sparseseg.io.labels import label_source, resolve_labels
 from sparseseg.io.lock import writer_lock
 from sparseseg.io.omezarr import open_omezarr_slide
+from sparseseg.io.slide import select_channels
 from sparseseg.measure.accuracy import accumulate, accuracy_tables
 from sparseseg.measure.objects import MeasureInputs, measure_objects
 from sparseseg.tiling.blocks import array_tiles
@@ -28,12 +29,14 @@ log = logging.getLogger(__name__)
 
 def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid:250um", truth: str | None = None,
                   out: str | Path | None = None, block: int = 2048, margin: int = 64, progress: bool = True,
-                  report: bool = True, intensities: bool = True, threads: int = 2) -> dict:
+                  report: bool = True, intensities: bool = True, threads: int = 2,
+                  channels: tuple[str, ...] | None = None) -> dict:
     """Write objects.parquet, regions.parquet/.csv, metrics.json, [accuracy*.csv], report.html to ``out``.
 
     ``report=False`` skips the figures and report.html (batch runs that only need the tables);
     ``intensities=False`` leaves out the image-derived columns (the image is not read at all).
-    ``threads`` tiles are measured at once.
+    ``threads`` tiles are measured at once. ``channels``: the image channels whose means the table holds
+    (OME names or indices; default every channel of the slide).
     """
     if threads < 1:
         raise InputError(None, f"--threads must be at least 1, got {threads}")
@@ -50,7 +53,7 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     label_array = resolve_labels(slide, labels, shape)
     with writer_lock(slide, "measure"), staged_outputs(out) as staging:
         summary = _measure(slide, info, label_array, labels, regions, truth, staging, block, margin, progress, report,
-                           intensities, threads)
+                           intensities, threads, select_channels(channels, info.channel_names, slide))
         if "report" in summary:
             summary["report"] = str(out / Path(summary["report"]).name)
         if isinstance(label_array, zarr.Array) and (slide / "labels" / labels).is_dir():
@@ -61,14 +64,16 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
 
 
 def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: str | None, out: Path, block: int,
-             margin: int, progress: bool, report: bool, intensities: bool, threads: int) -> dict:
+             margin: int, progress: bool, report: bool, intensities: bool, threads: int,
+             channels: tuple[int, ...] | None) -> dict:
     """Everything ``measure_slide`` writes, into the folder ``out``."""
     shape = tuple(info.shape[1:])
     image = zarr.open_group(slide, mode="r")["0"]
-    rgb = info.n_channels == 3 and info.dtype == np.uint8
+    rgb = info.n_channels == 3 and info.dtype == np.uint8 and channels in (None, (0, 1, 2))
+    names = info.channel_names if channels is None else tuple(info.channel_names[i] for i in channels)
     inputs = MeasureInputs(labels=label_array, image=image if intensities else None, pixel_size_um=info.pixel_size_um,
-                           channel_names=info.channel_names, brightfield_rgb=rgb, source=label_source(slide, labels),
-                           image_source=str(slide / "0"))
+                           channel_names=names, brightfield_rgb=rgb, source=label_source(slide, labels),
+                           image_source=str(slide / "0"), channels=channels)
     region_set = parse_regions(regions, slide, shape, info.pixel_size_um[0])
     n_blocks = len(array_tiles(label_array, block))
     with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
