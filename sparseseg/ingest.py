@@ -20,8 +20,8 @@ import zarr
 
 from sparseseg.errors import InputError
 from sparseseg import __version__
-from sparseseg.io.atomic import remove_leftovers, staged_directory
-from sparseseg.io.lock import writer_lock
+from sparseseg.files.atomic import remove_leftovers, staged_directory
+from sparseseg.files.lock import writer_lock
 from sparseseg.io.labels import write_label_levels
 from sparseseg.io.ngff import create_level_array, omero_block, write_image_metadata, write_label_metadata, zarr_format_of
 from sparseseg.io.slide import Slide, check_finite, open_slide

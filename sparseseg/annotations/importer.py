@@ -13,8 +13,8 @@ from sparseseg.annotations.model import BACKGROUND, encode_dense
 from sparseseg.annotations.store import (ANNOTATION_COLOURS, ANNOTATION_PROPERTIES, ANNOTATIONS, FOREGROUND, TABLES,
                                          write_annotation_tables)
 from sparseseg.errors import InputError
-from sparseseg.io.atomic import remove_leftovers
-from sparseseg.io.lock import writer_lock
+from sparseseg.files.atomic import remove_leftovers
+from sparseseg.files.lock import writer_lock
 from sparseseg.io.labels import image_levels, open_label_image, write_label_pyramid
 
 log = logging.getLogger(__name__)

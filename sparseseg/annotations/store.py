@@ -18,7 +18,7 @@ import zarr
 
 from sparseseg.annotations.model import BACKGROUND, PatchAnnotation, boundary_from_polylines
 from sparseseg.errors import InputError
-from sparseseg.io.atomic import staged_directory
+from sparseseg.files.atomic import staged_directory
 
 ANNOTATIONS = "annotations"  # both in io.labels.RESERVED_LABELS
 FOREGROUND = "foreground"

@@ -23,8 +23,8 @@ from shapely.geometry import mapping
 
 from sparseseg.errors import InputError
 from sparseseg.geometry.polygons import mask_to_polygon
-from sparseseg.io.atomic import remove_leftovers, staged_file
-from sparseseg.io.lock import writer_lock
+from sparseseg.files.atomic import remove_leftovers, staged_file
+from sparseseg.files.lock import writer_lock
 from sparseseg.io.labels import label_source, resolve_labels
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.tiling.blocks import array_tiles

@@ -14,7 +14,7 @@ import tifffile
 import zarr
 
 from sparseseg.errors import InputError
-from sparseseg.io.atomic import staged_directory
+from sparseseg.files.atomic import staged_directory
 from sparseseg.io.ngff import (create_level_array, read_ome_attrs, write_image_metadata, write_label_metadata,
                                zarr_format_of)
 from sparseseg.io.slide import sniff_format

@@ -13,9 +13,9 @@ import zarr
 from tqdm.auto import tqdm
 
 from sparseseg.errors import InputError
-from sparseseg.io.atomic import staged_outputs
+from sparseseg.files.atomic import staged_outputs
 from sparseseg.io.labels import label_source, resolve_labels
-from sparseseg.io.lock import writer_lock
+from sparseseg.files.lock import writer_lock
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.io.slide import select_channels
 from sparseseg.measure.accuracy import accumulate, accuracy_tables

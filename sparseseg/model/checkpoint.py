@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sparseseg.errors import InputError
-from sparseseg.io.atomic import staged_file
+from sparseseg.files.atomic import staged_file
 from sparseseg.model.unet import UNet, UNetConfig
 
 FORMAT = "sparseseg-checkpoint-v1"

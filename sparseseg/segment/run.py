@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from sparseseg.cluster import dask_client, workers_spec
 from sparseseg.errors import InputError
-from sparseseg.io.atomic import remove_leftovers
+from sparseseg.files.atomic import remove_leftovers
 from sparseseg.io.labels import write_label_pyramid
-from sparseseg.io.lock import writer_lock
+from sparseseg.files.lock import writer_lock
 from sparseseg.segment.engine import (BlockRecord, ObjectPixelsGlobal, Resolution, owner_sees_whole,
                                       resolve_candidates, run_block_group)
 from sparseseg.segment.options import SegmentOptions

@@ -21,7 +21,7 @@ from sparseseg.infer.predictor import Predictor
 from sparseseg.instances.dynamics import (InstanceParams, finalize_clusters, flow_errors, merge_lobes,
                                           trajectory_clusters)
 from sparseseg.metrics.sparse import Counts, sparse_counts
-from sparseseg.io.lock import writer_lock
+from sparseseg.files.lock import writer_lock
 from sparseseg.model.checkpoint import load_checkpoint, update_checkpoint
 
 log = logging.getLogger(__name__)

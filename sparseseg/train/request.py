@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sparseseg.errors import InputError
-from sparseseg.io.atomic import remove_leftovers
-from sparseseg.io.lock import writer_lock
+from sparseseg.files.atomic import remove_leftovers
+from sparseseg.files.lock import writer_lock
 from sparseseg.model.unet import UNetConfig
 from sparseseg.train.loop import TrainConfig
 

@@ -2,7 +2,7 @@
 
 Temporary names are unique to each run (``.NAME.partial-<token>``), so two runs never share one.
 Leftovers of a run that was killed (its partial or old siblings) are removed by the next run on the
-same output, which holds the output's writer lock (``io.lock``) while it does so.
+same output, which holds the output's writer lock (``files.lock``) while it does so.
 """
 
 from __future__ import annotations
