@@ -81,7 +81,8 @@ def run(edge: int, workdir: Path, model: Path, block: int, margin: int, workers:
     labels = zarr.open_group(slide, mode="r")["labels/cells/0"]
     return {"edge": edge, "wall": wall, "objects": result.n_objects, "amplification": result.amplification,
             "worker_rss_mb": rss, "skipped": result.skipped_blocks, "blocks": result.n_blocks,
-            "shape": labels.shape, "forward": forward}
+            "shape": labels.shape, "forward": forward, "timings": result.timings, "large": result.large_objects,
+            "large_pixels": result.large_pixels}
 
 
 def main() -> None:
@@ -106,10 +107,13 @@ def main() -> None:
     large = run(2 * args.edge, args.workdir, args.model, args.block, args.margin, args.workers, args.threads)
     mpx = args.edge**2 / 1e6
     print(f"1x {args.edge}^2: segment {small['wall']:.1f} s, {small['objects']} objects, "
-          f"{small['blocks']} blocks ({small['skipped']} without tissue)")
+          f"{small['blocks']} blocks ({small['skipped']} without tissue); passes {small['timings']}")
+    share = small["timings"].get("large objects", 0.0) / small["wall"]
+    print(f"large-object pass: {small['large']} objects grown, {small['large_pixels'] / 1e6:.2f} Mpx labelled again, "
+          f"{100 * share:.1f} % of the wall time")
     print(f"1x pure network forward over the same blocks, workers ({args.workers}) and threads ({args.threads}): "
           f"{forward:.1f} s")
-    print(f"(1) overhead segment / forward: {small['wall'] / forward:.2f}  (goal <= 1.3)")
+    print(f"(1) overhead segment / forward: {small['wall'] / forward:.2f}  (goal <= 1.10)")
     print(f"(2) halo amplification (pixels computed / written): {small['amplification']:.3f}  (goal <= 1.2)")
     print(f"(3) peak RSS per worker: 1x {small['worker_rss_mb']:.0f} MB, 4x {large['worker_rss_mb']:.0f} MB, "
           f"ratio {large['worker_rss_mb'] / small['worker_rss_mb']:.3f}  (goal <= 1.15)")

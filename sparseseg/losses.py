@@ -47,13 +47,16 @@ def batch_targets(targets: list[Targets], device: torch.device | str = "cpu") ->
 
 @dataclass(frozen=True)
 class SketchposeWeights:
+    """Weights of the sketchpose (and masked) loss terms. The defaults weigh the flow and the sign of the
+    distance much more than the published 2 / 2 (docs/accuracy.md: +0.05 F1 and AJI on H&E)."""
+
     distance: float = 2.0
-    flow: float = 2.0
+    flow: float = 20.0
     inequality: float = 1.0
     #: Logistic loss on the sign of the predicted distance at every labelled stroke pixel (foreground
     #: positive, background negative): sharpens the foreground/background decision at object edges,
     #: where the distance regression has little gradient. 0 = off (the published loss).
-    sign: float = 0.0
+    sign: float = 10.0
     #: Background deeper than this (px) only has to stay at least this negative: far-background
     #: distances would otherwise dominate the loss (Omnipose likewise uses a fixed negative value).
     background_cap: float = 5.0

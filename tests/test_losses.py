@@ -8,8 +8,11 @@ import torch
 from helpers import random_scene, random_sparse_annotation
 
 from sparseseg.annotations import PatchAnnotation, compute_targets
-from sparseseg.losses import (EikonalWeights, batch_targets, eikonal_loss, eikonal_regulariser, masked_object_loss,
+from sparseseg.losses import (EikonalWeights, SketchposeWeights, batch_targets, eikonal_loss, eikonal_regulariser, masked_object_loss,
                               sketchpose_loss, upwind_gradient)
+
+#: The published Sketchpose weights: no logistic sign term, whose minimum lies at infinite distance.
+PUBLISHED = SketchposeWeights(flow=2.0, sign=0.0)
 
 
 def _batch(seed: int, dense: bool = False):
@@ -35,8 +38,8 @@ def test_eikonal_loss_is_near_minimal_at_the_exact_signed_distance(seed):
         flow_noise = torch.from_numpy(rng.normal(0, scale, v.shape))
         assert eikonal_loss(phi, v + flow_noise, t).item() > base
     # and exact targets are a minimum of the data-driven losses too
-    assert sketchpose_loss(phi, v, t).item() == pytest.approx(0.0, abs=1e-12)
-    assert masked_object_loss(phi, v, t).item() == pytest.approx(0.0, abs=1e-12)
+    assert sketchpose_loss(phi, v, t, PUBLISHED).item() == pytest.approx(0.0, abs=1e-12)
+    assert masked_object_loss(phi, v, t, PUBLISHED).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_upwind_gradient_has_unit_length_on_a_linear_ramp():
@@ -90,9 +93,9 @@ def test_inequality_penalises_magnitudes_below_the_lower_bound_only():
     t = batch_targets([compute_targets(PatchAnnotation(partial=partial))])
     far_enough = -t.lower_bound.double() - 1.0  # more negative than required: no penalty
     zero_flow = torch.zeros(1, 2, 16, 16, dtype=torch.float64)
-    assert sketchpose_loss(far_enough, zero_flow, t).item() == 0.0
+    assert sketchpose_loss(far_enough, zero_flow, t, PUBLISHED).item() == 0.0
     too_small = -0.5 * t.lower_bound.double()
-    assert sketchpose_loss(too_small, zero_flow, t).item() > 0.0
+    assert sketchpose_loss(too_small, zero_flow, t, PUBLISHED).item() > 0.0
 
 
 def _fit_free_field(t, weights, steps=800):
@@ -140,6 +143,29 @@ def test_deep_background_only_has_to_stay_below_the_cap():
     assert t.distance.min() < -50
     flow = t.flow.double()
     deep_enough = torch.where(t.distance < -5, torch.full_like(t.distance, -6.0), t.distance).double()
-    assert sketchpose_loss(deep_enough, flow, t).item() == pytest.approx(0.0, abs=1e-12)
+    assert sketchpose_loss(deep_enough, flow, t, PUBLISHED).item() == pytest.approx(0.0, abs=1e-12)
     too_shallow = torch.where(t.distance < -5, torch.full_like(t.distance, -3.0), t.distance).double()
-    assert sketchpose_loss(too_shallow, flow, t).item() > 0.0
+    assert sketchpose_loss(too_shallow, flow, t, PUBLISHED).item() > 0.0
+
+
+@pytest.mark.parametrize("loss", [sketchpose_loss, masked_object_loss])
+def test_the_sign_term_is_a_logistic_loss_on_the_strokes_only(loss):
+    _, t = _batch(0)  # sparse: strokes and unknown pixels
+    generator = torch.Generator().manual_seed(0)
+    phi = 3 * torch.randn(t.distance.shape, generator=generator, dtype=torch.float64)
+    v = torch.randn(t.flow.shape, generator=generator, dtype=torch.float64)
+    with_sign = loss(phi, v, t, SketchposeWeights(flow=2.0, sign=3.0)).item()
+    strokes = t.s0 | t.s1
+    if loss is masked_object_loss:
+        strokes = t.complete | (t.s0 & t.valid) | (t.s0 & ~t.valid)
+    sign = t.s1.double() * 2 - 1
+    expected = 3.0 * torch.nn.functional.softplus(-sign * phi)[strokes].mean().item()
+    assert with_sign - loss(phi, v, t, PUBLISHED).item() == pytest.approx(expected, rel=1e-9)
+    # a distance further on the right side of zero lowers it; unknown pixels never enter it
+    assert loss(phi + 0.5 * sign, v, t, SketchposeWeights(flow=2.0, sign=3.0, distance=0, inequality=0)).item() \
+        < loss(phi, v, t, SketchposeWeights(flow=2.0, sign=3.0, distance=0, inequality=0)).item()
+    unknown = ~(t.s0 | t.s1)
+    assert unknown.any()
+    changed = torch.where(unknown, -phi, phi)
+    only_sign = SketchposeWeights(flow=0.0, sign=3.0, distance=0, inequality=0)
+    assert loss(changed, v, t, only_sign).item() == pytest.approx(loss(phi, v, t, only_sign).item(), rel=1e-12)

@@ -7,6 +7,7 @@ import gzip
 import json
 import re
 
+import imageio.v3
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ from conftest import DSB
 from shapely.geometry import shape as to_shape
 from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
+from skimage.segmentation import find_boundaries
 from helpers import perturbations
 
 from sparseseg.io.labels import write_label_pyramid
@@ -24,7 +26,8 @@ from sparseseg.cli import main
 from sparseseg.geometry.polygons import rasterize_polygon
 from sparseseg.errors import InputError
 from sparseseg.ingest import ingest
-from sparseseg.measure.run import measure_slide
+from sparseseg.measure.report import densest_window
+from sparseseg.measure.run import OVERLAY_PX, measure_slide
 
 NAME = "he_0121d675"
 PIXEL = 0.5
@@ -117,8 +120,36 @@ def test_accuracy_matches_stardist_and_a_direct_aji(slide, tmp_path, capsys):
     assert (per_region["tp"] + per_region["fp"]).sum() == len(np.unique(pred)) - 1
     report = (tmp_path / "m" / "report.html").read_text()
     assert "accuracy.png" in report and "density.png" in report and "thumbnail.png" in report
-    for png in ("accuracy.png", "density.png", "thumbnail.png"):
+    for png in ("accuracy.png", "density.png", "thumbnail.png", "overlay.png"):
         assert (tmp_path / "m" / png).stat().st_size > 1000
+    assert 'href="overlay.png"' in report
+
+
+def test_the_overlay_is_a_full_resolution_crop_where_the_cells_are_most_crowded(slide, tmp_path):
+    path, _, pred = slide
+    assert main(["measure", str(path), "--labels", "pred", "--out", str(tmp_path / "m"), "-q"]) == 0
+    overlay = imageio.v3.imread(tmp_path / "m" / "overlay.png")[..., :3]
+    height, width = min(OVERLAY_PX, pred.shape[0]), min(OVERLAY_PX, pred.shape[1])
+    assert overlay.shape[:2] == (height, 2 * width + 8)
+    left, right = overlay[:, :width].astype(int), overlay[:, width + 8:].astype(int)
+    objects = pd.read_parquet(tmp_path / "m" / "objects.parquet")
+    window = densest_window(objects["centroid_y_px"].to_numpy(), objects["centroid_x_px"].to_numpy(), pred.shape,
+                            OVERLAY_PX)
+    outline = find_boundaries(pred[window], mode="inner")
+    assert outline.sum() > 100
+    assert (right[outline] == (0, 255, 51)).all()
+    assert (right[~outline] == left[~outline]).all()
+
+
+def test_densest_window_is_centred_on_the_crowd():
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.uniform(0, 4000, 50), rng.normal(3000, 40, 400)])
+    cols = np.concatenate([rng.uniform(0, 6000, 50), rng.normal(1000, 40, 400)])
+    window = densest_window(rows, cols, (4000, 6000), 400)
+    assert window[0].stop - window[0].start == 400 and window[1].stop - window[1].start == 400
+    inside = ((rows >= window[0].start) & (rows < window[0].stop) & (cols >= window[1].start) & (cols < window[1].stop))
+    assert inside.sum() >= 350
+    assert densest_window(np.array([]), np.array([]), (100, 50), 400) == (slice(0, 100), slice(0, 50))
 
 
 def test_no_report_writes_the_tables_only(slide, tmp_path, capsys):

@@ -13,7 +13,8 @@ from sparseseg.instances.dynamics import InstanceParams, flows_to_labels, relabe
 from sparseseg.segment.run import segment_fields
 from sparseseg.tiling.blocks import BlockPlan
 
-PARAMS = InstanceParams(n_steps=40)
+PARAMS = InstanceParams(n_steps=40, merge_ratio=0.5)  # exact fields: lobes merged, also across seams
+LARGE = InstanceParams(n_steps=60, merge_ratio=0.5)   # enough steps for nuclei enlarged 3x
 
 
 def mosaic(zoom: int = 1) -> np.ndarray:
@@ -51,12 +52,12 @@ def test_objects_larger_than_the_margin_are_grown_not_dropped(block, tmp_path):
     """Real nuclei enlarged 3x (many wider than the 16 px margin): every one equals the whole image's."""
     truth = mosaic(zoom=3)[:600, :700]
     fields = exact_fields(truth)
-    whole = flows_to_labels(fields[0], fields[1:3], InstanceParams(n_steps=60))
+    whole = flows_to_labels(fields[0], fields[1:3], LARGE)
     plan = BlockPlan(shape=truth.shape, block=block, margin=16, halo=0, factor=8)
-    tiled, n_large = segment_fields(fields, plan, InstanceParams(n_steps=60), tmp_path)
+    tiled, n_large = segment_fields(fields, plan, LARGE, tmp_path)
     assert n_large > 10  # many objects needed the grown windows
     assert_same_objects(whole, tiled)
-    dropped, _ = segment_fields(fields, plan, InstanceParams(n_steps=60), tmp_path / "drop", large_objects="drop")
+    dropped, _ = segment_fields(fields, plan, LARGE, tmp_path / "drop", large_objects="drop")
     assert len(np.unique(dropped)) <= len(np.unique(whole)) - 3  # the old behaviour lost them
 
 

@@ -27,6 +27,36 @@ def thumbnail_with_labels(image_level: np.ndarray, labels_level: np.ndarray, out
     plt.imsave(out, rgb)
 
 
+def densest_window(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], size: int) -> tuple[slice, slice]:
+    """The ``size`` x ``size`` window (clipped to ``shape``) centred on the most crowded place of the
+    object centroids: where a reader of the report can judge the outlines at full resolution."""
+    height, width = min(size, shape[0]), min(size, shape[1])
+    if len(rows) == 0:
+        top, left = (shape[0] - height) // 2, (shape[1] - width) // 2
+    else:
+        step = max(size // 2, 1)
+        counts, row_edges, col_edges = np.histogram2d(
+            rows, cols, bins=(max(1, -(-shape[0] // step)), max(1, -(-shape[1] // step))),
+            range=((0, max(shape[0], 1)), (0, max(shape[1], 1))))
+        i, j = np.unravel_index(np.argmax(counts), counts.shape)
+        centre_row, centre_col = (row_edges[i] + row_edges[i + 1]) / 2, (col_edges[j] + col_edges[j + 1]) / 2
+        top = int(np.clip(round(centre_row - height / 2), 0, shape[0] - height))
+        left = int(np.clip(round(centre_col - width / 2), 0, shape[1] - width))
+    return slice(top, top + height), slice(left, left + width)
+
+
+def overlay_crop(image_crop: np.ndarray, labels_crop: np.ndarray, out: Path) -> None:
+    """A full-resolution crop side by side: the image | the image with each object's outline."""
+    rgb = image_crop[:3] if image_crop.shape[0] >= 3 else np.repeat(image_crop[:1], 3, axis=0)
+    rgb = rgb.transpose(1, 2, 0).astype(np.float32)
+    low, high = np.percentile(rgb, [0.5, 99.5])
+    rgb = np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
+    outlined = rgb.copy()
+    outlined[find_boundaries(labels_crop, mode="inner")] = (0.0, 1.0, 0.2)
+    gap = np.ones((rgb.shape[0], 8, 3), np.float32)
+    plt.imsave(out, np.concatenate([rgb, gap, outlined], axis=1))
+
+
 def density_heatmap(table: pd.DataFrame, regions: Regions, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 5))
     if regions.grid_shape is not None:
@@ -71,6 +101,8 @@ def write_report(out_dir: Path, slide: Path, summary: dict, region_table: pd.Dat
     parts = [f"<h1>sparseseg report: {html.escape(slide.name)}</h1>",
              f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>",
              '<h2>Slide and segmentation</h2><img src="thumbnail.png" style="max-width:100%">',
+             '<h2>Full resolution, most crowded place</h2><p><a href="overlay.png">overlay.png</a>: '
+             'image | image + outlines</p><img src="overlay.png" style="max-width:100%">',
              '<h2>Density per region</h2><img src="density.png">',
              "<h2>Regions</h2>", region_table.to_html(index=False, float_format=lambda v: f"{v:.4g}")]
     if accuracy is not None:

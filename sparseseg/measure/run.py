@@ -22,7 +22,8 @@ from sparseseg.measure.accuracy import accumulate, accuracy_tables
 from sparseseg.measure.objects import MeasureInputs, measure_objects
 from sparseseg.tiling.blocks import array_tiles
 from sparseseg.measure.regions import parse_regions, region_table, stain_columns
-from sparseseg.measure.report import accuracy_curve, density_heatmap, thumbnail_with_labels, write_report
+from sparseseg.measure.report import (accuracy_curve, densest_window, density_heatmap, overlay_crop,
+                                      thumbnail_with_labels, write_report)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,10 @@ def _region_columns(table: Path) -> pd.DataFrame:
     return pq.read_table(table, columns=wanted).to_pandas()
 
 
+#: Side of the report's full-resolution overlay crop (level-0 pixels).
+OVERLAY_PX = 400
+
+
 def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_set, out: Path) -> None:
     level = len(info.levels) - 1
     image_level = np.asarray(info.levels[level])
@@ -130,4 +135,11 @@ def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_se
     labels_low = np.asarray(label_array[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1])[
         np.ix_(rows - rows.min(), cols - cols.min())]  # the label under each thumbnail pixel's centre
     thumbnail_with_labels(image_level, labels_low, out / "thumbnail.png")
+    names = pq.read_schema(out / "objects.parquet").names
+    centroids = (pq.read_table(out / "objects.parquet", columns=["centroid_y_px", "centroid_x_px"]).to_pandas()
+                 if "centroid_y_px" in names else pd.DataFrame({"centroid_y_px": [], "centroid_x_px": []}))
+    window = densest_window(centroids["centroid_y_px"].to_numpy(), centroids["centroid_x_px"].to_numpy(),
+                            tuple(label_array.shape), OVERLAY_PX)
+    overlay_crop(np.asarray(info.levels[0][(slice(None), *window)]), np.asarray(label_array[window]),
+                 out / "overlay.png")
     density_heatmap(per_region, region_set, out / "density.png")
