@@ -32,7 +32,7 @@ from sparseseg.segment import SegmentOptions, segment_slide  # noqa: E402
 from sparseseg.segment.engine import slide_fields  # noqa: E402
 from sparseseg.segment.plan import BlockJob, plan_segment  # noqa: E402
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "sparseseg" / "data" / "models" / "dsb_nuclei_rgb.pt"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "sparseseg" / "data" / "models" / "nuclei_he.pt"
 
 
 def _worker_peak_rss_mb() -> float:

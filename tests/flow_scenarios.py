@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT))
 
 from flows.pipeline import ingest_slide, process_archive, process_slide, train_model  # noqa: E402
 
-MODEL = ROOT / "sparseseg" / "data" / "models" / "dsb_nuclei_rgb.pt"
+MODEL = ROOT / "sparseseg" / "data" / "models" / "nuclei_he.pt"
 
 
 def main(work: Path) -> None:
@@ -22,7 +22,7 @@ def main(work: Path) -> None:
     results["segment"] = process_slide(slide, str(MODEL), str(work / "single-out"), regions="grid:50um")
     results["train"] = train_model(str(work / "tuned.pt"), images=str(work / "train" / "images"),
                                    annotations=str(work / "train" / "annotations"), init=str(MODEL), minutes=0.05,
-                                   pixel_size_um=0.37)
+                                   pixel_size_um=0.5)
     results["archive_first"] = process_archive(str(archive), str(work / "out"), str(MODEL), regions="grid:50um")
     results["archive_second"] = process_archive(str(archive), str(work / "out"), str(MODEL), regions="grid:50um")
     print("RESULTS " + json.dumps(results, default=str))

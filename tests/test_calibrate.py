@@ -92,3 +92,13 @@ def test_every_label_is_one_connected_piece_on_real_predictions(fluo_model, tmp_
     output = Predictor.from_checkpoint(fluo_model, device="cpu").fields(mosaic[None])
     raw = instance_clusters(output[0], output[1:3])
     assert connected_pieces(raw, background=0, connectivity=1).max() > len(np.unique(raw)) - 1  # the fix mattered
+
+
+def test_fine_tuning_keeps_the_calibrated_parameters_until_it_calibrates_again(calibrated, fluo_training_folders,
+                                                                               tmp_path):
+    model, result = calibrated
+    command = ["train", "--images", fluo_training_folders["images"], "--annotations",
+               fluo_training_folders["annotations"], "--init", str(model), "--epochs", "1", "--patch", "96", "-q"]
+    assert main(command + ["--out", str(tmp_path / "kept.pt"), "--no-calibrate"]) == 0
+    assert load_checkpoint(tmp_path / "kept.pt")["instance_params"] == load_checkpoint(model)["instance_params"]
+    assert Predictor.from_checkpoint(tmp_path / "kept.pt", device="cpu").params == result.params

@@ -22,7 +22,7 @@ from conftest import DSB
 from sparseseg.cluster import default_spec, load_spec, slurm_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "sparseseg" / "data" / "models" / "dsb_nuclei_rgb.pt"
+MODEL = ROOT / "sparseseg" / "data" / "models" / "nuclei_he.pt"
 BIN = Path(sys.executable).parent
 
 
@@ -31,7 +31,7 @@ def make_archive(folder: Path) -> None:
     folder.mkdir(parents=True)
     for name in ("he_65c8527c", "he_0121d675"):
         tifffile.imwrite(folder / f"{name}.tif", iio.imread(DSB / "images" / f"{name}.png")[..., :3],
-                         resolution=(1e4 / 0.37, 1e4 / 0.37), resolutionunit="CENTIMETER", photometric="rgb")
+                         resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER", photometric="rgb")
 
 
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:

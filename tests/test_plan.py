@@ -9,11 +9,12 @@ import zarr
 
 from sparseseg.io.ngff import create_level_array, write_image_metadata
 from sparseseg.pyramid import level_factors, pyramid_shapes
+from sparseseg.model.checkpoint import load_checkpoint
 from sparseseg.segment import SegmentOptions
 from sparseseg.segment.plan import plan_segment
 from sparseseg.tiling.blocks import BlockPlan
 
-MODEL = __import__("pathlib").Path(__file__).parents[1] / "sparseseg" / "data" / "models" / "dsb_nuclei_rgb.pt"
+MODEL = __import__("pathlib").Path(__file__).parents[1] / "sparseseg" / "data" / "models" / "nuclei_he.pt"
 
 
 def test_a_whole_slide_of_200k_x_100k_is_planned_from_metadata(tmp_path, capsys):
@@ -25,7 +26,9 @@ def test_a_whole_slide_of_200k_x_100k_is_planned_from_metadata(tmp_path, capsys)
         array = create_level_array(group, str(level), (3, *shape), (3, 1024, 1024), np.uint8, ("c", "y", "x"))
         if max(shape) <= 2048:  # the level the per-slide normalisation reads
             array[...] = np.random.default_rng(level).integers(0, 255, array.shape, np.uint8)
-    write_image_metadata(group, "0.4", "huge", len(shapes), (0.37, 0.37), level_factors(shapes), omero=None)
+    pixel_size = load_checkpoint(MODEL)["pixel_size_um"]  # the model's: planned without resampling
+    write_image_metadata(group, "0.4", "huge", len(shapes), (pixel_size, pixel_size), level_factors(shapes),
+                         omero=None)
     started = time.perf_counter()
     plan = plan_segment(slide, MODEL, SegmentOptions(fill_missing=True))
     seconds = time.perf_counter() - started

@@ -160,33 +160,49 @@ def test_segment_at_another_pixel_size_equals_whole_image_segmentation(tmp_path,
     assert_same_objects(whole, tiled)
 
 
-@pytest.fixture()
-def large_slide(tmp_path):
-    """Real nuclei enlarged 3x (up to ~80 px, far beyond the 48 px margin), at the model's pixel size."""
-    image = iio.imread(DSB / "images" / "fluo_0402a81e.png")
+LARGE_MARGIN = 24  # px: nuclei enlarged 3x reach 80 px, more than three times this margin
+
+
+@pytest.fixture(scope="module")
+def large_slide(tmp_path_factory):
+    """Real nuclei enlarged 3x (up to ~80 px, far beyond the margin), at the model's pixel size."""
+    image = iio.imread(DSB / "images" / "fluo_0402a81e.png")[:200, :240]
     big = np.kron(image, np.ones((3, 3), image.dtype))
-    src = tmp_path / "big.tif"
-    tifffile.imwrite(src, big, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
-    return ingest(src, tmp_path / "big.ome.zarr", chunk=128, tissue="none")
+    root = tmp_path_factory.mktemp("large")
+    tifffile.imwrite(root / "big.tif", big, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    return ingest(root / "big.tif", root / "big.ome.zarr", chunk=128, tissue="none")
+
+
+@pytest.fixture(scope="module")
+def large_runs(large_slide, fluo_model):
+    """The whole-image labels, and ``segment`` at a block size, each computed once per module."""
+    runs = {"whole": whole_image_labels(large_slide, fluo_model)[1]}
+
+    def tiled(block: int):
+        if block not in runs:
+            result = segment_slide(large_slide, fluo_model,
+                                   options(block=block, margin=LARGE_MARGIN, name=f"b{block}", workers=1))
+            runs[block] = result, zarr.open_group(large_slide, mode="r")[f"labels/b{block}/0"][...]
+        return runs[block]
+
+    return runs["whole"], tiled
 
 
 @pytest.mark.parametrize("block", [96, 128, 256])
-def test_objects_larger_than_the_margin_equal_the_whole_image_and_none_is_dropped(large_slide, fluo_model, block):
-    _, whole = whole_image_labels(large_slide, fluo_model)
-    result = segment_slide(large_slide, fluo_model, options(block=block, margin=24, name=f"b{block}", workers=1))
-    tiled = zarr.open_group(large_slide, mode="r")[f"labels/b{block}/0"][...]
+def test_objects_larger_than_the_margin_equal_the_whole_image_and_none_is_dropped(large_runs, block):
+    whole, tiled_at = large_runs
+    result, tiled = tiled_at(block)
     extents = [max(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in ndi.find_objects(whole) if b is not None]
-    assert sum(e > 48 for e in extents) > 10  # many objects wider than the margin (24 px) and twice it
+    assert sum(e > 2 * LARGE_MARGIN for e in extents) > 10  # many objects more than twice as wide as the margin
     assert result.large_objects > 0 and result.too_large == 0 and result.dropped_objects == 0
     assert_same_objects(whole, tiled)  # F1 at IoU 0.9 is exactly 1: nothing cut, merged, duplicated or dropped
 
 
-def test_a_run_killed_in_the_large_object_pass_resumes_to_identical_labels(large_slide, fluo_model):
-    segment_slide(large_slide, fluo_model, options(name="reference", workers=1))
-    reference = zarr.open_group(large_slide, mode="r")["labels/reference/0"][...]
+def test_a_run_killed_in_the_large_object_pass_resumes_to_identical_labels(large_slide, large_runs, fluo_model):
+    _, reference = large_runs[1](BLOCK)
     large = large_slide / "labels" / ".cells.work" / "large"
     command = [sys.executable, "-m", "sparseseg.cli", "segment", str(large_slide), "--model", str(fluo_model),
-               "--block", str(BLOCK), "--workers", "1", "-q"]
+               "--block", str(BLOCK), "--margin", str(LARGE_MARGIN), "--workers", "1", "-q"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (large.exists() and len(list(large.glob("*.npz"))) >= 2):

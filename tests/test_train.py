@@ -134,11 +134,14 @@ def test_checkpoints_load_safely_and_refuse_bad_files(tmp_path, data):
         train(data.open(), tmp_path / "x.pt", rgb, TrainConfig(steps=1), init=tmp_path / "m.pt", progress=False)
 
 
-def test_checkpoints_of_the_unnormalised_network_still_load():
-    """The bundled model predates batch norm: its config has no 'norm' and its weights no norm layers."""
-    from pathlib import Path
-
-    bundled = Path(__file__).parents[1] / "sparseseg" / "data" / "models" / "dsb_nuclei_rgb.pt"
-    state = load_checkpoint(bundled)
-    model = model_from_checkpoint(state)
-    assert model.config.norm == ("none" if "norm" not in state["config"] else state["config"]["norm"])
+def test_checkpoints_of_the_unnormalised_network_still_load(tmp_path):
+    """Checkpoints from before batch norm (config without 'norm', convs with biases) load as norm-free nets."""
+    legacy = UNet(UNetConfig(in_channels=3, depth=2, width=8, norm="none"))
+    save_checkpoint(tmp_path / "legacy.pt", legacy, None, pixel_size_um=0.5)
+    state = torch.load(tmp_path / "legacy.pt", weights_only=True)
+    del state["config"]["norm"]
+    torch.save(state, tmp_path / "legacy.pt")
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "legacy.pt")).eval()
+    assert model.config.norm == "none"
+    image = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(model(image), legacy.eval()(image), rtol=0, atol=0)

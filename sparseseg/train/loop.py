@@ -134,8 +134,10 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     start_step, history, optimizer_state, average_state, drawn_before = 0, [], None, None, {}
+    inherited = None  # the calibrated instance parameters of the checkpoint resumed or fine-tuned
     if resume:
         state = load_checkpoint(out)
+        inherited = state.get("instance_params")
         drawn_before = state.get("data", {}).get("train", {}) if rank == 0 else {}
         model = model_from_checkpoint(state)
         if "raw_state_dict" in state:
@@ -144,6 +146,7 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
         start_step, history, optimizer_state = int(state["step"]), list(state.get("history", [])), state.get("optimizer")
     elif init is not None:
         state = load_checkpoint(init)
+        inherited = state.get("instance_params")
         if state["config"]["in_channels"] != model_config.in_channels:
             raise InputError(init, f"checkpoint expects {state['config']['in_channels']} input channels, "
                                    f"the data has {model_config.in_channels}")
@@ -173,6 +176,8 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
     meta = dict(normalization={"method": "percentile", "per_source": [n.to_dict() for n in normalizations]},
                 pixel_size_um=pixel_size_um, command=command, loss=config.loss, train_config=asdict(config),
                 channels=list(channels) if channels else None)
+    if inherited:  # --init / --resume keep the calibrated instance parameters until calibration replaces them
+        meta["instance_params"] = inherited
     shares = range(rank * per_rank, (rank + 1) * per_rank)
     # patches this rank drew from each source (rank 0 carries a resumed run's earlier counts)
     drawn = torch.tensor([int(drawn_before.get(s.name, 0)) for s in sources], dtype=torch.int64)
