@@ -99,18 +99,21 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     small = run(args.edge, args.workdir, args.model, args.block, args.margin, args.workers, args.threads, forward=True)
     forward = small["forward"]
+    share = small["timings"].get("large objects", 0.0) / small["wall"]
+    large_line = (f"large-object pass: {small['large']} objects grown, {small['large_pixels'] / 1e6:.2f} Mpx labelled "
+                  f"again, {100 * share:.1f} % of the wall time")
     if args.only_1x:
         print(f"1x {args.edge}^2: segment {small['wall']:.1f} s, forward {forward:.1f} s, overhead "
               f"{small['wall'] / forward:.2f}, amplification {small['amplification']:.3f}, "
-              f"{args.edge**2 / 1e6 / small['wall']:.2f} Mpx/s, worker RSS {small['worker_rss_mb']:.0f} MB")
+              f"{args.edge**2 / 1e6 / small['wall']:.2f} Mpx/s, worker RSS {small['worker_rss_mb']:.0f} MB; "
+              f"{small['objects']} objects, passes {small['timings']}")
+        print(large_line)
         return
     large = run(2 * args.edge, args.workdir, args.model, args.block, args.margin, args.workers, args.threads)
     mpx = args.edge**2 / 1e6
     print(f"1x {args.edge}^2: segment {small['wall']:.1f} s, {small['objects']} objects, "
           f"{small['blocks']} blocks ({small['skipped']} without tissue); passes {small['timings']}")
-    share = small["timings"].get("large objects", 0.0) / small["wall"]
-    print(f"large-object pass: {small['large']} objects grown, {small['large_pixels'] / 1e6:.2f} Mpx labelled again, "
-          f"{100 * share:.1f} % of the wall time")
+    print(large_line)
     print(f"1x pure network forward over the same blocks, workers ({args.workers}) and threads ({args.threads}): "
           f"{forward:.1f} s")
     print(f"(1) overhead segment / forward: {small['wall'] / forward:.2f}  (goal <= 1.10)")

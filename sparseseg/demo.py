@@ -16,21 +16,32 @@ from sparseseg.ingest import ingest
 
 DATA = Path(__file__).parent / "data"
 DEMO_SLIDE = DATA / "cmu_small_region.svs"
-BUNDLED_MODEL = DATA / "models" / "dsb_nuclei_rgb.pt"
+BUNDLED_MODEL = DATA / "models" / "nuclei_he.pt"
 
 
-def sparse_training_folders(out_dir: Path, fraction: float = 0.25) -> tuple[Path, Path]:
-    """Partial annotations (GP masks over ``fraction`` of the pixels) of the bundled H&E images."""
+#: DSB2018 records no pixel size: its images are given the one at which their median nucleus is this
+#: wide, as in the bundled model's training data (bench/bundled_data.py).
+NOMINAL_NUCLEUS_UM = 6.5
+
+
+def sparse_training_folders(out_dir: Path, fraction: float = 0.25) -> tuple[Path, Path, float]:
+    """Partial annotations (GP masks over ``fraction`` of the pixels) of the bundled H&E images, and
+    their nominal pixel size (um)."""
+    import numpy as np
+
     from sparseseg.annotations.sparsify import sparsify_dense
 
     images, annotations = out_dir / "train" / "images", out_dir / "train" / "annotations"
     images.mkdir(parents=True, exist_ok=True)
     annotations.mkdir(parents=True, exist_ok=True)
+    diameters = []
     for i, image in enumerate(sorted((DATA / "dsb_he" / "images").glob("*.png"))):
         (images / image.name).write_bytes(image.read_bytes())
         labels = tifffile.imread(DATA / "dsb_he" / "labels" / f"{image.stem}.tif")
         tifffile.imwrite(annotations / f"{image.stem}.tif", sparsify_dense(labels, fraction, seed=i).partial)
-    return images, annotations
+        areas = np.bincount(labels.ravel())[1:]
+        diameters.append(np.sqrt(4 * np.median(areas[areas > 0]) / np.pi))
+    return images, annotations, NOMINAL_NUCLEUS_UM / float(np.median(diameters))
 
 
 def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -> dict[str, Path]:
@@ -38,10 +49,9 @@ def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -
     from sparseseg.export.geojson import export_geojson
     from sparseseg.measure.run import measure_slide
     from sparseseg.io.labels import resolve_labels
-    from sparseseg.model.unet import UNetConfig
     from sparseseg.segment import SegmentOptions, segment_slide
-    from sparseseg.train.data import folder_sources
-    from sparseseg.train.loop import TrainConfig, train
+    from sparseseg.train.loop import TrainConfig
+    from sparseseg.train.request import DataSpec, TrainRequest, run_training
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,12 +66,13 @@ def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -
     ingest(DEMO_SLIDE, slide, overwrite=True, progress=progress)
     lap("ingest")
     print(f"2/5 fine-tune the bundled nuclei model for {train_minutes} min on 25 % sparse annotations", flush=True)
-    images, annotations = sparse_training_folders(out_dir)
+    images, annotations, pixel_size = sparse_training_folders(out_dir)
     model = out_dir / "model.pt"
-    config = TrainConfig(steps=10**9, minutes=train_minutes, patch=128, batch=8, lr=5e-4, val_patches=8,
-                         val_every=10**9, checkpoint_every=10**9)
-    result = train(folder_sources(images, annotations), model, UNetConfig(in_channels=3, depth=3, width=16), config,
-                   init=BUNDLED_MODEL, command="sparseseg demo (fine-tune)", pixel_size_um=0.37, progress=progress)
+    request = TrainRequest(DataSpec(images=str(images), annotations=str(annotations)), model, init=BUNDLED_MODEL,
+                           config=TrainConfig(lr=5e-4, val_patches=8, val_every=10**9, checkpoint_every=10**9),
+                           minutes=train_minutes, pixel_size_um=pixel_size, overwrite=model.exists(),
+                           calibrate=False, command="sparseseg demo (fine-tune)")
+    result = run_training(request, progress=progress)
     lap("train")
     print("3/5 segment every nucleus (blocks on a Dask LocalCluster, seam-free stitching)", flush=True)
     segmented = segment_slide(slide, model, SegmentOptions(overwrite=True, progress=progress))

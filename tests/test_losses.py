@@ -8,8 +8,8 @@ import torch
 from helpers import random_scene, random_sparse_annotation
 
 from sparseseg.annotations import PatchAnnotation, compute_targets
-from sparseseg.losses import (EikonalWeights, SketchposeWeights, batch_targets, eikonal_loss, eikonal_regulariser, masked_object_loss,
-                              sketchpose_loss, upwind_gradient)
+from sparseseg.losses import (EikonalWeights, SketchposeWeights, batch_targets, eikonal_loss, eikonal_regulariser,
+                              masked_object_loss, sketchpose_loss, upwind_gradient)
 
 #: The published Sketchpose weights: no logistic sign term, whose minimum lies at infinite distance.
 PUBLISHED = SketchposeWeights(flow=2.0, sign=0.0)
