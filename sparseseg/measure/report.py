@@ -17,14 +17,27 @@ from skimage.segmentation import find_boundaries  # noqa: E402
 from sparseseg.measure.regions import Regions  # noqa: E402
 
 
-def thumbnail_with_labels(image_level: np.ndarray, labels_level: np.ndarray, out: Path) -> None:
-    """RGB thumbnail (from the image's coarsest level) with object outlines in green."""
-    rgb = image_level[:3] if image_level.shape[0] >= 3 else np.repeat(image_level[:1], 3, axis=0)
+OUTLINE_RGB = (0.0, 1.0, 0.2)
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) pixels as an (H, W, 3) float image in [0, 1], stretched between the 0.5 / 99.5 percentiles."""
+    rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
     rgb = rgb.transpose(1, 2, 0).astype(np.float32)
     low, high = np.percentile(rgb, [0.5, 99.5])
-    rgb = np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
-    rgb[find_boundaries(labels_level, mode="inner")] = (0.0, 1.0, 0.2)
-    plt.imsave(out, rgb)
+    return np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
+
+
+def with_outlines(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A copy of ``rgb`` with each object's inner outline in green."""
+    outlined = rgb.copy()
+    outlined[find_boundaries(labels, mode="inner")] = OUTLINE_RGB
+    return outlined
+
+
+def thumbnail_with_labels(image_level: np.ndarray, labels_level: np.ndarray, out: Path) -> None:
+    """RGB thumbnail (from the image's coarsest level) with object outlines in green."""
+    plt.imsave(out, with_outlines(display_rgb(image_level), labels_level))
 
 
 def densest_window(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], size: int) -> tuple[slice, slice]:
@@ -47,14 +60,9 @@ def densest_window(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], s
 
 def overlay_crop(image_crop: np.ndarray, labels_crop: np.ndarray, out: Path) -> None:
     """A full-resolution crop side by side: the image | the image with each object's outline."""
-    rgb = image_crop[:3] if image_crop.shape[0] >= 3 else np.repeat(image_crop[:1], 3, axis=0)
-    rgb = rgb.transpose(1, 2, 0).astype(np.float32)
-    low, high = np.percentile(rgb, [0.5, 99.5])
-    rgb = np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
-    outlined = rgb.copy()
-    outlined[find_boundaries(labels_crop, mode="inner")] = (0.0, 1.0, 0.2)
+    rgb = display_rgb(image_crop)
     gap = np.ones((rgb.shape[0], 8, 3), np.float32)
-    plt.imsave(out, np.concatenate([rgb, gap, outlined], axis=1))
+    plt.imsave(out, np.concatenate([rgb, gap, with_outlines(rgb, labels_crop)], axis=1))
 
 
 def density_heatmap(table: pd.DataFrame, regions: Regions, out: Path) -> None:
