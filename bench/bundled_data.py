@@ -31,16 +31,11 @@ from skimage.segmentation import watershed
 from skimage.transform import resize
 
 from sparseseg.annotations.model import BACKGROUND, encode_dense
+from sparseseg.metrics.sizes import median_diameter_px
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CMU = ROOT / "sparseseg" / "data" / "cmu_small_region.svs"
-
-
-def median_diameter_px(labels: np.ndarray) -> float:
-    sizes = np.bincount(labels.ravel())[1:]
-    sizes = sizes[sizes > 0]
-    return float(np.sqrt(4 * np.median(sizes) / np.pi)) if sizes.size else 0.0
 
 
 def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:

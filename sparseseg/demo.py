@@ -30,6 +30,7 @@ def sparse_training_folders(out_dir: Path, fraction: float = 0.25) -> tuple[Path
     import numpy as np
 
     from sparseseg.annotations.sparsify import sparsify_dense
+    from sparseseg.metrics.sizes import median_diameter_px
 
     images, annotations = out_dir / "train" / "images", out_dir / "train" / "annotations"
     images.mkdir(parents=True, exist_ok=True)
@@ -39,8 +40,7 @@ def sparse_training_folders(out_dir: Path, fraction: float = 0.25) -> tuple[Path
         (images / image.name).write_bytes(image.read_bytes())
         labels = tifffile.imread(DATA / "dsb_he" / "labels" / f"{image.stem}.tif")
         tifffile.imwrite(annotations / f"{image.stem}.tif", sparsify_dense(labels, fraction, seed=i).partial)
-        areas = np.bincount(labels.ravel())[1:]
-        diameters.append(np.sqrt(4 * np.median(areas[areas > 0]) / np.pi))
+        diameters.append(median_diameter_px(labels))
     return images, annotations, NOMINAL_NUCLEUS_UM / float(np.median(diameters))
 
 

@@ -33,3 +33,17 @@ def test_perfect_and_empty_predictions():
     assert perfect == {"f1@0.5": 1.0, "pq@0.5": 1.0, "mAP": 1.0}
     empty = summarize(matching(truth, np.zeros_like(truth)))
     assert empty == {"f1@0.5": 0.0, "pq@0.5": 0.0, "mAP": 0.0}
+
+
+def test_median_diameter_is_the_diameter_of_the_median_area_disc():
+    from skimage.draw import disk
+
+    from sparseseg.metrics.sizes import median_diameter_px
+
+    labels = np.zeros((200, 200), np.int32)
+    for k, (centre, radius) in enumerate([((40, 40), 6), ((100, 100), 10), ((160, 160), 20)], start=1):
+        labels[disk(centre, radius, shape=labels.shape)] = k
+    area = (labels == 2).sum()
+    assert median_diameter_px(labels) == np.sqrt(4 * area / np.pi)
+    assert abs(median_diameter_px(labels) - 20) < 0.5
+    assert median_diameter_px(np.zeros((5, 5), np.int32)) == 0.0
