@@ -8,6 +8,7 @@ STAMP := $(VENV)/.sparseseg-installed
 TORCH_CPU ?= torch==2.13.0
 TORCH_GPU ?= torch>=2.4
 DEMO_OUT ?= demo-output
+TEST_PROCESSES ?= 2
 
 .PHONY: install demo test bench clean
 
@@ -31,7 +32,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCESSES)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the cores: one torch thread each (before torch loads)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 DATA = Path(__file__).parent / "data"
 SVS = Path(__file__).parents[1] / "sparseseg" / "data" / "cmu_small_region.svs"
@@ -38,14 +42,36 @@ def fluo_training_folders(tmp_path_factory) -> dict[str, str]:
     return {"images": str(root / "images"), "annotations": str(root / "annotations")}
 
 
+def shared_root(tmp_path_factory) -> Path:
+    """A folder all pytest-xdist workers of this run see (each worker's own base folder's parent)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def fluo_model(fluo_training_folders, tmp_path_factory) -> Path:
-    """A small nuclei model trained briefly (about 30 s) through the CLI on the folders above."""
+    """A small nuclei model trained briefly through the CLI on the folders above, once per run.
+
+    Under pytest-xdist the first worker to need it trains it; the others wait on a file lock and load it."""
+    from filelock import FileLock
+
     from sparseseg.cli import main
 
-    out = tmp_path_factory.mktemp("model") / "fluo.pt"
-    code = main(["train", "--images", fluo_training_folders["images"], "--annotations",
-                 fluo_training_folders["annotations"], "--out", str(out), "--epochs", "50", "--patch", "96",
-                 "--batch", "8", "--depth", "2", "--width", "16", "--lr", "3e-3", "--pixel-size", "0.5", "-q"])
-    assert code == 0
+    folder = shared_root(tmp_path_factory) / "fluo-model"
+    folder.mkdir(exist_ok=True)
+    out = folder / "fluo.pt"
+    with FileLock(folder / "train.lock"):
+        if not out.is_file():
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(os.cpu_count() or 1)  # the other workers may be waiting for this model
+            try:
+                code = main(["train", "--images", fluo_training_folders["images"], "--annotations",
+                             fluo_training_folders["annotations"], "--out", str(out), "--epochs", "50", "--patch",
+                             "96", "--batch", "8", "--depth", "2", "--width", "16", "--lr", "3e-3", "--pixel-size",
+                             "0.5", "-q"])
+            finally:
+                torch.set_num_threads(threads)
+            assert code == 0
     return out

@@ -23,8 +23,11 @@ def main(work: Path) -> None:
     results["train"] = train_model(str(work / "tuned.pt"), images=str(work / "train" / "images"),
                                    annotations=str(work / "train" / "annotations"), init=str(MODEL), minutes=0.05,
                                    pixel_size_um=0.5)
-    results["archive_first"] = process_archive(str(archive), str(work / "out"), str(MODEL), regions="grid:50um")
-    results["archive_second"] = process_archive(str(archive), str(work / "out"), str(MODEL), regions="grid:50um")
+    threads = work / "threads.yaml"  # the archive runs on in-process workers (process_slide ran the default cluster)
+    threads.write_text("kind: local\nn_workers: 1\nthreads_per_worker: 2\nprocesses: false\n")
+    for run in ("archive_first", "archive_second"):
+        results[run] = process_archive(str(archive), str(work / "out"), str(MODEL), cluster=str(threads),
+                                       regions="grid:50um")
     print("RESULTS " + json.dumps(results, default=str))
 
 

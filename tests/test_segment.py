@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -30,14 +31,25 @@ from sparseseg.segment.plan import plan_segment
 BLOCK = 96  # does not divide 520 x 694; a multiple of the model's downsampling factor (4)
 
 
-@pytest.fixture()
-def slide(tmp_path):
+def make_slide(folder) -> Path:
     """A real-content, non-square slide: DSB fluorescence nuclei tiled 2 x 2 (520 x 694)."""
     image = iio.imread(DSB / "images" / "fluo_0402a81e.png")
     mosaic = np.vstack([np.hstack([image, image[:, ::-1]])] * 2)
-    src = tmp_path / "mosaic.tif"
-    tifffile.imwrite(src, mosaic, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
-    return ingest(src, tmp_path / "slide.ome.zarr", chunk=128, tissue="none")
+    tifffile.imwrite(folder / "mosaic.tif", mosaic, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    return ingest(folder / "mosaic.tif", folder / "slide.ome.zarr", chunk=128, tissue="none")
+
+
+@pytest.fixture()
+def slide(tmp_path) -> Path:
+    return make_slide(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, fluo_model):
+    """(slide, result, labels) of one undisturbed ``segment`` run on 2 workers, which the fault tests must reproduce."""
+    slide = make_slide(tmp_path_factory.mktemp("reference"))
+    result = segment_slide(slide, fluo_model, options(workers=2))
+    return slide, result, zarr.open_group(slide, mode="r")["labels/cells/0"][...]
 
 
 def options(**values) -> SegmentOptions:
@@ -61,10 +73,9 @@ def test_block_network_outputs_equal_whole_image_outputs(slide, fluo_model):
                                    output[(slice(0, 3), *block.context)], atol=1e-4, rtol=0)
 
 
-def test_segment_equals_whole_image_segmentation(slide, fluo_model):
+def test_segment_equals_whole_image_segmentation(reference, fluo_model):
+    slide, result, tiled = reference
     _, whole = whole_image_labels(slide, fluo_model)
-    result = segment_slide(slide, fluo_model, options(margin=48, workers=2))
-    tiled = zarr.open_group(slide, mode="r")["labels/cells/0"][...]
     assert result.n_objects == int(tiled.max()) and tiled.dtype == np.uint32
     assert whole.max() > 150
     assert_same_objects(whole, tiled)  # F1 at IoU 0.9 is then exactly 1: no split, merged or duplicated cell
@@ -76,9 +87,7 @@ def test_segment_equals_whole_image_segmentation(slide, fluo_model):
     assert not [p for p in (slide / "labels").iterdir() if p.name.startswith(".cells")]
 
 
-def test_killing_a_worker_mid_run_gives_identical_labels(slide, fluo_model, tmp_path):
-    segment_slide(slide, fluo_model, options(name="reference", workers=2))
-    reference = zarr.open_group(slide, mode="r")["labels/reference/0"][...]
+def test_killing_a_worker_mid_run_gives_identical_labels(slide, fluo_model, reference):
     work = slide / "labels" / ".cells.work" / "blocks"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
@@ -97,12 +106,10 @@ def test_killing_a_worker_mid_run_gives_identical_labels(slide, fluo_model, tmp_
         segment_slide(slide, fluo_model, options(scheduler=cluster.scheduler_address))
         killer.join()
     assert killed and 3 <= killed[0] < 40  # most blocks were still to do when the worker died
-    np.testing.assert_array_equal(zarr.open_group(slide, mode="r")["labels/cells/0"][...], reference)
+    np.testing.assert_array_equal(zarr.open_group(slide, mode="r")["labels/cells/0"][...], reference[2])
 
 
-def test_interrupted_run_resumes_to_identical_labels(slide, fluo_model):
-    segment_slide(slide, fluo_model, options(name="reference", workers=1))
-    reference = zarr.open_group(slide, mode="r")["labels/reference/0"][...]
+def test_interrupted_run_resumes_to_identical_labels(slide, fluo_model, reference):
     work = slide / "labels" / ".cells.work" / "blocks"
     command = [sys.executable, "-m", "sparseseg.cli", "segment", str(slide), "--model", str(fluo_model),
                "--block", str(BLOCK), "--workers", "1", "-q"]
@@ -116,7 +123,7 @@ def test_interrupted_run_resumes_to_identical_labels(slide, fluo_model):
     assert 10 <= len(finished) < 48
     assert not (slide / "labels" / "cells").exists()  # never marked complete
     assert subprocess.run(command + ["--resume"], timeout=300).returncode == 0
-    np.testing.assert_array_equal(zarr.open_group(slide, mode="r")["labels/cells/0"][...], reference)
+    np.testing.assert_array_equal(zarr.open_group(slide, mode="r")["labels/cells/0"][...], reference[2])
 
 
 @pytest.mark.parametrize("scale", [0.8, 1.37])
@@ -188,7 +195,7 @@ def large_runs(large_slide, fluo_model):
     return runs["whole"], tiled
 
 
-@pytest.mark.parametrize("block", [96, 128, 256])
+@pytest.mark.parametrize("block", [96, 256])
 def test_objects_larger_than_the_margin_equal_the_whole_image_and_none_is_dropped(large_runs, block):
     whole, tiled_at = large_runs
     result, tiled = tiled_at(block)
