@@ -8,7 +8,6 @@ import subprocess
 import sys
 import urllib.request
 
-import numpy as np
 import pytest
 from conftest import SVS
 
