@@ -123,6 +123,24 @@ def process_one(source: str, output_dir: str, model: str, cluster: str | None, r
     return row
 
 
+def build_deferred_prefect_models() -> None:
+    """Build Prefect's deferred pydantic models now, in one thread, before subflows start in several.
+
+    pydantic < 2.13 (ome-zarr-models pins it) rebuilds a deferred model unsafely when two threads use it
+    first at the same moment (pydantic issue 11849): one thread then validates with the parent class and
+    the subflow fails with "ValidationError ... _FlowRunFilterBaseModel ... Extra inputs are not permitted".
+    Building the ~260 models takes about 0.2 s.
+    """
+    import pydantic
+
+    pending = list(pydantic.BaseModel.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        if model.__module__.startswith("prefect") and not model.__dict__.get("__pydantic_complete__", True):
+            model.model_rebuild(raise_errors=False)
+
+
 @flow(name="process-archive", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def process_archive(input_dir: str, output_dir: str, model: str, cluster: str | None = None,
                     regions: str = "grid:250um", block: int = 2048, max_concurrent_slides: int = 2) -> list[dict]:
@@ -132,6 +150,7 @@ def process_archive(input_dir: str, output_dir: str, model: str, cluster: str | 
     a table artifact lists slide, cells, density, runtime and output path.
     """
     logger = get_run_logger()
+    build_deferred_prefect_models()  # the per-slide subflows below start in threads
     slides = discover_slides(input_dir)
     logger.info("%d slides in %s", len(slides), input_dir)
     rows = []

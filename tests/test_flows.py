@@ -152,6 +152,36 @@ def test_deployment_on_a_real_prefect_server(tmp_path):
         _stop(server)
 
 
+PREFECT_MODELS = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import pydantic
+from flows.pipeline import build_deferred_prefect_models
+
+def deferred():
+    pending, found = list(pydantic.BaseModel.__subclasses__()), []
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        if model.__module__.startswith("prefect") and not model.__dict__.get("__pydantic_complete__", True):
+            found.append(model.__name__)
+    return found
+
+before = deferred()
+build_deferred_prefect_models()
+print(len(before), "FlowRunFilter" in before, len(deferred()))
+"""
+
+
+def test_prefect_models_are_built_before_subflows_run_in_threads(tmp_path):
+    """A deferred model first used by two subflow threads at once failed a deployed archive run; none is left."""
+    result = subprocess.run([sys.executable, "-c", PREFECT_MODELS, str(ROOT)], capture_output=True, text=True,
+                            timeout=300, env=prefect_env(tmp_path / "prefect-home"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, flow_run_filter, after = result.stdout.split()
+    assert int(before) > 100 and flow_run_filter == "True" and int(after) == 0
+
+
 def test_slurm_spec_renders_a_job_script_with_one_gpu_per_job():
     pytest.importorskip("dask_jobqueue")
     spec = load_spec(ROOT / "deploy" / "clusters" / "slurm-gpu.yaml")
