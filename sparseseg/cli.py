@@ -151,7 +151,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     left_out = result.too_large + result.dropped_objects
     print(f"wrote {result.labels}: {result.n_objects} objects from {result.n_blocks} blocks "
           f"({result.skipped_blocks} without tissue skipped; {result.large_objects} larger than --margin segmented "
-          f"on grown windows" + (f"; {left_out} left out" if left_out else "") + ")")
+          f"on grown windows" + (f"; {left_out} left out" if left_out else "")
+          + (f"; {result.trimmed_objects} cut to their largest piece, {result.trimmed_pixels} px of stray pieces "
+             "left as background" if result.trimmed_objects else "") + ")")
     return 0
 
 

@@ -10,7 +10,8 @@ from conftest import DSB
 
 from helpers import matched_at
 from sparseseg.annotations import PatchAnnotation, compute_targets
-from sparseseg.instances.dynamics import InstanceParams, flows_to_labels, relabel_sequential
+from sparseseg.instances.dynamics import (InstanceParams, finalize_clusters, flows_to_labels, relabel_sequential,
+                                         trimmed_pixels)
 
 
 @pytest.mark.parametrize("name,minimum", [("fluo_0402a81e", 0.95), ("he_65c8527c", 0.95), ("he_0121d675", 0.85)])
@@ -40,3 +41,18 @@ def test_touching_objects_stay_apart_and_empty_input_gives_nothing():
 def test_relabel_sequential_is_compact_and_ordered():
     labels = np.array([[0, 7, 7], [3, 3, 0], [9, 0, 7]], np.uint32)
     np.testing.assert_array_equal(relabel_sequential(labels), [[0, 1, 1], [2, 2, 0], [3, 0, 1]])
+
+
+def test_the_pieces_cut_away_are_counted_per_object():
+    """An object in three pieces keeps its largest; the two others are counted, a dropped object is not."""
+    clusters = np.zeros((20, 30), np.int64)
+    clusters[2:8, 2:8] = 1     # 36 px: the piece kept
+    clusters[12:14, 2:5] = 1   # 6 px sliver of the same cluster
+    clusters[2:4, 12:14] = 1   # 4 px sliver
+    clusters[12:19, 12:19] = 2  # 49 px, one piece: nothing cut
+    clusters[2:4, 22:24] = 3   # 4 px: below min_size, dropped whole
+    zero_flow = np.zeros((2, *clusters.shape), np.float32)  # no flow error check: threshold above any error
+    final = finalize_clusters(clusters, zero_flow, InstanceParams(min_size=5, flow_error_threshold=10.0))
+    assert sorted(np.unique(final).tolist()) == [0, 1, 2] and (final == 1).sum() == 36
+    lost = trimmed_pixels(clusters, final)
+    assert lost[0] == 0 and lost[1] == 10 and lost[2] == 0 and lost[3] == 0

@@ -21,6 +21,7 @@ from distributed import Client, LocalCluster
 from helpers import assert_same_objects
 
 from sparseseg.infer.predictor import Predictor
+from sparseseg.instances.dynamics import finalize_clusters, instance_clusters, trimmed_pixels
 from sparseseg.ingest import ingest
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.model.normalize import slide_normalization
@@ -64,6 +65,15 @@ def whole_image_labels(slide, model_path) -> tuple[np.ndarray, np.ndarray]:
     return predictor.fields(pixels, normalization), predictor.instances(pixels, normalization)
 
 
+def whole_image_trimmed(slide, model_path) -> tuple[int, int]:
+    """(objects cut to their largest piece, pixels of the pieces cut away) in the whole image."""
+    predictor = Predictor.from_checkpoint(model_path, device="cpu")
+    fields, _ = whole_image_labels(slide, model_path)
+    clusters = instance_clusters(fields[0], fields[1:3], predictor.params, "cpu")
+    lost = trimmed_pixels(clusters, finalize_clusters(clusters, fields[1:3], predictor.params))
+    return int((lost > 0).sum()), int(lost.sum())
+
+
 def test_block_network_outputs_equal_whole_image_outputs(slide, fluo_model):
     output, _ = whole_image_labels(slide, fluo_model)
     plan = plan_segment(slide, fluo_model, options())
@@ -84,6 +94,9 @@ def test_segment_equals_whole_image_segmentation(reference, fluo_model):
     from ome_zarr_models.v04 import ImageLabel
 
     ImageLabel.from_zarr(root["labels/cells"])
+    trimmed = whole_image_trimmed(slide, fluo_model)  # stray pieces left as background are counted, as in the whole image
+    assert trimmed[0] > 0 and (result.trimmed_objects, result.trimmed_pixels) == trimmed
+    assert root["labels/cells"].attrs["sparseseg"]["trimmed_pieces"] == {"objects": trimmed[0], "pixels": trimmed[1]}
     assert not [p for p in (slide / "labels").iterdir() if p.name.startswith(".cells")]
 
 
@@ -183,7 +196,8 @@ def large_slide(tmp_path_factory):
 @pytest.fixture(scope="module")
 def large_runs(large_slide, fluo_model):
     """The whole-image labels, and ``segment`` at a block size, each computed once per module."""
-    runs = {"whole": whole_image_labels(large_slide, fluo_model)[1]}
+    runs = {"whole": whole_image_labels(large_slide, fluo_model)[1],
+            "trimmed": whole_image_trimmed(large_slide, fluo_model)}
 
     def tiled(block: int):
         if block not in runs:
@@ -192,17 +206,18 @@ def large_runs(large_slide, fluo_model):
             runs[block] = result, zarr.open_group(large_slide, mode="r")[f"labels/b{block}/0"][...]
         return runs[block]
 
-    return runs["whole"], tiled
+    return runs["whole"], tiled, runs["trimmed"]
 
 
 @pytest.mark.parametrize("block", [96, 256])
 def test_objects_larger_than_the_margin_equal_the_whole_image_and_none_is_dropped(large_runs, block):
-    whole, tiled_at = large_runs
+    whole, tiled_at, trimmed = large_runs
     result, tiled = tiled_at(block)
     extents = [max(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in ndi.find_objects(whole) if b is not None]
     assert sum(e > 2 * LARGE_MARGIN for e in extents) > 10  # many objects more than twice as wide as the margin
     assert result.large_objects > 0 and result.too_large == 0 and result.dropped_objects == 0
     assert_same_objects(whole, tiled)  # F1 at IoU 0.9 is exactly 1: nothing cut, merged, duplicated or dropped
+    assert (result.trimmed_objects, result.trimmed_pixels) == trimmed  # large objects' stray pieces counted too
 
 
 def test_a_run_killed_in_the_large_object_pass_resumes_to_identical_labels(large_slide, large_runs, fluo_model):

@@ -204,6 +204,17 @@ def largest_pieces(labels: np.ndarray) -> np.ndarray:
     return np.where(chosen[pieces], labels, 0).astype(labels.dtype)
 
 
+def trimmed_pixels(clusters: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """Per id, the pixels of its cluster that ``finalize_clusters`` cut away as smaller pieces (0 for an id
+    it dropped whole or left whole); what `segment` reports, so no trimmed pixel goes uncounted."""
+    n = int(max(clusters.max(initial=0), final.max(initial=0))) + 1
+    before = np.bincount(clusters.ravel().astype(np.int64), minlength=n)
+    after = np.bincount(final.ravel().astype(np.int64), minlength=n)
+    lost = np.where(after > 0, before - after, 0)
+    lost[0] = 0  # background gains what the objects lose
+    return lost
+
+
 def flows_to_labels(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
                     params: InstanceParams = InstanceParams(), device: str | torch.device | None = None) -> np.ndarray:
     """uint32 instance labels (0 background, 1..N), each one 4-connected piece, from one distance (H, W)

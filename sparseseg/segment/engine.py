@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 from sparseseg.errors import InputError
 from sparseseg.infer.predictor import Predictor, default_device
 from sparseseg.infer.windows import NetworkFields, Prepared
-from sparseseg.instances.dynamics import finalize_clusters, instance_clusters
+from sparseseg.instances.dynamics import finalize_clusters, instance_clusters, trimmed_pixels
 from sparseseg.segment.plan import BlockJob
 from sparseseg.segment.rescale import resample_window, source_window
 from sparseseg.tiling.blocks import Block, Window, near_inner_edges
@@ -114,13 +114,15 @@ class ArrayFields:
 @dataclass
 class ObjectPixelsGlobal:
     """Whole objects as global model-grid pixel lists: per object its anchor (top-left of its box), its
-    cluster's box (y0, x0, y1, x1; what decides where it is exact), and its pixels ``rows``/``cols``."""
+    cluster's box (y0, x0, y1, x1; what decides where it is exact), its pixels ``rows``/``cols``, and
+    ``trimmed``: the pixels of its cluster cut away as smaller pieces."""
 
     anchors: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     cluster_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
     starts: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     cols: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    trimmed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -129,24 +131,27 @@ class ObjectPixelsGlobal:
         return self.rows[self.starts[k]: self.starts[k + 1]], self.cols[self.starts[k]: self.starts[k + 1]]
 
     @classmethod
-    def build(cls, items: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]]) -> ObjectPixelsGlobal:
-        """From (anchor, cluster box, rows, cols) per object."""
+    def build(cls, items: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, int]]) -> ObjectPixelsGlobal:
+        """From (anchor, cluster box, rows, cols, trimmed pixels) per object."""
         if not items:
             return cls()
-        sizes = [len(r) for _, _, r, _ in items]
-        return cls(anchors=np.array([a for a, _, _, _ in items], np.int64).reshape(-1, 2),
-                   cluster_boxes=np.array([b for _, b, _, _ in items], np.int64).reshape(-1, 4),
+        sizes = [len(r) for _, _, r, _, _ in items]
+        return cls(anchors=np.array([a for a, _, _, _, _ in items], np.int64).reshape(-1, 2),
+                   cluster_boxes=np.array([b for _, b, _, _, _ in items], np.int64).reshape(-1, 4),
                    starts=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-                   rows=np.concatenate([r for _, _, r, _ in items]).astype(np.int64),
-                   cols=np.concatenate([c for _, _, _, c in items]).astype(np.int64))
+                   rows=np.concatenate([r for _, _, r, _, _ in items]).astype(np.int64),
+                   cols=np.concatenate([c for _, _, _, c, _ in items]).astype(np.int64),
+                   trimmed=np.array([t for *_, t in items], np.int64))
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}_{k}": getattr(self, k) for k in ("anchors", "cluster_boxes", "starts", "rows", "cols")}
+        return {f"{prefix}_{k}": getattr(self, k) for k in OBJECT_ARRAYS}
 
     @classmethod
     def from_arrays(cls, data, prefix: str) -> ObjectPixelsGlobal:
-        return cls(**{k: np.asarray(data[f"{prefix}_{k}"]) for k in ("anchors", "cluster_boxes", "starts", "rows",
-                                                                      "cols")})
+        return cls(**{k: np.asarray(data[f"{prefix}_{k}"]) for k in OBJECT_ARRAYS})
+
+
+OBJECT_ARRAYS = ("anchors", "cluster_boxes", "starts", "rows", "cols", "trimmed")
 
 
 @dataclass
@@ -160,6 +165,8 @@ class BlockRecord:
     elsewhere: ObjectPixelsGlobal
     candidates: np.ndarray   # (k, 6): seed y, seed x, box y0, x0, y1, x1 (global model grid)
     dropped: int = 0         # candidates dropped (policy "drop")
+    trimmed_objects: int = 0  # kept objects that lost smaller pieces of their cluster
+    trimmed_pixels: int = 0   # the pixels they lost
 
 
 def owner_sees_whole(plan, cluster_box: np.ndarray, owner: tuple[int, int]) -> bool:
@@ -198,6 +205,7 @@ def block_record(job: BlockJob, block: Block, output: np.ndarray, device: str = 
     core = (slice(block.core[0].start - cy0, block.core[0].stop - cy0),
             slice(block.core[1].start - cx0, block.core[1].stop - cx0))
     cluster_boxes, final_boxes = _boxes(clusters), _boxes(final)
+    lost = trimmed_pixels(clusters, final)
     kept, elsewhere, candidates, dropped = [], [], [], 0
     for k, box in cluster_boxes.items():
         local = np.array([[box[0].start, box[1].start, box[0].stop, box[1].stop]])
@@ -221,13 +229,16 @@ def block_record(job: BlockJob, block: Block, output: np.ndarray, device: str = 
             kept.append((anchor, divmod(int(first), fbox[1].stop - fbox[1].start), k))
         elif not owner_sees_whole(plan, global_box, owner) and _core_pixel(clusters, k, box, core) is not None:
             rows, cols = np.nonzero(final[fbox] == k)
-            elsewhere.append((anchor, global_box, rows + fbox[0].start + cy0, cols + fbox[1].start + cx0))
+            elsewhere.append((anchor, global_box, rows + fbox[0].start + cy0, cols + fbox[1].start + cx0,
+                              int(lost[k])))
     lut = np.zeros(int(clusters.max()) + 1, np.uint32)
     for new_id, (_, _, k) in enumerate(sorted(kept), start=1):  # ids in anchor order (then first pixel)
         lut[k] = new_id
     labels = lut[final] if kept else np.zeros((0, 0), np.uint32)
+    kept_lost = lost[[k for *_, k in kept]]
     return BlockRecord(count=len(kept), labels=labels, elsewhere=ObjectPixelsGlobal.build(elsewhere),
-                       candidates=np.array(candidates, np.int64).reshape(-1, 6), dropped=dropped)
+                       candidates=np.array(candidates, np.int64).reshape(-1, 6), dropped=dropped,
+                       trimmed_objects=int((kept_lost > 0).sum()), trimmed_pixels=int(kept_lost.sum()))
 
 
 # ---------------------------------------------------------------- records on disk
@@ -242,7 +253,8 @@ def write_record(job: BlockJob, block: Block, record: BlockRecord) -> None:
     target = record_path(job, block)
     tmp = target.with_name(f".{block.name}.{os.getpid()}.partial.npz")
     np.savez_compressed(tmp, count=np.int64(record.count), labels=record.labels, candidates=record.candidates,
-                        dropped=np.int64(record.dropped), **record.elsewhere.to_arrays("elsewhere"))
+                        dropped=np.int64(record.dropped), trimmed=np.array([record.trimmed_objects, record.trimmed_pixels]),
+                        **record.elsewhere.to_arrays("elsewhere"))
     os.replace(tmp, target)
 
 
@@ -253,12 +265,14 @@ def read_record(job: BlockJob, block: Block, with_labels: bool = False) -> Block
     with np.load(target) as data:
         return BlockRecord(count=int(data["count"]), labels=data["labels"] if with_labels else np.zeros((0, 0), np.uint32),
                            elsewhere=ObjectPixelsGlobal.from_arrays(data, "elsewhere"),
-                           candidates=data["candidates"], dropped=int(data["dropped"]))
+                           candidates=data["candidates"], dropped=int(data["dropped"]),
+                           trimmed_objects=int(data["trimmed"][0]), trimmed_pixels=int(data["trimmed"][1]))
 
 
 def summary(record: BlockRecord) -> BlockRecord:
     """The record without its label array: what travels back to the driver."""
-    return BlockRecord(record.count, np.zeros((0, 0), np.uint32), record.elsewhere, record.candidates, record.dropped)
+    return BlockRecord(record.count, np.zeros((0, 0), np.uint32), record.elsewhere, record.candidates, record.dropped,
+                       record.trimmed_objects, record.trimmed_pixels)
 
 
 # ---------------------------------------------------------------- a group of blocks, overlapped
@@ -378,7 +392,8 @@ def resolve_candidate(job: BlockJob, candidate: np.ndarray, fields=None) -> Reso
     if not rows.size:
         return Resolution(ObjectPixelsGlobal(), windows=windows, pixels=pixels)
     anchor = (int(rows.min()) + y0, int(cols.min()) + x0)
-    return Resolution(ObjectPixelsGlobal.build([(anchor, np.array(box), rows + y0, cols + x0)]),
+    trimmed = int(np.count_nonzero(clusters == k)) - rows.size
+    return Resolution(ObjectPixelsGlobal.build([(anchor, np.array(box), rows + y0, cols + x0, trimmed)]),
                       windows=windows, pixels=pixels)
 
 

@@ -72,6 +72,11 @@ class SegmentPlan:
         return self.job.plan
 
 
+#: The layout of the work folder's block and large-object records; part of the fingerprint, so a resume
+#: across a change of layout starts afresh instead of misreading old records.
+RECORD_FORMAT = 2
+
+
 def _fingerprint(**values) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -138,7 +143,7 @@ def plan_segment(slide: str | Path, model: str | Path, options: SegmentOptions) 
     fingerprint = _fingerprint(model=str(model.resolve()), mtime=model.stat().st_mtime_ns, block=options.block,
                                margin=margin, scale=scale, params=asdict(params), channels=channels,
                                normalization=asdict(normalization), large=options.large_objects,
-                               max_object_px=max_object_px)
+                               max_object_px=max_object_px, records=RECORD_FORMAT)
     job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
                    plan=plan, normalization=normalization, params=params, work=str(slide / "labels" / f".{options.name}.work"),
                    channels=channels, scale=scale, source_shape=source_shape, device=options.device,

@@ -50,6 +50,8 @@ class SegmentResult:
     too_large: int = 0          # objects beyond --max-object-um, not written
     dropped_objects: int = 0    # objects reaching their context edge under --large-objects drop
     large_pixels: int = 0       # model-grid pixels labelled by the large-object pass (its extra work)
+    trimmed_objects: int = 0    # written objects whose cluster lost smaller pieces (each object is one piece)
+    trimmed_pixels: int = 0     # model-grid pixels of those pieces, now background
     timings: dict = field(default_factory=dict)
 
 
@@ -127,15 +129,15 @@ def _resolve(client, plan: SegmentPlan, candidates: np.ndarray, progress: bool) 
 
 def large_objects_of(plan, records: dict[str, BlockRecord], resolutions: list[Resolution]
                   ) -> tuple[dict[tuple[int, int], list], int]:
-    """The whole objects each block owns but did not keep ({block index: [(key, rows, cols)]}), and the number
-    of distinct objects beyond the cap. Objects found from several blocks count once; one its owner
-    computed whole is the owner's already."""
+    """The whole objects each block owns but did not keep ({block index: [(key, rows, cols, trimmed pixels)]}),
+    and the number of distinct objects beyond the cap. Objects found from several blocks count once; one its
+    owner computed whole is the owner's already."""
     found = {}
     for source in [r.elsewhere for r in records.values()] + [r.objects for r in resolutions]:
         for k in range(len(source)):
             rows, cols = source.pixels(k)
             key = (*(int(v) for v in source.anchors[k]), *(int(v) for v in source.cluster_boxes[k]), int(rows.size))
-            found.setdefault(key, (rows, cols))
+            found.setdefault(key, (rows, cols, int(source.trimmed[k])))
     owned: dict[tuple[int, int], list] = {}
     for key in sorted(found):
         anchor, box = key[:2], np.array(key[2:6])
@@ -156,8 +158,8 @@ def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict)
     for block in job.plan.blocks():
         offsets[block.name] = total
         kept, mine = records[block.name].count, owned.get(block.index, [])
-        for j, (key, rows, cols) in enumerate(mine):
-            items.append((key[:2], np.array(key[2:6]), rows, cols))
+        for j, (key, rows, cols, trimmed) in enumerate(mine):
+            items.append((key[:2], np.array(key[2:6]), rows, cols, trimmed))
             ids.append(total + kept + j + 1)
         total += kept + len(mine)
     if total >= 2**32 - 1:
@@ -236,6 +238,9 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
                             properties=[{"label-value": 0, "class": "background"}], scheduler=client)
         lap("write")
     dropped = sum(r.dropped for r in records.values())
+    large_trimmed = [entry[3] for entries in owned.values() for entry in entries]
+    trimmed_objects = sum(r.trimmed_objects for r in records.values()) + sum(t > 0 for t in large_trimmed)
+    trimmed_pixels = sum(r.trimmed_pixels for r in records.values()) + sum(large_trimmed)
     large_pixels = sum(r.pixels for r in resolutions)
     if too_large or dropped:
         log.warning("%d objects were left out (%s)", too_large + dropped,
@@ -243,13 +248,16 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
                     else f"reaching their block's context edge, --large-objects drop, --margin {plan.blocks.margin}")
     group = zarr.open_group(plan.final, mode="r+")
     group.attrs["sparseseg"] = {"objects": int(total), "large_objects": n_large, "too_large": too_large,
-                                "dropped_at_block_edges": int(dropped), "scale": plan.job.scale, "model": str(model_path(plan)),
+                                "dropped_at_block_edges": int(dropped),
+                                "trimmed_pieces": {"objects": int(trimmed_objects), "pixels": int(trimmed_pixels)},
+                                "scale": plan.job.scale, "model": str(model_path(plan)),
                                 "block": plan.blocks.block, "margin": plan.blocks.margin, "halo": plan.halo,
                                 "params": {k: getattr(plan.job.params, k) for k in plan.job.params.__dataclass_fields__},
                                 "timings_s": timings}
     return SegmentResult(labels=plan.final, n_objects=total, n_blocks=len(records), skipped_blocks=len(plan.skips),
                          amplification=plan.blocks.amplification(), large_objects=n_large,
-                         too_large=too_large, dropped_objects=dropped, large_pixels=large_pixels, timings=timings)
+                         too_large=too_large, dropped_objects=dropped, large_pixels=large_pixels,
+                         trimmed_objects=int(trimmed_objects), trimmed_pixels=int(trimmed_pixels), timings=timings)
 
 
 def model_path(plan: SegmentPlan) -> str:
