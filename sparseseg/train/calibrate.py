@@ -23,6 +23,7 @@ from sparseseg.instances.dynamics import (InstanceParams, finalize_clusters, flo
 from sparseseg.metrics.sparse import Counts, sparse_counts
 from sparseseg.files.lock import writer_lock
 from sparseseg.model.checkpoint import load_checkpoint, update_checkpoint
+from sparseseg.train.data import resample_window, scale_to_model
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def calibration_samples(predictor: Predictor, sources, window: int = 768, max_pi
             if not (partial >= 2).any():
                 continue
             image = np.asarray(source.read_image((rows, cols)))
+            image, partial = resample_window(image, partial, getattr(source, "scale", 1.0))
             samples.append(Sample(predictor.fields(image, source.normalization), partial))
             total += partial.size
             if total >= max_pixels:
@@ -168,6 +170,7 @@ def calibrate_unlocked(checkpoint: Path, sources, out: Path | None, device: str 
     state = load_checkpoint(checkpoint)
     start = InstanceParams()
     predictor = replace(Predictor.from_checkpoint(state, device=device), params=start)
+    scale_to_model(sources, state.get("pixel_size_um"))  # windows on the model's grid, as it segments
     samples = calibration_samples(predictor, sources)
     if not samples:
         log.warning("no annotated object to calibrate the instance parameters on: %s keeps the defaults", checkpoint)

@@ -247,6 +247,8 @@ def draw_patch(sources, normalizations: list[Normalization], patch: int, margin:
     cy, cx = source.centres.draw(rng)
     zoom = float(np.exp(rng.uniform(-np.log(augment.zoom), np.log(augment.zoom)))) if augment and augment.zoom > 1 \
         else 1.0
+    scale = getattr(source, "scale", 1.0)  # the source's pixels onto the model's grid (``scale_to_model``)
+    zoom *= scale
     size = patch + 2 * margin
     read = int(np.ceil(size / zoom))
     h, w = source.shape
@@ -255,6 +257,10 @@ def draw_patch(sources, normalizations: list[Normalization], patch: int, margin:
     window = (slice(y0, min(h, y0 + read)), slice(x0, min(w, x0 + read)))
     image = normalizations[min(which, len(sources) - 1)].apply(source.read_image(window))
     annotation = source.read_annotation(window)
+    if scale != 1.0 and annotation.boundary is not None:
+        raise InputError(getattr(source, "path", None) or source.name,
+                         f"has boundary pieces, which cannot be resampled to the model's pixel size (x{scale:.3g}); "
+                         "train without --init, or on images at the --init model's pixel size")
     if zoom != 1.0 and annotation.boundary is None:
         image, annotation = _zoom(image, annotation, zoom, size)
     elif zoom != 1.0:  # read for a zoom that is not applied: keep the centred size x size
@@ -273,6 +279,36 @@ def draw_patch(sources, normalizations: list[Normalization], patch: int, margin:
     crop = (slice(margin, margin + patch), slice(margin, margin + patch))
     return Patch(image=np.ascontiguousarray(image[(slice(None), *crop)]), targets=crop_targets(targets, crop),
                  source=min(which, len(sources) - 1))
+
+
+#: Pixel sizes within this relative difference count as equal: no resampling for scanner-to-scanner jitter.
+PIXEL_SIZE_TOLERANCE = 0.03
+
+
+def source_pixel_size(source, folder_pixel_um: float | None = None) -> float | None:
+    """A source's pixel size in um: a slide's own, else ``folder_pixel_um`` (``--pixel-size`` of --images data)."""
+    own = getattr(source, "pixel_size_um", None)
+    return float(own[0]) if own else folder_pixel_um
+
+
+def scale_to_model(sources, model_pixel_um: float | None, folder_pixel_um: float | None = None) -> None:
+    """Give each source its ``scale`` (model-grid pixels per source pixel: its pixel size / the model's), which
+    patches and calibration windows are resampled by; 1 where a size is unknown or within the tolerance."""
+    for source in sources:
+        own = source_pixel_size(source, folder_pixel_um)
+        if own is not None:
+            source.pixel_size_um = (own, own)
+        scale = own / model_pixel_um if own and model_pixel_um else 1.0
+        source.scale = 1.0 if abs(scale - 1.0) <= PIXEL_SIZE_TOLERANCE else scale
+
+
+def resample_window(image: np.ndarray, partial: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A source window (image bilinear, partial labels nearest) on the model's grid, as ``draw_patch`` does."""
+    if scale == 1.0:
+        return image, partial
+    size = int(np.ceil(max(partial.shape) * scale)) + 1
+    image, annotation = _zoom(np.asarray(image, np.float32), PatchAnnotation(partial=partial), scale, size)
+    return image, annotation.partial
 
 
 def _crop_annotation(a: PatchAnnotation, size: int) -> PatchAnnotation:

@@ -39,10 +39,10 @@ def _rank_main(rank: int, world: int, address: str, port: int, request, timeout_
     dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s))
     try:
-        sources = request.data.open()
+        sources = request.open_sources()  # scaled to the model's pixel size as in one process
         train_sources, val_sources = split_sources(sources)
         return train(train_sources, Path(request.out), request.model, request.config, init=request.init,
-                     resume=request.resume, command=request.command, pixel_size_um=request.pixel_size_um,
+                     resume=request.resume, command=request.command, pixel_size_um=request.model_pixel_size_um,
                      progress=False, val_sources=val_sources, channels=channel_names(sources))
     finally:
         dist.destroy_process_group()

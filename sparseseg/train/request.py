@@ -17,6 +17,7 @@ from sparseseg.errors import InputError
 from sparseseg.files.atomic import remove_leftovers
 from sparseseg.files.lock import writer_lock
 from sparseseg.model.unet import UNetConfig
+from sparseseg.train.data import scale_to_model, source_pixel_size
 from sparseseg.train.loop import TrainConfig
 
 #: Default budget when neither minutes nor epochs are given.
@@ -73,7 +74,8 @@ class TrainRequest:
     epochs: float | None = None
     workers: int | None = None
     scheduler: str | None = None
-    pixel_size_um: float | None = None
+    pixel_size_um: float | None = None   # of --images data (slides record theirs)
+    model_pixel_size_um: float | None = None  # what the model is trained at: set by ``prepared``
     calibrate: bool = True
     command: str = ""          # the call that made it, recorded in the checkpoint
 
@@ -120,12 +122,30 @@ class TrainRequest:
         area = sum(s.shape[0] * s.shape[1] for s in sources)
         per_epoch = max(1, math.ceil(area / (self.config.patch ** 2 * self.config.batch)))
         steps = 10**9 if self.minutes else max(1, round((self.epochs or DEFAULT_EPOCHS) * per_epoch))
-        pixel_size = self.pixel_size_um
-        if pixel_size is None:
-            sizes = {s.pixel_size_um[0] for s in sources if getattr(s, "pixel_size_um", None)}
-            pixel_size = sizes.pop() if len(sizes) == 1 else None
-        return replace(self, model=model, pixel_size_um=pixel_size,
+        return replace(self, model=model, model_pixel_size_um=self.model_pixel_size(sources),
                        config=replace(self.config, steps=steps, minutes=self.minutes))
+
+    def model_pixel_size(self, sources: list) -> float | None:
+        """The pixel size to train at: the --init (or resumed) model's when the data's sizes are known (the
+        data is resampled to it), else the data's own; mixed sizes train at the finest. None: unknown."""
+        sizes = [source_pixel_size(s, self.pixel_size_um) for s in sources]
+        known = sorted({size for size in sizes if size is not None})
+        base = self.out if self.resume else self.init
+        if base is not None and None not in sizes:
+            from sparseseg.model.checkpoint import load_checkpoint
+
+            inherited = load_checkpoint(base).get("pixel_size_um")
+            if inherited:
+                return float(inherited)
+        if not known:
+            return None
+        return known[0] if None not in sizes or len(known) == 1 else None
+
+    def open_sources(self) -> list:
+        """The data, each source scaled onto the grid of ``model_pixel_size_um`` (after ``prepared``)."""
+        sources = self.data.open()
+        scale_to_model(sources, self.model_pixel_size_um, self.pixel_size_um)
+        return sources
 
 
 def run_training(request: TrainRequest, progress: bool = True) -> dict:
@@ -144,12 +164,13 @@ def _run_training(request: TrainRequest, progress: bool) -> dict:
 
     sources = request.data.open()
     request = request.prepared(sources)
+    scale_to_model(sources, request.model_pixel_size_um, request.pixel_size_um)
     train_sources, val_sources = split_sources(sources)
     if request.workers or request.scheduler:
         result = train_on_dask(request)
     else:
         result = train(train_sources, request.out, request.model, request.config, init=request.init,
-                       resume=request.resume, command=request.command, pixel_size_um=request.pixel_size_um,
+                       resume=request.resume, command=request.command, pixel_size_um=request.model_pixel_size_um,
                        progress=progress, val_sources=val_sources, channels=channel_names(sources))
     result["calibration"] = None
     if request.calibrate:
