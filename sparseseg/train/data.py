@@ -296,7 +296,7 @@ def scale_to_model(sources, model_pixel_um: float | None, folder_pixel_um: float
     patches and calibration windows are resampled by; 1 where a size is unknown or within the tolerance."""
     for source in sources:
         own = source_pixel_size(source, folder_pixel_um)
-        if own is not None:
+        if own is not None and not getattr(source, "pixel_size_um", None):  # --images data: remember it
             source.pixel_size_um = (own, own)
         scale = own / model_pixel_um if own and model_pixel_um else 1.0
         source.scale = 1.0 if abs(scale - 1.0) <= PIXEL_SIZE_TOLERANCE else scale
