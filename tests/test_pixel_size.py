@@ -3,6 +3,7 @@ patches, calibration windows and the pixel size the checkpoint records."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -83,12 +84,13 @@ def test_training_patches_of_doubled_images_have_the_original_object_size(tmp_pa
     assert 0.85 * reference < scaled < 1.15 * reference, (reference, scaled)
 
 
-def test_fine_tuning_on_finer_images_trains_and_records_the_init_pixel_size(fluo_model, doubled, tmp_path):
+def test_fine_tuning_on_finer_images_at_the_init_pixel_size_records_it(fluo_model, doubled, tmp_path):
     out = tmp_path / "tuned.pt"
-    request = TrainRequest(data=DataSpec(images=doubled["images"], annotations=doubled["annotations"]), out=out,
-                           init=fluo_model, pixel_size_um=0.25, epochs=0.05,
+    data = DataSpec(images=doubled["images"], annotations=doubled["annotations"])
+    request = TrainRequest(data=data, out=out, init=fluo_model, pixel_size_um=0.25, epochs=0.05,
                            config=TrainConfig(batch=4, patch=64, margin=16, val_patches=2))
-    result = run_training(request, progress=False)
+    assert request.prepared(data.open()).model_pixel_size_um == 0.25  # by default: the data's own
+    result = run_training(replace(request, model_pixel_size_um=0.5), progress=False)  # --train-pixel-size 0.5
     state = load_checkpoint(out)
     assert load_checkpoint(fluo_model)["pixel_size_um"] == 0.5 and state["pixel_size_um"] == 0.5
     assert result["calibration"] is not None and result["calibration"]["objects"] > 20  # windows on the model grid
@@ -115,3 +117,12 @@ def test_boundary_pieces_refuse_resampling_with_one_line(tmp_path):
     assert source.scale == 0.5
     with pytest.raises(InputError, match="boundary pieces, which cannot be resampled"):
         draw_patch([source], [source.normalization], 64, 16, 0, 0, 0, augment=None)
+
+
+def test_a_train_pixel_size_needs_the_data_pixel_size(doubled, tmp_path):
+    from sparseseg.errors import InputError
+
+    data = DataSpec(images=doubled["images"], annotations=doubled["annotations"])
+    request = TrainRequest(data=data, out=tmp_path / "m.pt", model_pixel_size_um=0.5)
+    with pytest.raises(InputError, match="--train-pixel-size needs the data's pixel size"):
+        request.prepared(data.open())

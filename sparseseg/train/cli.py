@@ -29,6 +29,9 @@ def add_train_arguments(p: argparse.ArgumentParser, positive_int, positive_float
     p.add_argument("--scheduler", metavar="ADDR", help="data-parallel training on every worker of this Dask scheduler")
     p.add_argument("--pixel-size", type=positive_float, metavar="UM",
                    help="pixel size of --images data (slides record theirs)")
+    p.add_argument("--train-pixel-size", type=positive_float, metavar="UM",
+                   help="train at this pixel size, the data resampled onto it (e.g. an --init model's); default: "
+                        "the data's own (the finest, when slides differ)")
     p.add_argument("--channels", metavar="NAME[,NAME]", help="channels to train on (names or indices)")
     p.add_argument("--patch", type=positive_int, default=None, metavar="PX")
     p.add_argument("--batch", type=positive_int, default=None)
@@ -62,5 +65,5 @@ def request_from_args(args: argparse.Namespace):
     command = "sparseseg " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     return TrainRequest(data=data, out=args.out, model=model, config=config, init=args.init, resume=args.resume,
                         overwrite=args.overwrite, minutes=args.minutes, epochs=args.epochs, workers=args.workers,
-                        scheduler=args.scheduler, pixel_size_um=args.pixel_size, calibrate=not args.no_calibrate,
-                        command=command)
+                        scheduler=args.scheduler, pixel_size_um=args.pixel_size,
+                        model_pixel_size_um=args.train_pixel_size, calibrate=not args.no_calibrate, command=command)
