@@ -65,10 +65,9 @@ def whole_image_labels(slide, model_path) -> tuple[np.ndarray, np.ndarray]:
     return predictor.fields(pixels, normalization), predictor.instances(pixels, normalization)
 
 
-def whole_image_trimmed(slide, model_path) -> tuple[int, int]:
-    """(objects cut to their largest piece, pixels of the pieces cut away) in the whole image."""
+def whole_image_trimmed(fields, model_path) -> tuple[int, int]:
+    """(objects cut to their largest piece, pixels of the pieces cut away) in the whole image's ``fields``."""
     predictor = Predictor.from_checkpoint(model_path, device="cpu")
-    fields, _ = whole_image_labels(slide, model_path)
     clusters = instance_clusters(fields[0], fields[1:3], predictor.params, "cpu")
     lost = trimmed_pixels(clusters, finalize_clusters(clusters, fields[1:3], predictor.params))
     return int((lost > 0).sum()), int(lost.sum())
@@ -85,7 +84,7 @@ def test_block_network_outputs_equal_whole_image_outputs(slide, fluo_model):
 
 def test_segment_equals_whole_image_segmentation(reference, fluo_model):
     slide, result, tiled = reference
-    _, whole = whole_image_labels(slide, fluo_model)
+    fields, whole = whole_image_labels(slide, fluo_model)
     assert result.n_objects == int(tiled.max()) and tiled.dtype == np.uint32
     assert whole.max() > 150
     assert_same_objects(whole, tiled)  # F1 at IoU 0.9 is then exactly 1: no split, merged or duplicated cell
@@ -94,7 +93,7 @@ def test_segment_equals_whole_image_segmentation(reference, fluo_model):
     from ome_zarr_models.v04 import ImageLabel
 
     ImageLabel.from_zarr(root["labels/cells"])
-    trimmed = whole_image_trimmed(slide, fluo_model)  # stray pieces left as background are counted, as in the whole image
+    trimmed = whole_image_trimmed(fields, fluo_model)  # stray pieces left as background are counted, as in the whole image
     assert trimmed[0] > 0 and (result.trimmed_objects, result.trimmed_pixels) == trimmed
     assert root["labels/cells"].attrs["sparseseg"]["trimmed_pieces"] == {"objects": trimmed[0], "pixels": trimmed[1]}
     assert not [p for p in (slide / "labels").iterdir() if p.name.startswith(".cells")]
@@ -196,8 +195,8 @@ def large_slide(tmp_path_factory):
 @pytest.fixture(scope="module")
 def large_runs(large_slide, fluo_model):
     """The whole-image labels, and ``segment`` at a block size, each computed once per module."""
-    runs = {"whole": whole_image_labels(large_slide, fluo_model)[1],
-            "trimmed": whole_image_trimmed(large_slide, fluo_model)}
+    fields, whole = whole_image_labels(large_slide, fluo_model)
+    runs = {"whole": whole, "trimmed": whole_image_trimmed(fields, fluo_model)}
 
     def tiled(block: int):
         if block not in runs:

@@ -392,7 +392,7 @@ def resolve_candidate(job: BlockJob, candidate: np.ndarray, fields=None) -> Reso
     if not rows.size:
         return Resolution(ObjectPixelsGlobal(), windows=windows, pixels=pixels)
     anchor = (int(rows.min()) + y0, int(cols.min()) + x0)
-    trimmed = int(np.count_nonzero(clusters == k)) - rows.size
+    trimmed = int(trimmed_pixels(clusters, final)[k])
     return Resolution(ObjectPixelsGlobal.build([(anchor, np.array(box), rows + y0, cols + x0, trimmed)]),
                       windows=windows, pixels=pixels)
 

@@ -260,7 +260,7 @@ def draw_patch(sources, normalizations: list[Normalization], patch: int, margin:
     if scale != 1.0 and annotation.boundary is not None:
         raise InputError(getattr(source, "path", None) or source.name,
                          f"has boundary pieces, which cannot be resampled to the model's pixel size (x{scale:.3g}); "
-                         "train without --init, or on images at the --init model's pixel size")
+                         "train at the data's own pixel size (without --train-pixel-size)")
     if zoom != 1.0 and annotation.boundary is None:
         image, annotation = _zoom(image, annotation, zoom, size)
     elif zoom != 1.0:  # read for a zoom that is not applied: keep the centred size x size

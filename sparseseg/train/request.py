@@ -148,11 +148,14 @@ class TrainRequest:
             return None
         return known[0] if None not in sizes or len(known) == 1 else None
 
-    def open_sources(self) -> list:
-        """The data, each source scaled onto the grid of ``model_pixel_size_um`` (after ``prepared``)."""
-        sources = self.data.open()
+    def scale_sources(self, sources: list) -> list:
+        """``sources``, each scaled onto the grid of ``model_pixel_size_um`` (after ``prepared``)."""
         scale_to_model(sources, self.model_pixel_size_um, self.pixel_size_um)
         return sources
+
+    def open_sources(self) -> list:
+        """The data, scaled as ``scale_sources`` does (what each data-parallel rank opens)."""
+        return self.scale_sources(self.data.open())
 
 
 def run_training(request: TrainRequest, progress: bool = True) -> dict:
@@ -171,7 +174,7 @@ def _run_training(request: TrainRequest, progress: bool) -> dict:
 
     sources = request.data.open()
     request = request.prepared(sources)
-    scale_to_model(sources, request.model_pixel_size_um, request.pixel_size_um)
+    request.scale_sources(sources)
     train_sources, val_sources = split_sources(sources)
     if request.workers or request.scheduler:
         result = train_on_dask(request)
