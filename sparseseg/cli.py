@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sparseseg import __version__
 from sparseseg.errors import InputError
+from sparseseg.infer.tiles import DEFAULT_TILE
 
 log = logging.getLogger("sparseseg")
 
@@ -144,7 +145,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     options = SegmentOptions(name=args.name, block=args.block, margin=args.margin, workers=args.workers,
                              scheduler=args.scheduler, device=args.device, threads=args.threads, batch=args.batch,
-                             resume=args.resume, overwrite=args.overwrite, large_objects=args.large_objects,
+                             tile=args.tile, resume=args.resume, overwrite=args.overwrite, large_objects=args.large_objects,
                              max_object_um=args.max_object_um, params=_instance_overrides(args),
                              channels=args.channels, fill_missing=args.fill_missing, progress=not args.quiet)
     result = segment_slide(args.slide, args.model, options)
@@ -325,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per worker (default: local workers share this machine's cores; workers of "
                         "--scheduler keep their own setting)")
     p.add_argument("--batch", type=positive_int, metavar="N",
-                   help="blocks per network forward (default 1 on CPU; several small blocks on a GPU)")
+                   help="tiles per network forward (default 1 on CPU; as many as fit 16 Mpx on a GPU)")
+    p.add_argument("--tile", type=positive_int, default=DEFAULT_TILE, metavar="PX",
+                   help=f"edge of the fixed tiles the network runs on (default {DEFAULT_TILE}; a multiple of the "
+                        "downsampling factor, larger than twice the network halo); any --block gives the same labels")
     p.add_argument("--channels", type=names, metavar="NAME[,NAME]",
                    help="slide channels fed to the model, by OME name or index (e.g. DAPI for a nuclei model)")
     p.add_argument("--resume", action="store_true", help="reuse the blocks finished by an interrupted run")

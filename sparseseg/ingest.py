@@ -24,7 +24,8 @@ from sparseseg.files.atomic import remove_leftovers, staged_directory
 from sparseseg.files.lock import writer_lock
 from sparseseg.io.labels import write_label_levels
 from sparseseg.io.ngff import create_level_array, omero_block, write_image_metadata, write_label_metadata, zarr_format_of
-from sparseseg.io.slide import Slide, check_finite, open_slide
+from sparseseg.io.detect import open_slide
+from sparseseg.io.slide import Slide, check_finite
 from sparseseg.progress import TqdmDaskProgress
 from sparseseg.pyramid import downsample_mean_2x, level_factors, pyramid_shapes
 from sparseseg.tissue import choose_mask_level, resample_mask_block, resolve_mode, tissue_mask

@@ -85,3 +85,29 @@ def assert_same_objects(whole: np.ndarray, tiled: np.ndarray) -> None:
     objects = pairs[:, pairs[0] > 0]
     assert len(np.unique(objects[0])) == objects.shape[1], "a whole-image object is split between blocks"
     assert len(np.unique(objects[1])) == objects.shape[1], "two whole-image objects are merged or duplicated"
+
+
+def segment_fields(fields: np.ndarray, plan, params, work, large_objects: str = "grow",
+                   max_object_px: int = 2**31) -> tuple[np.ndarray, int]:
+    """(labels, number of large objects) of a whole in-memory (3, H, W) distance + flow array, computed block by
+    block exactly as ``segment_slide`` does (records, large-object pass, ownership, composer), in this process."""
+    from pathlib import Path
+
+    from sparseseg.infer.windows import ArrayFields
+    from sparseseg.model.normalize import Normalization
+    from sparseseg.segment.engine import run_block_group
+    from sparseseg.segment.plan import BlockJob
+    from sparseseg.segment.run import all_candidates, labels_composer
+    from sparseseg.segment.stitch import objects_to_add, resolve_candidates
+
+    source = ArrayFields(fields)
+    (Path(work) / "blocks").mkdir(parents=True, exist_ok=True)
+    (Path(work) / "large").mkdir(exist_ok=True)
+    job = BlockJob(slide="<in memory>", checkpoint="", checkpoint_mtime_ns=0, grid=plan,
+                   normalization=Normalization((0.0,), (1.0,)), params=params, work=str(work),
+                   large_objects=large_objects, max_object_px=max_object_px)
+    blocks = list(plan.blocks())
+    records = dict(zip([b.name for b in blocks], run_block_group(job, blocks, frozenset(), source)))
+    owned, _ = objects_to_add(job, records, resolve_candidates(job, all_candidates(records), source))
+    composer, _, n_large = labels_composer(job, records, owned)
+    return composer.model_window((slice(0, plan.shape[0]), slice(0, plan.shape[1]))), n_large

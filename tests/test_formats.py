@@ -9,7 +9,7 @@ from conftest import DATA, GENERIC_TIFF, SVS
 
 from sparseseg.cli import main
 from sparseseg.info import describe_slide
-from sparseseg.io.slide import open_slide, sniff_format
+from sparseseg.io.detect import open_slide, sniff_format
 
 DICOM = DATA / "dicom" / "cmu"
 

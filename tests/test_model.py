@@ -9,26 +9,28 @@ import torch
 from conftest import DSB
 
 from sparseseg.infer.predictor import Predictor
+from sparseseg.infer.tiles import TileGrid
 from sparseseg.infer.windows import NetworkFields
 from sparseseg.model import UNet, UNetConfig, split_outputs
 from sparseseg.model.normalize import Normalization
 from sparseseg.model.receptive_field import empirical_halo
-from sparseseg.tiling.blocks import BlockPlan
+from sparseseg.tiling.blocks import BlockGrid
 
 IDENTITY = {c: Normalization(low=(0.0,) * c, high=(1.0,) * c) for c in (1, 3)}
 CONFIGS = [UNetConfig(in_channels=1, depth=2, width=8), UNetConfig(in_channels=3, depth=3, width=8),
            UNetConfig(in_channels=3, depth=3, width=8, convs_per_block=1, kernel_size=5, norm="none")]
 
 
-def tiled(predictor: Predictor, image: np.ndarray, tile: int, halo: int | None = None) -> np.ndarray:
-    """The network output assembled from tiles, each read with ``halo`` (default the model's)."""
-    fields = NetworkFields(predictor, image.shape[1:], lambda window: image[(slice(None), *window)])
-    if halo is not None:
-        fields.halo = halo
+def tiled(predictor: Predictor, image: np.ndarray, block: int, tile: int, halo: int | None = None) -> np.ndarray:
+    """The network output assembled block by block (each block's own fields, nothing cached between blocks) on
+    a grid of ``tile`` px tiles with ``halo`` (default the model's)."""
     out = np.zeros((3, *image.shape[1:]), np.float32)
-    plan = BlockPlan(shape=image.shape[1:], block=tile, margin=0, halo=predictor.halo, factor=predictor.downsampling)
-    for block in plan.blocks():
-        out[(slice(None), *block.core)] = fields.compute([fields.load(block.core)])[0]
+    plan = BlockGrid(shape=image.shape[1:], block=block, margin=0, halo=predictor.halo, factor=predictor.downsampling)
+    for b in plan.blocks():
+        fields = NetworkFields(predictor, image.shape[1:], lambda window: image[(slice(None), *window)], tile=tile)
+        if halo is not None:
+            fields.grid = TileGrid(fields.grid.shape, tile, halo, predictor.downsampling)
+        out[(slice(None), *b.core)] = fields.compute([fields.load(b.core)])[0]
     return out
 
 
@@ -50,9 +52,9 @@ def test_empirical_receptive_field_is_within_the_analytic_halo(config):
     assert measured > model.halo // 2  # the analytic bound is not absurdly loose
 
 
-@pytest.mark.parametrize("config,tile,shape", [(CONFIGS[0], 64, (173, 259)), (CONFIGS[1], 96, (260, 347)),
-                                               (CONFIGS[2], 128, (201, 130))])
-def test_tiled_prediction_equals_whole_image_prediction(config, tile, shape):
+@pytest.mark.parametrize("config,block,shape", [(CONFIGS[0], 64, (173, 259)), (CONFIGS[1], 96, (260, 347)),
+                                                (CONFIGS[2], 128, (201, 130))])
+def test_tiled_prediction_equals_whole_image_prediction_bitwise(config, block, shape):
     torch.manual_seed(1)
     model = trained_a_little(UNet(config))
     predictor = Predictor(network=model)
@@ -61,11 +63,18 @@ def test_tiled_prediction_equals_whole_image_prediction(config, tile, shape):
     image = np.zeros((config.in_channels, *shape), np.float32)
     h, w = min(shape[0], pixels.shape[1]), min(shape[1], pixels.shape[2])
     image[:, :h, :w] = pixels[:, :h, :w] / 255.0
-    whole = predictor.fields(image, normalization=IDENTITY[config.in_channels])
-    assert whole.shape == (3, *shape)
-    np.testing.assert_allclose(tiled(predictor, image, tile), whole, atol=1e-4, rtol=0)
+    tile = 2 * model.halo + 2 * model.downsampling  # several tiles along both axes
+    whole_fields = NetworkFields(predictor, shape, lambda window: image[(slice(None), *window)], tile=tile)
+    whole = whole_fields.compute([whole_fields.load((slice(0, shape[0]), slice(0, shape[1])))])[0]
+    assert whole.shape == (3, *shape) and len(whole_fields.grid.covering((slice(0, shape[0]), slice(0, shape[1])))) > 4
+    assert torch.equal(torch.from_numpy(tiled(predictor, image, block, tile)), torch.from_numpy(whole))
+    # the default grid (one tile here) is the plain whole-image forward: the same to float precision wherever
+    # the receptive field stays inside the image (nearer the bottom/right, zero padding of another depth)
+    plain = predictor.fields(image, normalization=IDENTITY[config.in_channels])
+    inside = (slice(None), slice(0, shape[0] - model.halo), slice(0, shape[1] - model.halo))
+    np.testing.assert_allclose(plain[inside], whole[inside], atol=1e-4, rtol=0)
     # and a halo that is too small does break it: the test can fail
-    too_small = tiled(predictor, image, tile, halo=model.downsampling)
+    too_small = tiled(predictor, image, block, tile, halo=model.downsampling)
     assert np.abs(too_small - whole).max() > 1e-3
 
 

@@ -126,3 +126,28 @@ def test_a_train_pixel_size_needs_the_data_pixel_size(doubled, tmp_path):
     request = TrainRequest(data=data, out=tmp_path / "m.pt", model_pixel_size_um=0.5)
     with pytest.raises(InputError, match="--train-pixel-size needs the data's pixel size"):
         request.prepared(data.open())
+
+
+@pytest.mark.parametrize("pixel_um,resampled", [(0.5125, False), (0.53, True)])
+def test_training_calibration_and_segment_share_one_grid(fluo_model, tmp_path, pixel_um, resampled):
+    """A slide 2.5 % off the model's 0.5 um is trained, calibrated and segmented on its own pixels (segment's
+    tolerance was 2 %, training's 3 %: it was trained native and segmented resampled); 6 % off, all resample."""
+    import json
+
+    from sparseseg.cli import main
+    from sparseseg.ingest import ingest
+    from sparseseg.segment import SegmentOptions
+    from sparseseg.segment.plan import plan_segment
+    from sparseseg.train.data import SlideSource
+
+    assert load_checkpoint(fluo_model)["pixel_size_um"] == 0.5
+    slide = ingest(DSB / "images" / "fluo_0402a81e.png", tmp_path / "s.ome.zarr", pixel_size_um=pixel_um)
+    nucleus = {"type": "Polygon", "coordinates": [[(20, 20), (60, 20), (60, 60), (20, 60), (20, 20)]]}
+    feature = {"type": "Feature", "geometry": nucleus, "properties": {"classification": {"name": "Nucleus"}}}
+    (tmp_path / "a.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    assert main(["annotations", "import", str(slide), str(tmp_path / "a.geojson")]) == 0
+    source = SlideSource(slide)
+    scale_to_model([source], 0.5)  # what train and calibrate resample training patches and windows by
+    job = plan_segment(slide, fluo_model, SegmentOptions(progress=False)).job
+    assert (source.scale != 1.0) == resampled and (job.scale != 1.0) == resampled
+    assert source.scale == pytest.approx(job.scale)

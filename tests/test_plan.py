@@ -12,7 +12,7 @@ from sparseseg.pyramid import level_factors, pyramid_shapes
 from sparseseg.model.checkpoint import load_checkpoint
 from sparseseg.segment import SegmentOptions
 from sparseseg.segment.plan import plan_segment
-from sparseseg.tiling.blocks import BlockPlan
+from sparseseg.tiling.blocks import BlockGrid
 
 MODEL = __import__("pathlib").Path(__file__).parents[1] / "sparseseg" / "data" / "models" / "nuclei_he.pt"
 
@@ -32,7 +32,7 @@ def test_a_whole_slide_of_200k_x_100k_is_planned_from_metadata(tmp_path, capsys)
     started = time.perf_counter()
     plan = plan_segment(slide, MODEL, SegmentOptions(fill_missing=True))
     seconds = time.perf_counter() - started
-    blocks = plan.blocks
+    blocks = plan.grid
     n_blocks = blocks.grid[0] * blocks.grid[1]
     assert blocks.shape == (200_000, 100_000) and n_blocks == 98 * 49
     chunk_tasks = sum(-(-h // 1024) * -(-w // 1024) for h, w in shapes)
@@ -46,11 +46,11 @@ def test_chunk_to_blocks_lookup_by_index_arithmetic_equals_a_scan():
     rng = np.random.default_rng(0)
     for _ in range(50):
         shape = (int(rng.integers(50, 900)), int(rng.integers(50, 900)))
-        plan = BlockPlan(shape=shape, block=int(rng.choice([32, 64, 96])), margin=int(rng.choice([0, 16, 48])),
+        grid = BlockGrid(shape=shape, block=int(rng.choice([32, 64, 96])), margin=int(rng.choice([0, 16, 48])),
                          halo=16, factor=16)
         y0, x0 = int(rng.integers(0, shape[0])), int(rng.integers(0, shape[1]))
         window = (slice(y0, int(rng.integers(y0 + 1, shape[0] + 1))), slice(x0, int(rng.integers(x0 + 1, shape[1] + 1))))
-        scanned = [b.index for b in plan.blocks()
+        scanned = [b.index for b in grid.blocks()
                    if b.context[0].start < window[0].stop and window[0].start < b.context[0].stop
                    and b.context[1].start < window[1].stop and window[1].start < b.context[1].stop]
-        assert [b.index for b in plan.blocks_touching(window)] == scanned
+        assert [b.index for b in grid.blocks_touching(window)] == scanned

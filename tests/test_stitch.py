@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import DSB
-from helpers import assert_same_objects
+from helpers import assert_same_objects, segment_fields
 
 from sparseseg.annotations import PatchAnnotation, compute_targets
 from sparseseg.instances.dynamics import InstanceParams, flows_to_labels, relabel_sequential
-from sparseseg.segment.run import segment_fields
-from sparseseg.tiling.blocks import BlockPlan
+from sparseseg.tiling.blocks import BlockGrid
 
 PARAMS = InstanceParams(n_steps=40, merge_ratio=0.5)  # exact fields: lobes merged, also across seams
 LARGE = InstanceParams(n_steps=60, merge_ratio=0.5)   # enough steps for nuclei enlarged 3x
@@ -37,7 +36,7 @@ def test_blockwise_instances_equal_whole_image_instances(block, tmp_path):
     truth = mosaic()
     fields = exact_fields(truth)
     whole = flows_to_labels(fields[0], fields[1:3], PARAMS)
-    plan = BlockPlan(shape=truth.shape, block=block, margin=48, halo=0, factor=8)
+    plan = BlockGrid(shape=truth.shape, block=block, margin=48, halo=0, factor=8)
     tiled, _ = segment_fields(fields, plan, PARAMS, tmp_path)
     assert whole.max() > 400 and tiled.dtype == np.uint32
     crossing = sum(1 for k in np.unique(whole[whole > 0]) if len({(y // block, x // block) for y, x in
@@ -53,7 +52,7 @@ def test_objects_larger_than_the_margin_are_grown_not_dropped(block, tmp_path):
     truth = mosaic(zoom=3)[:600, :700]
     fields = exact_fields(truth)
     whole = flows_to_labels(fields[0], fields[1:3], LARGE)
-    plan = BlockPlan(shape=truth.shape, block=block, margin=16, halo=0, factor=8)
+    plan = BlockGrid(shape=truth.shape, block=block, margin=16, halo=0, factor=8)
     tiled, n_large = segment_fields(fields, plan, LARGE, tmp_path)
     assert n_large > 10  # many objects needed the grown windows
     assert_same_objects(whole, tiled)
@@ -66,7 +65,7 @@ def test_objects_beyond_the_cap_are_left_out(tmp_path):
     truth[20:70, 30:140] = 1  # 110 px wide, margin 16
     truth[75:90, 10:25] = 2   # small
     fields = exact_fields(truth)
-    plan = BlockPlan(shape=truth.shape, block=64, margin=16, halo=0, factor=8)
+    plan = BlockGrid(shape=truth.shape, block=64, margin=16, halo=0, factor=8)
     grown, n_large = segment_fields(fields, plan, PARAMS, tmp_path / "a")
     assert n_large == 1 and len(np.unique(grown)) == 3
     capped, n_large = segment_fields(fields, plan, PARAMS, tmp_path / "b", max_object_px=100)

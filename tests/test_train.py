@@ -23,7 +23,8 @@ from sparseseg.model import UNet, UNetConfig
 from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from sparseseg.train.distributed import train_on_dask
 from sparseseg.train.loop import TrainConfig, train
-from sparseseg.train.request import DataSpec, TrainRequest, run_training, validation_split
+from sparseseg.train.data import validation_split
+from sparseseg.train.request import DataSpec, TrainRequest, run_training
 
 HELD_OUT = "fluo_ed8c31b0"
 SMALL = UNetConfig(in_channels=1, depth=2, width=8)

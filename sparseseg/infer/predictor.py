@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparseseg.infer.windows import NetworkFields
 from sparseseg.instances.dynamics import InstanceParams, flows_to_labels
 from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint
 from sparseseg.model.normalize import Normalization, percentile_normalization
 from sparseseg.model.unet import UNet
-from sparseseg.tiling.blocks import canvas_shape, read_canvas
 
 
 def default_device() -> str:
@@ -49,6 +49,9 @@ class Predictor:
         """Load ``path`` (weights only, no code executed); ``params`` override the stored instance parameters."""
         state = load_checkpoint(path) if not isinstance(path, dict) else path
         device = device or default_device()
+        if device.startswith("cuda"):  # one algorithm per shape, no TF32: tiles give the same bits every time
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         network = model_from_checkpoint(state).to(device).eval().to(memory_format=torch.channels_last)
         channels = state.get("channels")
         return cls(network=network, device=device, params=instance_params(state.get("instance_params"), params),
@@ -80,17 +83,19 @@ class Predictor:
         out = self.network(x)[:, :3].float().cpu().numpy()
         return out[0] if single else out
 
-    def fields(self, image: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
-        """Distance + flow (3, H, W) of a whole (C, H, W) image in one pass, zero-extended to the
-        downsampling grid; normalised with ``normalization`` or, by default, the image's own percentiles."""
+    def fields(self, image: np.ndarray, normalization: Normalization | None = None, tile: int | None = None
+               ) -> np.ndarray:
+        """Distance + flow (3, H, W) of a whole (C, H, W) image, on the fixed tile grid (``infer.tiles``) like any
+        window of it; normalised with ``normalization`` or, by default, the image's own percentiles."""
         normalization = normalization or percentile_normalization(image)
+        normalized = normalization.apply(np.asarray(image))
         h, w = image.shape[1:]
-        ch, cw = canvas_shape((h, w), self.downsampling)
-        canvas = read_canvas(normalization.apply(np.asarray(image)), slice(0, ch), slice(0, cw))
-        return self.forward(canvas)[:, :h, :w]
+        fields = NetworkFields(self, (h, w), lambda window: normalized[(slice(None), *window)],
+                               **({"tile": tile} if tile else {}))
+        return fields.compute([fields.load((slice(0, h), slice(0, w)))])[0]
 
     def instances(self, image: np.ndarray, normalization: Normalization | None = None,
-                  params: InstanceParams | None = None) -> np.ndarray:
+                  params: InstanceParams | None = None, tile: int | None = None) -> np.ndarray:
         """uint32 instance labels (H, W) of a whole (C, H, W) image."""
-        output = self.fields(image, normalization)
+        output = self.fields(image, normalization, tile)
         return flows_to_labels(output[0], output[1:3], params or self.params, device=self.device)

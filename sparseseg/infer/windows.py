@@ -1,66 +1,164 @@
-"""Network fields on windows of a large image, equal to the whole image's (the tiling guarantee).
+"""Network fields on windows of a large image, bitwise equal to the whole image's (the tiling guarantee).
 
-A window whose origin lies on the network's pooling grid, read with the receptive-field halo from
-real neighbouring pixels (never mirror-padded inside the image) and zero-extended at the image's
-bottom/right like the whole-image canvas, gives exactly the whole image's output on the window.
+The network only ever runs on the image's fixed tile grid (``infer.tiles``): a window's fields are
+cut from the outputs of the tiles that cover it, so any window (a block's context, a large-object
+window, the whole image) gets the same values to the bit. Tile outputs are kept in a small
+least-recently-used cache, so neighbouring windows in one worker share the tiles they have in common.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from sparseseg.infer.predictor import Predictor
-from sparseseg.tiling.blocks import Window, canvas_shape, read_canvas
+from sparseseg.infer.tiles import DEFAULT_TILE, TileGrid
+from sparseseg.tiling.blocks import Window
 
-#: Pixels of network input per forward on a GPU when ``batch`` is not set (several small blocks at once).
+#: Pixels of network input per forward on a GPU when ``batch`` is not set (several tiles at once).
 GPU_BATCH_PIXELS = 16 * 2**20
+#: Tile outputs (float32 values) a ``NetworkFields`` keeps for reuse by the next windows.
+CACHE_VALUES = 64 * 2**20
 
 
 @dataclass
 class Prepared:
-    """A window's network input, ready: the canvas and where the window lies in its output."""
+    """A window's input, read: ``canvas`` (C, h, w) holds the pixels from ``origin`` (global) on, and the tiles
+    whose outputs cover the window; for array sources, the fields themselves and ``crop``."""
 
     context: Window
     canvas: np.ndarray
     crop: Window
+    origin: tuple[int, int] = (0, 0)
+    tiles: list = field(default_factory=list)
+
+
+class Network(Protocol):
+    """What the tile grid needs of a network (``Predictor`` is one)."""
+
+    device: str
+    halo: int
+    downsampling: int
+
+    def forward(self, canvases: np.ndarray) -> np.ndarray: ...
+
+
+class FieldSource(Protocol):
+    """Where a segmentation's distance + flow come from: windows are loaded (I/O), then computed (the device)."""
+
+    device: str
+    tiles_computed: int   # network tiles run so far (0 where no network runs)
+
+    def load(self, context: Window) -> Prepared: ...
+
+    def compute(self, prepared: list[Prepared]) -> list[np.ndarray]: ...
+
+
+class ArrayFields:
+    """Fields given as a whole (3, H, W) array (exact targets, or a network output computed once): the same
+    stitching without a network."""
+
+    device = "cpu"
+    tiles_computed = 0
+
+    def __init__(self, fields: np.ndarray):
+        self.fields = fields
+
+    def load(self, context: Window) -> Prepared:
+        return Prepared(context, self.fields[(slice(None), *context)], (slice(None), slice(None)))
+
+    def compute(self, prepared: list[Prepared]) -> list[np.ndarray]:
+        return [p.canvas for p in prepared]
 
 
 class NetworkFields:
-    """Distance + flow of an image on any window on the pooling grid, equal to the whole image's: the window
-    is read with the network halo, zero-extended at the image's bottom/right like the whole image."""
+    """Distance + flow of an image on any window, bitwise equal to the whole image's: cut from the outputs of the
+    fixed tile grid (``infer.tiles``), tiles run in batches of one fixed size, zeros beyond the image."""
 
-    def __init__(self, predictor: Predictor, shape: tuple[int, int], read, batch: int | None = None):
-        self.predictor, self.shape, self.read, self.batch = predictor, tuple(shape), read, batch
-        self.halo, self.factor = predictor.halo, predictor.downsampling
+    def __init__(self, predictor: Network, shape: tuple[int, int], read, batch: int | None = None,
+                 tile: int = DEFAULT_TILE):
+        self.predictor, self.shape, self.read = predictor, tuple(shape), read
+        self.grid = TileGrid(self.shape, tile, predictor.halo, predictor.downsampling)
+        ay, ax = self.grid.axes
+        self.batch = batch or (1 if predictor.device == "cpu" else max(1, GPU_BATCH_PIXELS // (ay.tile * ax.tile)))
+        self.cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self.tiles_computed = 0
+        self._lock = threading.Lock()  # a worker with several threads runs tasks of one run side by side
 
     @property
     def device(self) -> str:
         return self.predictor.device
 
     def load(self, context: Window) -> Prepared:
-        """Read ``context`` plus the halo (normalised by ``read``) onto its canvas."""
-        h, w = self.shape
-        read = tuple(slice(max(0, sl.start - self.halo), min(n, sl.stop + self.halo)) for sl, n in zip(context, (h, w)))
-        if read[0].start % self.factor or read[1].start % self.factor:
-            raise ValueError(f"window {context} does not start on the pooling grid of {self.factor}")
-        canvas_h, canvas_w = canvas_shape((h, w), self.factor)
-        stop_y = canvas_h if read[0].stop == h else read[0].stop
-        stop_x = canvas_w if read[1].stop == w else read[1].stop
-        canvas = read_canvas(self.read(read), slice(0, stop_y - read[0].start), slice(0, stop_x - read[1].start))
-        crop = (slice(context[0].start - read[0].start, context[0].stop - read[0].start),
-                slice(context[1].start - read[1].start, context[1].stop - read[1].start))
-        return Prepared(context, canvas, crop)
+        """Read (normalised, by ``read``) the input of every tile that covers ``context``."""
+        tiles = self.grid.covering(context)
+        inputs = [self.grid.input_window(t) for t in tiles]
+        region = tuple(slice(min(w[a].start for w in inputs), min(n, max(w[a].stop for w in inputs)))
+                       for a, n in enumerate(self.shape))
+        return Prepared(context, np.asarray(self.read(region), np.float32), (slice(None), slice(None)),
+                        (region[0].start, region[1].start), tiles)
+
+    def _tile_input(self, prepared: Prepared, index: tuple[int, int]) -> np.ndarray:
+        rows, cols = self.grid.input_window(index)
+        out = np.zeros((prepared.canvas.shape[0], rows.stop - rows.start, cols.stop - cols.start), np.float32)
+        y0, x0 = rows.start - prepared.origin[0], cols.start - prepared.origin[1]
+        part = prepared.canvas[:, y0: y0 + out.shape[1], x0: x0 + out.shape[2]]
+        out[:, : part.shape[1], : part.shape[2]] = part
+        return out
+
+    def _run_tiles(self, todo: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
+        """Tile outputs (cropped to what each tile gives) in batches of ``self.batch``, padded with zero tiles."""
+        done = {}
+        keys = list(todo)
+        for i in range(0, len(keys), self.batch):
+            chunk = keys[i: i + self.batch]
+            stack = np.stack([todo[k] for k in chunk])
+            if len(chunk) < self.batch:
+                stack = np.concatenate([stack, np.zeros((self.batch - len(chunk), *stack.shape[1:]), np.float32)])
+            outputs = self.predictor.forward(stack)
+            for k, out in zip(chunk, outputs):
+                rows, cols = self.grid.output_window(k)
+                origin = self.grid.input_window(k)
+                done[k] = np.ascontiguousarray(out[:, rows.start - origin[0].start: rows.stop - origin[0].start,
+                                                   cols.start - origin[1].start: cols.stop - origin[1].start])
+            self.tiles_computed += len(chunk)
+        return done
+
+    def _remember(self, key: tuple[int, int], output: np.ndarray) -> None:
+        self.cache[key] = output
+        self.cache.move_to_end(key)
+        while sum(v.size for v in self.cache.values()) > CACHE_VALUES and len(self.cache) > 1:
+            self.cache.popitem(last=False)
 
     def compute(self, prepared: list[Prepared]) -> list[np.ndarray]:
-        """Distance + flow (3, h, w) on each prepared window; equal-sized canvases share one forward."""
-        outputs = self.predictor.forward(np.stack([p.canvas for p in prepared]))
-        return [out[(slice(None), *p.crop)] for out, p in zip(outputs, prepared)]
+        """Distance + flow (3, h, w) on each prepared window, from cached or newly computed tiles."""
+        with self._lock:
+            return self._compute(prepared)
 
-    def batch_size(self, canvas: np.ndarray) -> int:
-        if self.batch:
-            return self.batch
-        if self.predictor.device == "cpu":
-            return 1
-        return max(1, GPU_BATCH_PIXELS // (canvas.shape[-2] * canvas.shape[-1]))
+    def _compute(self, prepared: list[Prepared]) -> list[np.ndarray]:
+        todo = {}
+        for p in prepared:
+            for key in p.tiles:
+                if key not in self.cache and key not in todo:
+                    todo[key] = self._tile_input(p, key)
+        outputs = dict(self._run_tiles(todo))
+        results = []
+        for p in prepared:
+            rows, cols = p.context
+            out = np.empty((3, rows.stop - rows.start, cols.stop - cols.start), np.float32)
+            for key in p.tiles:
+                tile = outputs.get(key)
+                if tile is None:
+                    tile = outputs[key] = self.cache[key]
+                t_rows, t_cols = self.grid.output_window(key)
+                r0, r1 = max(rows.start, t_rows.start), min(rows.stop, t_rows.stop)
+                c0, c1 = max(cols.start, t_cols.start), min(cols.stop, t_cols.stop)
+                out[:, r0 - rows.start: r1 - rows.start, c0 - cols.start: c1 - cols.start] = \
+                    tile[:, r0 - t_rows.start: r1 - t_rows.start, c0 - t_cols.start: c1 - t_cols.start]
+            results.append(out)
+        for key, tile in outputs.items():
+            self._remember(key, tile)
+        return results

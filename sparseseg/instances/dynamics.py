@@ -34,54 +34,84 @@ class InstanceParams:
 FIXED_POINT_BITS = 16  # positions in 1/65536 px: integer arithmetic is exact and translation-invariant
 
 
-def euler_endpoints(flow: torch.Tensor, seeds: torch.Tensor, n_steps: int,
-                    trail: torch.Tensor | None = None) -> torch.Tensor:
-    """Integrate integer pixel positions (M, 2) (y, x) along flow (2, H, W); returns float positions.
+def max_travel(n_steps: int) -> float:
+    """The farthest (px, per axis) any trajectory moves in ``n_steps``: velocities are clipped to [-1, 1] per axis,
+    so a step moves at most its step size (plus 1/65536 px of rounding)."""
+    return sum(max(0.25, 1.0 - t / n_steps) for t in range(n_steps)) + n_steps / (1 << FIXED_POINT_BITS)
 
-    Damped explicit Euler: the step size decays from 1 to 0.25. Positions are fixed-point integers
-    and the bilinear weights come from their fractional bits, so a trajectory computed in a block
-    is bit-identical to the same trajectory in the whole image (what seam-free stitching needs)
-    while the arithmetic stays float32. With ``trail`` (bool (H, W)), marks every pixel visited
-    during the second half of the steps: the tails run along each object's medial axis.
+
+def euler_endpoints(flow: torch.Tensor, seeds: torch.Tensor, n_steps: int,
+                    trail: torch.Tensor | None = None, open_edges: tuple[bool, bool, bool, bool] = (False,) * 4
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrate integer pixel positions (M, 2) (y, x) along flow (2, H, W); returns (float positions, stopped).
+
+    Damped explicit Euler: the step size decays from 1 to 0.25, each velocity component clipped to
+    [-1, 1] (so no trajectory travels farther than ``max_travel``). Positions are fixed-point
+    integers and the bilinear weights come from their fractional bits, so a trajectory computed in a
+    window is bit-identical to the same trajectory in the whole image as long as the window never
+    stops it. ``open_edges`` (top, left, bottom, right) marks window edges that are not the image's:
+    ``stopped`` (bool (M,)) flags trajectories held back there at least once (they may differ from the
+    whole image's). With ``trail`` (bool (H, W)), marks every pixel visited during the second half of
+    the steps: the tails run along each object's medial axis.
     """
     h, w = flow.shape[-2:]
     one = 1 << FIXED_POINT_BITS
     scale = float(one)
-    f = flow.to(torch.float32)
+    f = flow.to(torch.float32).clamp(-1.0, 1.0)
     below = torch.cat([f[:, 1:], f[:, -1:]], 1)  # value at (y+1, x), edge repeated
     corners = torch.stack([f, torch.cat([f[:, :, 1:], f[:, :, -1:]], 2),
                            below, torch.cat([below[:, :, 1:], below[:, :, -1:]], 2)])  # (4, 2, H, W)
     corners = corners.reshape(8, h * w)  # one gather per step fetches all four neighbours
     pos = seeds.to(torch.int64) * one
     limit = torch.tensor([(h - 1) * one, (w - 1) * one], device=flow.device)
+    stopped = torch.zeros(len(pos), dtype=torch.bool, device=flow.device)
+    top, left, bottom, right = open_edges
     for t in range(n_steps):
         cell = pos >> FIXED_POINT_BITS
         frac = (pos & (one - 1)).to(torch.float32) / scale
         fy, fx = frac[:, 0], frac[:, 1]
         v = corners.index_select(1, cell[:, 0] * w + cell[:, 1]).view(4, 2, -1)
-        top = v[0] + (v[1] - v[0]) * fx
-        bottom = v[2] + (v[3] - v[2]) * fx
-        velocity = top + (bottom - top) * fy  # (2, M)
+        top_row = v[0] + (v[1] - v[0]) * fx
+        bottom_row = v[2] + (v[3] - v[2]) * fx
+        velocity = top_row + (bottom_row - top_row) * fy  # (2, M)
         step = max(0.25, 1.0 - t / n_steps)
         pos = pos + torch.round(velocity.T * (step * scale)).to(torch.int64)
+        if top:
+            stopped |= pos[:, 0] < 0
+        if left:
+            stopped |= pos[:, 1] < 0
+        if bottom:
+            stopped |= pos[:, 0] > limit[0]
+        if right:
+            stopped |= pos[:, 1] > limit[1]
         pos = torch.minimum(torch.clamp(pos, min=0), limit)
         if trail is not None and t >= n_steps // 2:
             nearest = (pos + (one >> 1)) >> FIXED_POINT_BITS
             trail[nearest[:, 0], nearest[:, 1]] = True
-    return pos.to(torch.float64) / scale
+    return pos.to(torch.float64) / scale, stopped
 
 
 def cluster_endpoints(endpoints: np.ndarray, trail: np.ndarray) -> np.ndarray:
     """Cluster label of each trajectory: 8-connected components of the trajectory tails."""
+    return tail_components(endpoints, trail)[0]
+
+
+def tail_components(endpoints: np.ndarray, trail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(component of each trajectory, component map (H, W)): 8-connected components of the tails and end cells."""
     cells = np.rint(endpoints).astype(np.int64)
     occupied = trail.copy()
     occupied[cells[:, 0], cells[:, 1]] = True
-    clusters, _ = ndi.label(occupied, structure=np.ones((3, 3)))
-    return clusters[cells[:, 0], cells[:, 1]]
+    components, _ = ndi.label(occupied, structure=np.ones((3, 3)))
+    return components[cells[:, 0], cells[:, 1]], components
 
 
 def merge_lobes(labels: np.ndarray, distance: np.ndarray, ratio: float) -> np.ndarray:
-    """Merge touching clusters that no boundary separates (one irregular object with several maxima).
+    """Merge touching clusters that no boundary separates (one irregular object with several maxima)."""
+    return lobe_components(labels, distance, ratio)[labels].astype(labels.dtype)
+
+
+def lobe_components(labels: np.ndarray, distance: np.ndarray, ratio: float) -> np.ndarray:
+    """The merged id of each cluster id (``merge_lobes`` is ``lobe_components(...)[labels]``).
 
     For each pair of 4-adjacent clusters the saddle is the highest min(d(p), d(q)) over their shared
     interface; two touching objects meet where the distance is ~0, two lobes of one object meet
@@ -91,8 +121,9 @@ def merge_lobes(labels: np.ndarray, distance: np.ndarray, ratio: float) -> np.nd
     from scipy.sparse.csgraph import connected_components
 
     n = int(labels.max())
+    identity = np.arange(n + 1, dtype=np.int64)
     if n < 2 or ratio <= 0:
-        return labels
+        return identity
     pairs = []
     for a, b, da, db in ((labels[:-1], labels[1:], distance[:-1], distance[1:]),
                          (labels[:, :-1], labels[:, 1:], distance[:, :-1], distance[:, 1:])):
@@ -101,7 +132,7 @@ def merge_lobes(labels: np.ndarray, distance: np.ndarray, ratio: float) -> np.nd
                                np.minimum(da, db)[touching]], 1))
     pairs = np.concatenate(pairs)
     if not len(pairs):
-        return labels
+        return identity
     key = pairs[:, 0].astype(np.int64) * (n + 1) + pairs[:, 1].astype(np.int64)
     order = np.argsort(key)
     key, pairs = key[order], pairs[order]
@@ -117,7 +148,7 @@ def merge_lobes(labels: np.ndarray, distance: np.ndarray, ratio: float) -> np.nd
     component[0] = -1
     remap = np.zeros(n + 1, np.int64)
     remap[1:] = component[1:] + 1
-    return remap[labels].astype(labels.dtype)
+    return remap
 
 
 def flow_errors(labels: np.ndarray, flow: np.ndarray, threads: int = 1) -> dict[int, float]:
@@ -134,33 +165,103 @@ def flow_errors(labels: np.ndarray, flow: np.ndarray, threads: int = 1) -> dict[
 def instance_clusters(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
                       params: InstanceParams = InstanceParams(), device: str | torch.device | None = None
                       ) -> np.ndarray:
-    """uint32 clusters (H, W): foreground pixels grouped by where their trajectories end, lobes merged.
-
-    The candidates for objects before any is rejected: ``finalize_clusters`` decides which stay.
-    """
-    clusters = trajectory_clusters(distance, flow, params, device)
-    return merge_lobes(clusters, np.asarray(torch.as_tensor(distance).cpu(), np.float32),
-                       params.merge_ratio).astype(np.uint32)
+    """uint32 clusters (H, W) of a whole image: foreground pixels grouped by where their trajectories end,
+    lobes merged. The candidates for objects before any is rejected: ``finalize_clusters`` decides which stay."""
+    return window_clusters(distance, flow, params, device).clusters
 
 
 def trajectory_clusters(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
                         params: InstanceParams = InstanceParams(), device: str | torch.device | None = None
                         ) -> np.ndarray:
     """uint32 (H, W): foreground pixels (distance above the threshold) grouped by where their trajectories end."""
+    return _trajectories(distance, flow, params, device).clusters
+
+
+@dataclass
+class _Trajectories:
+    clusters: np.ndarray   # uint32 (H, W): tail component of each foreground pixel
+    exact: np.ndarray      # bool (n + 1,): per component, whether it equals the whole image's (index 0 unused)
+
+
+def _trajectories(distance, flow, params: InstanceParams, device, open_edges=(False,) * 4) -> _Trajectories:
     distance_t = torch.as_tensor(distance, dtype=torch.float32, device=device)
     flow_t = torch.as_tensor(flow, dtype=torch.float32, device=distance_t.device)
     shape = tuple(distance_t.shape)
     foreground = distance_t > params.distance_threshold
     labels = np.zeros(shape, np.uint32)
     if not bool(foreground.any()):
-        return labels
+        return _Trajectories(labels, np.zeros(1, bool))
     seeds = torch.nonzero(foreground).to(torch.float32)
     trail = torch.zeros(shape, dtype=torch.bool, device=distance_t.device)
-    ends = euler_endpoints(flow_t, seeds, params.n_steps, trail).cpu().numpy()
-    clusters = cluster_endpoints(ends, trail.cpu().numpy())
+    ends, stopped = euler_endpoints(flow_t, seeds, params.n_steps, trail, open_edges)
+    component, components = tail_components(ends.cpu().numpy(), trail.cpu().numpy())
     cells = seeds.cpu().numpy().astype(np.int64)
-    labels[cells[:, 0], cells[:, 1]] = clusters
-    return labels
+    labels[cells[:, 0], cells[:, 1]] = component
+    n = int(components.max())
+    exact = np.ones(n + 1, bool)
+    if any(open_edges):
+        exact[component[stopped.cpu().numpy()]] = False
+        # no trajectory from outside the window (or stopped at its edge) can reach a tail farther than this
+        reach = int(np.ceil(max_travel(params.n_steps))) + 3
+        exact &= _clear_of_edges(components, n, open_edges, reach) & _clear_of_edges(labels, n, open_edges, 1)
+    exact[0] = False
+    return _Trajectories(labels, exact)
+
+
+def _clear_of_edges(labels: np.ndarray, n: int, open_edges, reach: int) -> np.ndarray:
+    """bool (n + 1,): whether each id's pixels stay at least ``reach`` px from every open window edge."""
+    clear = np.ones(n + 1, bool)
+    h, w = labels.shape
+    top, left, bottom, right = open_edges
+    bands = [labels[:reach] if top else None, labels[:, :reach] if left else None,
+             labels[max(0, h - reach):] if bottom else None, labels[:, max(0, w - reach):] if right else None]
+    for band in bands:
+        if band is not None:
+            clear[np.unique(band)] = False
+    return clear
+
+
+@dataclass
+class WindowClusters:
+    """A window's clusters (uint32 (H, W), lobes merged) and which of them are *exact*: equal to a cluster of
+    the whole image whatever lies beyond the window's open edges (``exact[id]``; index 0 unused)."""
+
+    clusters: np.ndarray
+    exact: np.ndarray
+
+
+def window_clusters(distance: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
+                    params: InstanceParams = InstanceParams(), device: str | torch.device | None = None,
+                    open_edges: tuple[bool, bool, bool, bool] = (False,) * 4) -> WindowClusters:
+    """Clusters of a window whose ``open_edges`` (top, left, bottom, right) are not the image's edges.
+
+    A cluster is exact when none of its trajectories was stopped at an open edge, its tails stay
+    farther from the open edges than any trajectory travels (so none from outside can join it) and its
+    pixels do not touch them; with lobe merging, when its neighbours are exact too (a merge depends on
+    both sides). On the whole image (no open edge) every cluster is exact.
+    """
+    raw = _trajectories(distance, flow, params, device, open_edges)
+    remap = lobe_components(raw.clusters, np.asarray(torch.as_tensor(distance).cpu(), np.float32),
+                            params.merge_ratio)
+    merged = remap[raw.clusters].astype(np.uint32)
+    exact = raw.exact
+    if params.merge_ratio > 0 and any(open_edges):
+        exact = exact & ~_next_to(raw.clusters, ~raw.exact)
+    ok = np.ones(int(remap.max()) + 1, bool)
+    np.logical_and.at(ok, remap, exact)
+    ok[0] = False
+    return WindowClusters(merged, ok)
+
+
+def _next_to(labels: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """bool per id: whether it is 4-adjacent to a different id flagged in ``bad``."""
+    out = np.zeros(bad.size, bool)
+    for a, b in ((labels[:-1], labels[1:]), (labels[:, :-1], labels[:, 1:])):
+        touching = (a != b) & (a > 0) & (b > 0)
+        a, b = a[touching].astype(np.int64), b[touching].astype(np.int64)
+        out[a[bad[b]]] = True
+        out[b[bad[a]]] = True
+    return out
 
 
 def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstanceParams = InstanceParams(),

@@ -1,5 +1,6 @@
 """Reading slides from any supported format and writing OME-Zarr."""
 
-from sparseseg.io.slide import Slide, open_slide
+from sparseseg.io.detect import open_slide
+from sparseseg.io.slide import Slide
 
 __all__ = ["Slide", "open_slide"]

@@ -17,7 +17,7 @@ from sparseseg.errors import InputError
 from sparseseg.files.atomic import staged_directory
 from sparseseg.io.ngff import (create_level_array, read_ome_attrs, write_image_metadata, write_label_metadata,
                                zarr_format_of)
-from sparseseg.io.slide import sniff_format
+from sparseseg.io.detect import sniff_format
 from sparseseg.pyramid import downsample_nearest_2x, level_factors
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparseseg.errors import InputError
+from sparseseg.infer.tiles import DEFAULT_TILE
 from sparseseg.io.labels import check_label_name
 
 #: What to do with an object that reaches the edge of its block's label context.
@@ -23,7 +24,9 @@ class SegmentOptions:
     object reaching its block's context edge (the cheapest; loses objects larger than ``margin``).
     ``device`` and ``threads`` default to what each worker has: CUDA where the worker sees a GPU,
     and the worker's own thread setting (local workers started here share this machine's cores).
-    ``batch``: blocks per network forward (default 1 on CPU, as many as fit on a GPU).
+    ``tile``: edge of the fixed tiles the network runs on (``infer.tiles``); every window's fields come from
+    them, so any block size gives the whole image's fields to the bit. ``batch``: tiles per network forward
+    (default 1 on CPU, as many as fit on a GPU).
     ``params``: instance parameters overriding those stored in the checkpoint (calibrated).
     """
 
@@ -35,6 +38,7 @@ class SegmentOptions:
     device: str | None = None
     threads: int | None = None
     batch: int | None = None
+    tile: int = DEFAULT_TILE
     resume: bool = False
     overwrite: bool = False
     large_objects: str = "grow"
@@ -50,7 +54,8 @@ class SegmentOptions:
             raise InputError(None, f"--block must be a positive number of pixels, got {self.block}")
         if self.margin < 0:
             raise InputError(None, f"--margin must be >= 0, got {self.margin}")
-        for flag, value in (("--workers", self.workers), ("--threads", self.threads), ("--batch", self.batch)):
+        for flag, value in (("--workers", self.workers), ("--threads", self.threads), ("--batch", self.batch),
+                            ("--tile", self.tile)):
             if value is not None and value < 1:
                 raise InputError(None, f"{flag} must be at least 1, got {value}")
         if self.workers is not None and self.scheduler is not None:

@@ -19,15 +19,17 @@ import zarr
 
 from sparseseg.errors import InputError
 from sparseseg.infer.predictor import instance_params
+from sparseseg.infer.tiles import DEFAULT_TILE
 from sparseseg.instances.dynamics import InstanceParams
 from sparseseg.io.labels import coarse_label_level
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.io.slide import select_channels
 from sparseseg.model.checkpoint import load_checkpoint
 from sparseseg.model.normalize import Normalization, slide_normalization
+from sparseseg.model.grid import grid_scale, model_grid_shape
 from sparseseg.segment.options import SegmentOptions
-from sparseseg.segment.rescale import model_grid_shape
-from sparseseg.tiling.blocks import BlockPlan
+from sparseseg.segment.records import RECORD_FORMAT
+from sparseseg.tiling.blocks import BlockGrid
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +41,23 @@ class BlockJob:
     slide: str
     checkpoint: str
     checkpoint_mtime_ns: int
-    plan: BlockPlan
+    grid: BlockGrid
     normalization: Normalization
     params: InstanceParams
     work: str
     channels: tuple[int, ...] | None = None       # slide channels fed to the network, in order (None: all)
     scale: float = 1.0                            # slide pixel size / model pixel size
-    source_shape: tuple[int, int] | None = None   # level-0 shape when scale != 1 (plan.shape is the model grid)
+    source_shape: tuple[int, int] | None = None   # level-0 shape when scale != 1 (grid.shape is the model grid)
     device: str | None = None                     # None: CUDA where the worker sees a GPU
     threads: int | None = None                    # None: the worker's own setting
-    batch: int | None = None                      # None: 1 on CPU, several small blocks on a GPU
+    batch: int | None = None                      # tiles per forward (None: 1 on CPU, several on a GPU)
+    tile: int = DEFAULT_TILE                      # edge of the fixed tiles the network runs on
     large_objects: str = "grow"
     max_object_px: int = 2**31                    # model-grid extent beyond which a large object is not grown
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        return self.plan.shape
+        return self.grid.shape
 
 
 @dataclass(frozen=True)
@@ -66,32 +69,28 @@ class SegmentPlan:
     skips: frozenset     # block indices without tissue
     fingerprint: str
     halo: int
+    max_object_um: float   # the cap, as asked (``job.max_object_px`` on the model grid)
 
     @property
-    def blocks(self) -> BlockPlan:
-        return self.job.plan
-
-
-#: The layout of the work folder's block and large-object records; part of the fingerprint, so a resume
-#: across a change of layout starts afresh instead of misreading old records.
-RECORD_FORMAT = 2
+    def grid(self) -> BlockGrid:
+        return self.job.grid
 
 
 def _fingerprint(**values) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def tissue_skips(slide_path: Path, plan: BlockPlan) -> frozenset:
+def tissue_skips(slide_path: Path, grid: BlockGrid) -> frozenset:
     """Blocks whose label context holds no tissue (labels/tissue at its finest level <= 1024 px)."""
     root = zarr.open_group(slide_path, mode="r")
     if "labels/tissue" not in root:
         return frozenset()
     mask = coarse_label_level(root["labels/tissue"], 1024)[0] > 0
-    fy, fx = plan.shape[0] / mask.shape[0], plan.shape[1] / mask.shape[1]
+    fy, fx = grid.shape[0] / mask.shape[0], grid.shape[1] / mask.shape[1]
     # tissue per block context: a summed-area table answers each block in O(1)
     table = np.pad(mask.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     skips = set()
-    for block in plan.blocks():
+    for block in grid.blocks():
         rows, cols = block.context
         y0, y1 = int(rows.start // fy), max(int(rows.start // fy) + 1, math.ceil(rows.stop / fy))
         x0, x1 = int(cols.start // fx), max(int(cols.start // fx) + 1, math.ceil(cols.stop / fx))
@@ -119,22 +118,26 @@ def plan_segment(slide: str | Path, model: str | Path, options: SegmentOptions) 
             log.warning("the model was trained on channels %s; segmenting %s", ", ".join(state["channels"]),
                         ", ".join(chosen))
     factor, halo = int(state["downsampling"]), int(state["halo"])
+    if options.tile % factor or options.tile <= 2 * halo:
+        raise InputError(None, f"--tile must be a multiple of the model's downsampling factor {factor} and larger "
+                               f"than twice its halo ({2 * halo} px), got {options.tile}")
     if options.block % factor:
         raise InputError(None, f"--block must be a multiple of the model's downsampling factor {factor}, "
                                f"got {options.block}")
     margin = -(-options.margin // factor) * factor  # context only: rounded up to the pooling grid
     model_um, slide_um = state.get("pixel_size_um"), info.pixel_size_um
-    scale = 1.0
-    if model_um and slide_um and abs(slide_um[0] / model_um - 1) > 0.02:
-        scale = slide_um[0] / model_um  # segment on the model grid, write labels at level 0
-    elif model_um and not slide_um:
+    scale = grid_scale(slide_um[0] if slide_um else None, model_um)  # the grid train and calibrate use too
+    if model_um and not slide_um:
         log.warning("%s records no pixel size: assuming the model's (%.3g um)", slide, model_um)
     final = slide / "labels" / options.name
     if final.exists() and not options.overwrite:
         raise InputError(final, "already exists (use --overwrite to replace it)")
+    if final.exists() and "model" not in dict(zarr.open_group(final, mode="r").attrs).get("sparseseg", {}):
+        raise InputError(final, "was not written by `sparseseg segment`; --overwrite only replaces "
+                                "segmentations (choose another --name)")
     source_shape = tuple(info.shape[1:])
     shape = model_grid_shape(source_shape, scale) if scale != 1.0 else source_shape
-    plan = BlockPlan(shape=shape, block=options.block, margin=margin, halo=halo, factor=factor)
+    grid = BlockGrid(shape=shape, block=options.block, margin=margin, halo=halo, factor=factor)
     levels = info.levels if channels is None else tuple(level[list(channels)] for level in info.levels)
     normalization = slide_normalization(levels, source=slide)  # once per slide, never per block
     params = instance_params(state.get("instance_params"), options.params)
@@ -143,11 +146,11 @@ def plan_segment(slide: str | Path, model: str | Path, options: SegmentOptions) 
     fingerprint = _fingerprint(model=str(model.resolve()), mtime=model.stat().st_mtime_ns, block=options.block,
                                margin=margin, scale=scale, params=asdict(params), channels=channels,
                                normalization=asdict(normalization), large=options.large_objects,
-                               max_object_px=max_object_px, records=RECORD_FORMAT)
+                               max_object_px=max_object_px, tile=options.tile, records=RECORD_FORMAT)
     job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
-                   plan=plan, normalization=normalization, params=params, work=str(slide / "labels" / f".{options.name}.work"),
+                   grid=grid, normalization=normalization, params=params, work=str(slide / "labels" / f".{options.name}.work"),
                    channels=channels, scale=scale, source_shape=source_shape, device=options.device,
-                   threads=options.threads, batch=options.batch, large_objects=options.large_objects,
+                   threads=options.threads, batch=options.batch, tile=options.tile, large_objects=options.large_objects,
                    max_object_px=max_object_px)
-    return SegmentPlan(slide=slide, final=final, work=Path(job.work), job=job, skips=tissue_skips(slide, plan),
-                       fingerprint=fingerprint, halo=halo)
+    return SegmentPlan(slide=slide, final=final, work=Path(job.work), job=job, skips=tissue_skips(slide, grid),
+                       fingerprint=fingerprint, halo=halo, max_object_um=options.max_object_um)

@@ -3,7 +3,7 @@
 Guarantee: the labels equal those of segmenting the whole image at once (up to the order of ids)
 for every object up to ``--max-object-um``: each block keeps the objects it owns that it computed
 whole; an object reaching a block's context edge is segmented again on a window grown around it
-(``engine.resolve_candidate``). The label group appears only when complete; one writer at a time.
+(``stitch.resolve_candidate``). The label group appears only when complete; one writer at a time.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from tqdm.auto import tqdm
 from sparseseg.cluster import dask_client, workers_spec
 from sparseseg.errors import InputError
 from sparseseg.files.atomic import remove_leftovers
+from sparseseg.infer.tiles import TileGrid
 from sparseseg.io.labels import write_label_pyramid
 from sparseseg.files.lock import writer_lock
-from sparseseg.segment.engine import (BlockRecord, ObjectPixelsGlobal, Resolution, owner_sees_whole,
-                                      resolve_candidates, run_block_group)
+from sparseseg.segment.engine import run_block_group
 from sparseseg.segment.options import SegmentOptions
-from sparseseg.instances.dynamics import InstanceParams
 from sparseseg.segment.plan import BlockJob, SegmentPlan, plan_segment
+from sparseseg.segment.records import BlockRecord, CandidateOutcome, GlobalObjects
+from sparseseg.segment.stitch import objects_to_add, resolve_candidates
 from sparseseg.segment.write import LabelComposer, write_large_objects
-from sparseseg.tiling.blocks import BlockPlan
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,12 @@ class SegmentResult:
     n_objects: int
     n_blocks: int
     skipped_blocks: int
-    amplification: float
+    amplification: float        # network input pixels (tiles run by the blocks x tile area) per model-grid pixel
     large_objects: int = 0      # objects computed on grown windows (larger than the margin)
     too_large: int = 0          # objects beyond --max-object-um, not written
     dropped_objects: int = 0    # objects reaching their context edge under --large-objects drop
     large_pixels: int = 0       # model-grid pixels labelled by the large-object pass (its extra work)
+    large_tiles: int = 0        # network tiles the large-object pass ran
     trimmed_objects: int = 0    # written objects whose cluster lost smaller pieces (each object is one piece)
     trimmed_pixels: int = 0     # model-grid pixels of those pieces, now background
     timings: dict = field(default_factory=dict)
@@ -75,17 +76,9 @@ def _prepare_work(plan: SegmentPlan, resume: bool) -> None:
     stamp.write_text(json.dumps({"id": plan.fingerprint}))
 
 
-def _check_replaceable(plan: SegmentPlan) -> None:
-    """--overwrite only replaces a label group that ``segment`` wrote."""
-    if plan.final.exists():
-        attrs = dict(zarr.open_group(plan.final, mode="r").attrs)
-        if "model" not in attrs.get("sparseseg", {}):
-            raise InputError(plan.final, "was not written by `sparseseg segment`; --overwrite only replaces "
-                                         "segmentations (choose another --name)")
-
-
-def _gather(client, futures: dict, bar) -> dict:
-    """Results of ``futures`` (future -> key); the first failure cancels the rest and is raised."""
+def _gather(client, futures: dict, bar, check=None) -> dict:
+    """Results of ``futures`` (future -> key); the first failure cancels the rest and is raised, and so does the
+    first InputError that ``check`` raises on a result."""
     from distributed import as_completed
 
     results = {}
@@ -99,13 +92,20 @@ def _gather(client, futures: dict, bar) -> dict:
                 raise error
             raise InputError(None, f"{key} failed on a worker: {type(error).__name__}: {error}") from None
         results[key] = future.result()
+        if check is not None:
+            try:
+                check(results[key])
+            except InputError:
+                for other in futures:
+                    other.cancel()
+                raise
         bar.update(getattr(results[key], "__len__", lambda: 1)())
     return results
 
 
 def run_blocks(client, plan: SegmentPlan, workers: int, progress: bool) -> dict[str, BlockRecord]:
     """Pass 1: every block's record (computed, or read back when a resumed run had it)."""
-    blocks = list(plan.blocks.blocks())
+    blocks = list(plan.grid.blocks())
     groups = block_groups(blocks, workers)
     with tqdm(total=len(blocks), desc="blocks", disable=not progress, dynamic_ncols=True) as bar:
         futures = {client.submit(run_block_group, plan.job, group, plan.skips, pure=False,
@@ -115,37 +115,31 @@ def run_blocks(client, plan: SegmentPlan, workers: int, progress: bool) -> dict[
     return {block.name: record for i, group in enumerate(groups) for block, record in zip(group, results[i])}
 
 
-def _resolve(client, plan: SegmentPlan, candidates: np.ndarray, progress: bool) -> list[Resolution]:
+def _resolve(client, plan: SegmentPlan, candidates: GlobalObjects, progress: bool) -> list[CandidateOutcome]:
     """The large-object pass: each candidate on grown windows, in tasks of a few candidates."""
     if not len(candidates):
         return []
-    chunks = [candidates[i:i + 8] for i in range(0, len(candidates), 8)]
+    chunks = [candidates.subset(range(i, min(i + 8, len(candidates)))) for i in range(0, len(candidates), 8)]
     with tqdm(total=len(candidates), desc="large objects", disable=not progress, dynamic_ncols=True) as bar:
         futures = {client.submit(resolve_candidates, plan.job, chunk, pure=False,
                                  key=f"large-{i}-{plan.fingerprint}"): i for i, chunk in enumerate(chunks)}
-        results = _gather(client, futures, bar)
+        results = _gather(client, futures, bar, _refuse_too_large(plan) if plan.job.large_objects == "error" else None)
     return [r for i in range(len(chunks)) for r in results[i]]
 
 
-def large_objects_of(plan, records: dict[str, BlockRecord], resolutions: list[Resolution]
-                  ) -> tuple[dict[tuple[int, int], list], int]:
-    """The whole objects each block owns but did not keep ({block index: [(key, rows, cols, trimmed pixels)]}),
-    and the number of distinct objects beyond the cap. Objects found from several blocks count once; one its
-    owner computed whole is the owner's already."""
-    found = {}
-    for source in [r.elsewhere for r in records.values()] + [r.objects for r in resolutions]:
-        for k in range(len(source)):
-            rows, cols = source.pixels(k)
-            key = (*(int(v) for v in source.anchors[k]), *(int(v) for v in source.cluster_boxes[k]), int(rows.size))
-            found.setdefault(key, (rows, cols, int(source.trimmed[k])))
-    owned: dict[tuple[int, int], list] = {}
-    for key in sorted(found):
-        anchor, box = key[:2], np.array(key[2:6])
-        owner = plan.owner(*anchor)
-        if not owner_sees_whole(plan, box, owner):
-            owned.setdefault(owner, []).append((key, *found[key]))
-    too_large = {r.box for r in resolutions if r.too_large}
-    return owned, len(too_large)
+def _refuse_too_large(plan: SegmentPlan):
+    """``--large-objects error``: stop at the first object beyond the cap, not after the whole pass."""
+    def check(outcomes: list[CandidateOutcome]) -> None:
+        for outcome in outcomes:
+            for y0, x0, y1, x1 in outcome.too_large:
+                raise InputError(plan.slide, f"an object at model-grid (y={y0}, x={x0}) spans {y1 - y0}x{x1 - x0} px, "
+                                             f"beyond --max-object-um {plan.max_object_um:g}: raise it, or use --large-objects "
+                                             "grow to leave such objects out")
+    return check
+
+
+def all_candidates(records: dict[str, BlockRecord]) -> GlobalObjects:
+    return GlobalObjects.concat([r.candidates for r in records.values()])
 
 
 def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict) -> tuple[LabelComposer, int, int]:
@@ -155,11 +149,11 @@ def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict)
     each block's kept objects then the large objects it owns.
     """
     offsets, total, items, ids = {}, 0, [], []
-    for block in job.plan.blocks():
+    for block in job.grid.blocks():
         offsets[block.name] = total
         kept, mine = records[block.name].count, owned.get(block.index, [])
-        for j, (key, rows, cols, trimmed) in enumerate(mine):
-            items.append((key[:2], np.array(key[2:6]), rows, cols, trimmed))
+        for j, (_, rows, cols, trimmed) in enumerate(mine):
+            items.append((rows, cols, trimmed))
             ids.append(total + kept + j + 1)
         total += kept + len(mine)
     if total >= 2**32 - 1:
@@ -167,29 +161,8 @@ def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict)
     large_path = None
     if items:
         large_path = Path(job.work) / "large.npz"
-        write_large_objects(large_path, ObjectPixelsGlobal.build(items), np.array(ids))
+        write_large_objects(large_path, GlobalObjects.build(items), np.array(ids))
     return LabelComposer(job, offsets, str(large_path) if large_path else None), total, len(items)
-
-
-def segment_fields(fields: np.ndarray, plan: BlockPlan, params: InstanceParams, work: Path,
-                   large_objects: str = "grow", max_object_px: int = 2**31) -> tuple[np.ndarray, int]:
-    """(labels, number of large objects) of a whole in-memory (3, H, W) distance + flow array, computed block by
-    block exactly as ``segment_slide`` does, in this process (what the stitching tests prove equal to ``flows_to_labels``)."""
-    from sparseseg.model.normalize import Normalization
-    from sparseseg.segment.engine import ArrayFields
-
-    source = ArrayFields(fields)
-    (Path(work) / "blocks").mkdir(parents=True, exist_ok=True)
-    (Path(work) / "large").mkdir(exist_ok=True)
-    job = BlockJob(slide="<in memory>", checkpoint="", checkpoint_mtime_ns=0, plan=plan,
-                   normalization=Normalization((0.0,), (1.0,)), params=params, work=str(work),
-                   large_objects=large_objects, max_object_px=max_object_px)
-    blocks = list(plan.blocks())
-    records = dict(zip([b.name for b in blocks], run_block_group(job, blocks, frozenset(), source)))
-    candidates = np.concatenate([r.candidates for r in records.values()] + [np.zeros((0, 6), np.int64)])
-    owned, _ = large_objects_of(plan, records, resolve_candidates(job, candidates, source))
-    composer, _, n_large = labels_composer(job, records, owned)
-    return composer.model_window((slice(0, plan.shape[0]), slice(0, plan.shape[1]))), n_large
 
 
 def segment_slide(slide: str | Path, model: str | Path, options: SegmentOptions = SegmentOptions()) -> SegmentResult:
@@ -197,8 +170,6 @@ def segment_slide(slide: str | Path, model: str | Path, options: SegmentOptions 
     slide = Path(slide)
     plan = plan_segment(slide, model, options)
     with writer_lock(slide, "segment"):
-        if options.overwrite:
-            _check_replaceable(plan)
         remove_leftovers(plan.final)
         _prepare_work(plan, options.resume)
         try:
@@ -223,14 +194,8 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
         workers = max(1, len(client.scheduler_info()["workers"]))
         records = run_blocks(client, plan, workers, options.progress)
         lap("blocks")
-        candidates = np.concatenate([r.candidates for r in records.values()] + [np.zeros((0, 6), np.int64)])
-        resolutions = _resolve(client, plan, candidates, options.progress)
-        owned, too_large = large_objects_of(plan.blocks, records, resolutions)
-        if too_large and options.large_objects == "error":
-            box = next(r.box for r in resolutions if r.too_large)
-            raise InputError(plan.slide, f"an object at model-grid (y={box[0]}, x={box[1]}) spans {box[2] - box[0]}"
-                                         f"x{box[3] - box[1]} px, beyond --max-object-um {options.max_object_um}: "
-                                         "raise it, or use --large-objects grow to leave such objects out")
+        resolutions = _resolve(client, plan, all_candidates(records), options.progress)
+        owned, too_large = objects_to_add(plan.job, records, resolutions)
         lap("large objects")
         composer, total, n_large = labels_composer(plan.job, records, owned)
         write_label_pyramid(plan.slide, options.name, composer, np.uint32, options.overwrite,
@@ -242,21 +207,25 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
     trimmed_objects = sum(r.trimmed_objects for r in records.values()) + sum(t > 0 for t in large_trimmed)
     trimmed_pixels = sum(r.trimmed_pixels for r in records.values()) + sum(large_trimmed)
     large_pixels = sum(r.pixels for r in resolutions)
+    tile_area = math.prod(axis.tile for axis in TileGrid(plan.grid.shape, plan.job.tile, plan.halo,
+                                                         plan.grid.factor).axes)
+    amplification = sum(r.tiles for r in records.values()) * tile_area / math.prod(plan.grid.shape)
     if too_large or dropped:
         log.warning("%d objects were left out (%s)", too_large + dropped,
                     f"larger than --max-object-um {options.max_object_um}" if too_large
-                    else f"reaching their block's context edge, --large-objects drop, --margin {plan.blocks.margin}")
+                    else f"reaching their block's context edge, --large-objects drop, --margin {plan.grid.margin}")
     group = zarr.open_group(plan.final, mode="r+")
     group.attrs["sparseseg"] = {"objects": int(total), "large_objects": n_large, "too_large": too_large,
                                 "dropped_at_block_edges": int(dropped),
                                 "trimmed_pieces": {"objects": int(trimmed_objects), "pixels": int(trimmed_pixels)},
                                 "scale": plan.job.scale, "model": str(model_path(plan)),
-                                "block": plan.blocks.block, "margin": plan.blocks.margin, "halo": plan.halo,
+                                "block": plan.grid.block, "margin": plan.grid.margin, "halo": plan.halo,
                                 "params": {k: getattr(plan.job.params, k) for k in plan.job.params.__dataclass_fields__},
                                 "timings_s": timings}
     return SegmentResult(labels=plan.final, n_objects=total, n_blocks=len(records), skipped_blocks=len(plan.skips),
-                         amplification=plan.blocks.amplification(), large_objects=n_large,
+                         amplification=amplification, large_objects=n_large,
                          too_large=too_large, dropped_objects=dropped, large_pixels=large_pixels,
+                         large_tiles=sum(r.tiles for r in resolutions),
                          trimmed_objects=int(trimmed_objects), trimmed_pixels=int(trimmed_pixels), timings=timings)
 
 

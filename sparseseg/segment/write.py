@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseseg.segment.engine import ObjectPixelsGlobal, record_path
+from sparseseg.model.grid import level0_to_model_indices
 from sparseseg.segment.plan import BlockJob
-from sparseseg.segment.rescale import level0_to_model_indices
+from sparseseg.segment.records import GlobalObjects, block_record_path
 from sparseseg.tiling.blocks import Window
 
 
@@ -26,13 +26,13 @@ def _block_labels(path: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=2)
-def _large_objects(path: str) -> tuple[ObjectPixelsGlobal, np.ndarray, np.ndarray]:
+def _large_objects(path: str) -> tuple[GlobalObjects, np.ndarray, np.ndarray]:
     """(objects, their global ids, their boxes (y0, x0, y1, x1))."""
     with np.load(path) as data:
-        return ObjectPixelsGlobal.from_arrays(data, "large"), data["ids"], data["boxes"]
+        return GlobalObjects.from_arrays(data, "large"), data["ids"], data["boxes"]
 
 
-def write_large_objects(path: Path, objects: ObjectPixelsGlobal, ids: np.ndarray) -> None:
+def write_large_objects(path: Path, objects: GlobalObjects, ids: np.ndarray) -> None:
     boxes = np.array([[r.min(), c.min(), r.max() + 1, c.max() + 1] for r, c in
                       (objects.pixels(k) for k in range(len(objects)))], np.int64).reshape(-1, 4)
     np.savez_compressed(path, ids=np.asarray(ids, np.int64), boxes=boxes, **objects.to_arrays("large"))
@@ -50,8 +50,8 @@ class LabelComposer:
         """Labels of a model-grid window: the kept objects of the blocks reaching it, then the large objects."""
         rows, cols = window
         out = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint32)
-        for block in self.job.plan.blocks_touching(window):
-            labels = _block_labels(str(record_path(self.job, block)))
+        for block in self.job.grid.blocks_touching(window):
+            labels = _block_labels(str(block_record_path(self.job.work, block.name)))
             if not labels.size:
                 continue
             (by0, by1), (bx0, bx1) = (block.context[0].start, block.context[0].stop), (block.context[1].start,
@@ -78,7 +78,7 @@ class LabelComposer:
         job = self.job
         if job.scale == 1.0:
             return self.model_window(window)
-        shape = job.plan.shape
+        shape = job.grid.shape
         rows = level0_to_model_indices(window[0].start, window[0].stop, job.scale, shape[0])
         cols = level0_to_model_indices(window[1].start, window[1].stop, job.scale, shape[1])
         grid = self.model_window((slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)))

@@ -10,7 +10,8 @@ multiple of the network's downsampling factor and of the output chunk). Around i
 - the *read region* adds the network ``halo`` on top: the network output on the label context
   then equals whole-image output (halo >= receptive field, origins aligned).
 Every object is *owned* by exactly one block - the one whose core holds its anchor (the top-left
-pixel of its bounding box) - and only the owner keeps it. All regions are clipped to the image.
+corner of its bounding box, ``BlockGrid.owner``) - and only the owner keeps it. All regions are
+clipped to the image.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 Window = tuple[slice, slice]
 
@@ -39,6 +39,11 @@ def near_inner_edges(bbox: np.ndarray, window: Window, image_shape: tuple[int, i
     return near, bottom, right
 
 
+def open_edges(window: Window, image_shape: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
+    """Which edges of ``window`` (top, left, bottom, right) lie inside the image (beyond them is more image)."""
+    return (window[0].start > 0, window[1].start > 0, window[0].stop < image_shape[0], window[1].stop < image_shape[1])
+
+
 @dataclass(frozen=True)
 class Block:
     index: tuple[int, int]
@@ -50,36 +55,13 @@ class Block:
     def name(self) -> str:
         return f"{self.index[0]}_{self.index[1]}"
 
-    def ownership(self, bbox: np.ndarray, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """(owned, may be cut): bool arrays for objects with (n, 4) context-relative boxes (y0, x0, y1, x1).
-
-        An owned object is anchored (box top-left) in the core; one reaching an edge of the context
-        that is not the image edge may extend beyond it, so it may be cut.
-        """
-        top, left = bbox[:, 0] + self.context[0].start, bbox[:, 1] + self.context[1].start
-        owned = ((self.core[0].start <= top) & (top < self.core[0].stop)
-                 & (self.core[1].start <= left) & (left < self.core[1].stop))
-        return owned, owned & near_inner_edges(bbox, self.context, image_shape)[0]
-
-    def owned_objects(self, labels: np.ndarray, image_shape: tuple[int, int]
-                      ) -> Iterator[tuple[int, tuple[slice, slice], bool]]:
-        """(label, bounding box, may be cut) of each object of the context ``labels`` this block owns."""
-        boxes = ndi.find_objects(labels)
-        found = [k for k, box in enumerate(boxes) if box is not None]
-        bbox = np.array([[boxes[k][0].start, boxes[k][1].start, boxes[k][0].stop, boxes[k][1].stop] for k in found],
-                        np.int64).reshape(-1, 4)
-        owned, cut = self.ownership(bbox, image_shape)
-        for i in np.flatnonzero(owned):
-            yield found[i] + 1, boxes[found[i]], bool(cut[i])
-
-    def context_in_read(self) -> Window:
-        """The label context in read-region coordinates (where to crop the network output)."""
-        return (slice(self.context[0].start - self.read[0].start, self.context[0].stop - self.read[0].start),
-                slice(self.context[1].start - self.read[1].start, self.context[1].stop - self.read[1].start))
+    def open_edges(self, image_shape: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
+        """Which edges of the label context (top, left, bottom, right) are not the image's."""
+        return open_edges(self.context, image_shape)
 
 
 @dataclass(frozen=True)
-class BlockPlan:
+class BlockGrid:
     shape: tuple[int, int]
     block: int
     margin: int
@@ -131,10 +113,16 @@ class BlockPlan:
             ranges.append(range(first, last + 1))
         return [self.at((by, bx)) for by in ranges[0] for bx in ranges[1]]
 
-    def amplification(self) -> float:
-        """Network input pixels read per output pixel written (the halo and margin overhead)."""
-        read = sum((b.read[0].stop - b.read[0].start) * (b.read[1].stop - b.read[1].start) for b in self.blocks())
-        return read / (self.shape[0] * self.shape[1])
+
+def aligned_window(window: Window, shape: tuple[int, int], factor: int) -> Window:
+    """``window`` clipped to the image and widened to the pooling grid (starts and stops on multiples of
+    ``factor``, or the image edge)."""
+    out = []
+    for sl, n in zip(window, shape):
+        start = max(0, sl.start // factor * factor)
+        stop = min(n, -(-sl.stop // factor) * factor)
+        out.append(slice(start, stop))
+    return tuple(out)  # type: ignore[return-value]
 
 
 def tiles(shape: tuple[int, int], tile: int, chunk: int | None = None) -> list[Block]:
@@ -144,23 +132,10 @@ def tiles(shape: tuple[int, int], tile: int, chunk: int | None = None) -> list[B
     chunk is read once.
     """
     size = tile // chunk * chunk if chunk and 0 < chunk <= tile else tile
-    return list(BlockPlan(shape=tuple(shape), block=size, margin=0, halo=0, factor=1).blocks())
+    return list(BlockGrid(shape=tuple(shape), block=size, margin=0, halo=0, factor=1).blocks())
 
 
 def array_tiles(array, tile: int) -> list[Block]:
     """``tiles`` of a zarr or dask array's (Y, X) shape, aligned to its chunks."""
     chunks = getattr(array, "chunksize", None) or getattr(array, "chunks", None)
     return tiles(tuple(array.shape[-2:]), tile, int(chunks[-1]) if chunks else None)
-
-
-def canvas_shape(shape_yx: tuple[int, int], factor: int) -> tuple[int, int]:
-    """The image zero-extended at the bottom/right to multiples of the network's downsampling ``factor``."""
-    return tuple(-(-s // factor) * factor for s in shape_yx)  # type: ignore[return-value]
-
-
-def read_canvas(image: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
-    """(C, h, w) float32 window of the zero-extended canvas (zeros beyond the image's bottom/right)."""
-    out = np.zeros((image.shape[0], rows.stop - rows.start, cols.stop - cols.start), np.float32)
-    part = image[:, rows.start: min(rows.stop, image.shape[1]), cols.start: min(cols.stop, image.shape[2])]
-    out[:, : part.shape[1], : part.shape[2]] = part
-    return out

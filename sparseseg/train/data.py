@@ -26,6 +26,7 @@ from sparseseg.errors import InputError
 from sparseseg.geometry.lattice import empty_lattice
 from sparseseg.io.labels import coarse_label_level
 from sparseseg.io.slide import check_finite, default_channel_names, select_channels
+from sparseseg.model.grid import grid_scale, linear_taps
 from sparseseg.model.normalize import Normalization, percentile_normalization, slide_normalization
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -207,19 +208,11 @@ def _augment_intensity(image: np.ndarray, rng: np.random.Generator, augment: Aug
     return image.astype(np.float32)
 
 
-def _zoom_taps(n_out: int, zoom: float, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Output pixel i samples input position (i + 0.5) / zoom - 0.5: (nearest, lower, upper, upper weight)."""
-    centre = np.clip((np.arange(n_out) + 0.5) / zoom - 0.5, 0, n_in - 1)
-    lower = np.floor(centre).astype(np.int64)
-    upper = np.minimum(lower + 1, n_in - 1)
-    return np.rint(centre).astype(np.int64), lower, upper, (centre - lower).astype(np.float32)
-
-
 def _zoom(image: np.ndarray, annotation: PatchAnnotation, zoom: float, size: int
           ) -> tuple[np.ndarray, PatchAnnotation]:
     """Image (bilinear) and annotation (nearest; points scaled) resampled by ``zoom``, at most ``size`` px a side."""
     shape = [min(size, int(n * zoom)) for n in annotation.shape]
-    (ny, ly, uy, wy), (nx, lx, ux, wx) = (_zoom_taps(m, zoom, n) for m, n in zip(shape, annotation.shape))
+    (ny, ly, uy, wy), (nx, lx, ux, wx) = (linear_taps(0, m, zoom, n) for m, n in zip(shape, annotation.shape))
     rows = image[:, ly] + (image[:, uy] - image[:, ly]) * wy[None, :, None]
     image = rows[:, :, lx] + (rows[:, :, ux] - rows[:, :, lx]) * wx[None, None, :]
     nearest = np.ix_(ny, nx)
@@ -281,10 +274,6 @@ def draw_patch(sources, normalizations: list[Normalization], patch: int, margin:
                  source=min(which, len(sources) - 1))
 
 
-#: Pixel sizes within this relative difference count as equal: no resampling for scanner-to-scanner jitter.
-PIXEL_SIZE_TOLERANCE = 0.03
-
-
 def source_pixel_size(source, folder_pixel_um: float | None = None) -> float | None:
     """A source's pixel size in um: a slide's own, else ``folder_pixel_um`` (``--pixel-size`` of --images data)."""
     own = getattr(source, "pixel_size_um", None)
@@ -298,8 +287,7 @@ def scale_to_model(sources, model_pixel_um: float | None, folder_pixel_um: float
         own = source_pixel_size(source, folder_pixel_um)
         if own is not None and not getattr(source, "pixel_size_um", None):  # --images data: remember it
             source.pixel_size_um = (own, own)
-        scale = own / model_pixel_um if own and model_pixel_um else 1.0
-        source.scale = 1.0 if abs(scale - 1.0) <= PIXEL_SIZE_TOLERANCE else scale
+        source.scale = grid_scale(own, model_pixel_um)
 
 
 def resample_window(image: np.ndarray, partial: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -348,3 +336,24 @@ def crop_targets(t: Targets, crop: tuple[slice, slice]) -> Targets:
         else:
             values[name] = array[..., lattice[0], lattice[1]]
     return Targets(**values)
+
+
+def validation_split(n: int) -> tuple[list[int], list[int]]:
+    """(training, validation) indices: every 5th source is held out when there are at least 5."""
+    if n < 5:
+        return list(range(n)), []
+    return [i for i in range(n) if i % 5 != 4], [i for i in range(n) if i % 5 == 4]
+
+
+def split_sources(sources: list) -> tuple[list, list]:
+    """(training sources, validation sources); with fewer than 5 sources, validation patches come from
+    the training images (a fixed set drawn at a step training never reaches)."""
+    train_idx, val_idx = validation_split(len(sources))
+    return [sources[i] for i in train_idx], ([sources[i] for i in val_idx] or [sources[i] for i in train_idx])
+
+
+def channel_names(sources: list) -> tuple[str, ...] | None:
+    """The channel names all sources share, or None where they differ or are unnamed."""
+    names = {tuple(getattr(s, "channel_names", ()) or ()) for s in sources}
+    return names.pop() if len(names) == 1 and () not in names else None
+

@@ -1,7 +1,7 @@
 """Data-parallel training on Dask workers: one torch DDP rank per worker (gloo on CPU, NCCL on GPU).
 
 The driver ships only the request (paths and settings); each worker opens the data, holds out the
-same validation images as a single process would (``request.split_sources``), and draws its own
+same validation images as a single process would (``data.split_sources``), and draws its own
 share of every batch. Rank 0 writes the checkpoints. A lost worker fails the run with a message
 naming the checkpoint to resume from.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sparseseg.cluster import dask_client, workers_spec
 from sparseseg.errors import InputError
+from sparseseg.train.data import channel_names, split_sources
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ def _rank_main(rank: int, world: int, address: str, port: int, request, timeout_
     import torch.distributed as dist
 
     from sparseseg.train.loop import train
-    from sparseseg.train.request import channel_names, split_sources
 
     torch.set_num_threads(1)
     backend = "nccl" if request.config.device.startswith("cuda") else "gloo"

@@ -17,7 +17,7 @@ from sparseseg.errors import InputError
 from sparseseg.files.atomic import remove_leftovers
 from sparseseg.files.lock import writer_lock
 from sparseseg.model.unet import UNetConfig
-from sparseseg.train.data import scale_to_model, source_pixel_size
+from sparseseg.train.data import channel_names, scale_to_model, source_pixel_size, split_sources
 from sparseseg.train.loop import TrainConfig
 
 #: Default budget when neither minutes nor epochs are given.
@@ -45,20 +45,6 @@ class DataSpec:
         if self.slides:
             return [SlideSource(Path(p), channels=self.channels) for p in self.slides]
         return folder_sources(Path(self.images), Path(self.annotations), channels=self.channels)
-
-
-def validation_split(n: int) -> tuple[list[int], list[int]]:
-    """(training, validation) indices: every 5th source is held out when there are at least 5."""
-    if n < 5:
-        return list(range(n)), []
-    return [i for i in range(n) if i % 5 != 4], [i for i in range(n) if i % 5 == 4]
-
-
-def split_sources(sources: list) -> tuple[list, list]:
-    """(training sources, validation sources); with fewer than 5 sources, validation patches come from
-    the training images (a fixed set drawn at a step training never reaches)."""
-    train_idx, val_idx = validation_split(len(sources))
-    return [sources[i] for i in train_idx], ([sources[i] for i in val_idx] or [sources[i] for i in train_idx])
 
 
 @dataclass(frozen=True)
@@ -189,9 +175,3 @@ def _run_training(request: TrainRequest, progress: bool) -> dict:
         calibration = calibrate_unlocked(request.out, val_sources, None, request.config.device)  # lock held above
         result["calibration"] = calibration.to_dict() if calibration else None
     return result
-
-
-def channel_names(sources: list) -> tuple[str, ...] | None:
-    names = {tuple(getattr(s, "channel_names", ()) or ()) for s in sources}
-    return names.pop() if len(names) == 1 and () not in names else None
-
