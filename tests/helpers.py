@@ -97,8 +97,8 @@ def segment_fields(fields: np.ndarray, plan, params, work, large_objects: str = 
     from sparseseg.model.normalize import Normalization
     from sparseseg.segment.engine import run_block_group
     from sparseseg.segment.plan import BlockJob
-    from sparseseg.segment.run import all_candidates, labels_composer
-    from sparseseg.segment.stitch import objects_to_add, resolve_candidates
+    from sparseseg.segment.run import labels_composer
+    from sparseseg.segment.stitch import objects_to_add
 
     source = ArrayFields(fields)
     (Path(work) / "blocks").mkdir(parents=True, exist_ok=True)
@@ -108,6 +108,6 @@ def segment_fields(fields: np.ndarray, plan, params, work, large_objects: str = 
                    large_objects=large_objects, max_object_px=max_object_px)
     blocks = list(plan.blocks())
     records = dict(zip([b.name for b in blocks], run_block_group(job, blocks, frozenset(), source)))
-    owned, _ = objects_to_add(job, records, resolve_candidates(job, all_candidates(records), source))
+    owned, _ = objects_to_add(job, records)
     composer, _, n_large = labels_composer(job, records, owned)
     return composer.model_window((slice(0, plan.shape[0]), slice(0, plan.shape[1]))), n_large

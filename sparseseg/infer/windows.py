@@ -21,7 +21,7 @@ from sparseseg.tiling.blocks import Window
 #: Pixels of network input per forward on a GPU when ``batch`` is not set (several tiles at once).
 GPU_BATCH_PIXELS = 16 * 2**20
 #: Tile outputs (float32 values) a ``NetworkFields`` keeps for reuse by the next windows.
-CACHE_VALUES = 64 * 2**20
+CACHE_VALUES = 128 * 2**20
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Prepared:
     crop: Window
     origin: tuple[int, int] = (0, 0)
     tiles: list = field(default_factory=list)
+    tiles_run: int = 0   # set by ``compute``: network tiles it ran for this window (not taken from the cache)
 
 
 class Network(Protocol):
@@ -50,7 +51,6 @@ class FieldSource(Protocol):
     """Where a segmentation's distance + flow come from: windows are loaded (I/O), then computed (the device)."""
 
     device: str
-    tiles_computed: int   # network tiles run so far (0 where no network runs)
 
     def load(self, context: Window) -> Prepared: ...
 
@@ -62,7 +62,6 @@ class ArrayFields:
     stitching without a network."""
 
     device = "cpu"
-    tiles_computed = 0
 
     def __init__(self, fields: np.ndarray):
         self.fields = fields
@@ -141,9 +140,11 @@ class NetworkFields:
     def _compute(self, prepared: list[Prepared]) -> list[np.ndarray]:
         todo = {}
         for p in prepared:
+            p.tiles_run = 0
             for key in p.tiles:
                 if key not in self.cache and key not in todo:
                     todo[key] = self._tile_input(p, key)
+                    p.tiles_run += 1
         outputs = dict(self._run_tiles(todo))
         results = []
         for p in prepared:

@@ -1,4 +1,4 @@
-"""Whole-slide segmentation: plan, blocks on Dask workers, large objects on grown windows, labels written."""
+"""Whole-slide segmentation: plan, blocks on Dask workers, objects a block cannot see whole on grown windows, labels written."""
 
 from sparseseg.segment.options import SegmentOptions
 from sparseseg.segment.run import SegmentResult, segment_slide

@@ -17,7 +17,7 @@ import numpy as np
 from sparseseg.infer.windows import FieldSource
 from sparseseg.segment.plan import BlockJob
 from sparseseg.segment.records import BlockRecord, block_record_path, read_block_record, write_block_record
-from sparseseg.segment.stitch import block_record
+from sparseseg.segment.stitch import block_record, resolve_candidates
 from sparseseg.segment.worker import slide_fields
 from sparseseg.tiling.blocks import Block
 
@@ -67,16 +67,19 @@ def _pipeline(job: BlockJob, blocks: list[Block], fields: FieldSource):
             block, future = reads.popleft()
             prepared = future.result()
             read_ahead()
-            before = fields.tiles_computed
             output = fields.compute([prepared])[0]
             if finishing is not None:
                 yield finishing.result()
-            finishing = post.submit(_finish, job, block, output, fields.device, fields.tiles_computed - before)
+            finishing = post.submit(_finish, job, block, output, fields, prepared.tiles_run)
         if finishing is not None:
             yield finishing.result()
 
 
-def _finish(job: BlockJob, block: Block, output: np.ndarray, device: str, tiles: int) -> tuple[Block, BlockRecord]:
-    record = block_record(job, block, output, device)
+def _finish(job: BlockJob, block: Block, output: np.ndarray, fields: FieldSource, tiles: int
+            ) -> tuple[Block, BlockRecord]:
+    """The block's record, its candidates resolved at once, while the tiles around the block are still cached."""
+    record = block_record(job, block, output, fields.device)
     record.tiles = tiles
+    if len(record.candidates):
+        record.add_outcomes(resolve_candidates(job, record.candidates, fields))
     return block, record

@@ -1,4 +1,4 @@
-"""The work folder's records: what each block found, what the large-object pass found (written atomically).
+"""The work folder's records: what each block found, and each candidate's outcome (written atomically).
 
 A block record is also the sign that the block is done: ``--resume`` and a retried task skip it.
 Objects travel between blocks and the driver as ``GlobalObjects`` (global model-grid pixel lists),
@@ -18,7 +18,7 @@ from sparseseg.files.atomic import staged_file
 
 #: The layout of the work folder's records; part of the resume fingerprint, so a resume across a change
 #: of layout starts afresh instead of misreading old records.
-RECORD_FORMAT = 3
+RECORD_FORMAT = 4
 
 OBJECT_ARRAYS = ("anchors", "starts", "rows", "cols", "trimmed")
 
@@ -88,7 +88,9 @@ class GlobalObjects:
 class BlockRecord:
     """What a block found: its kept objects (``labels`` on its context, ids 1..count in anchor order, and their
     ``kept_keys``), exact objects another block owns (``handed_on``: the owner may not have seen them whole),
-    and ``candidates``: for each cluster this block could not compute exactly, its seed pixels in the core."""
+    ``candidates``: for each cluster this block could not compute exactly, its seed pixels in the core, and
+    what the grown windows made of them: ``grown`` (exact objects holding those seeds, for their owners) and
+    ``too_large`` (boxes of clusters beyond the cap)."""
 
     count: int
     labels: np.ndarray
@@ -99,16 +101,26 @@ class BlockRecord:
     trimmed_objects: int = 0    # kept objects that lost smaller pieces of their cluster
     trimmed_pixels: int = 0     # the pixels they lost
     tiles: int = 0              # network tiles this block ran (not read from cached outputs)
+    grown: GlobalObjects = field(default_factory=GlobalObjects)
+    too_large: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    large_work: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # windows, pixels, tiles
 
     @classmethod
     def empty(cls) -> BlockRecord:
         return cls(0, np.zeros((0, 0), np.uint32), GlobalObjects(), GlobalObjects())
 
+    def add_outcomes(self, outcomes: list[CandidateOutcome]) -> None:
+        """Take in what the grown windows found for this block's candidates."""
+        self.grown = GlobalObjects.concat([self.grown] + [o.objects for o in outcomes])
+        self.too_large = np.concatenate([self.too_large] + [o.too_large for o in outcomes]).astype(np.int64)
+        self.large_work = self.large_work + np.array([[o.windows, o.pixels, o.tiles] for o in outcomes],
+                                                     np.int64).reshape(-1, 3).sum(0)
+
     def summary(self) -> BlockRecord:
-        """The record without its label array and kept keys: what travels back to the driver."""
-        return BlockRecord(self.count, np.zeros((0, 0), np.uint32), self.handed_on, self.candidates,
+        """The record without its label array, kept keys and candidate pixels: what travels back to the driver."""
+        return BlockRecord(self.count, np.zeros((0, 0), np.uint32), self.handed_on, GlobalObjects(),
                            np.zeros((0, 4), np.int64), self.dropped, self.trimmed_objects, self.trimmed_pixels,
-                           self.tiles)
+                           self.tiles, self.grown, self.too_large, self.large_work)
 
 
 def block_record_path(work: str | Path, name: str) -> Path:
@@ -122,6 +134,7 @@ def write_block_record(path: Path, record: BlockRecord) -> None:
             np.savez_compressed(out, count=np.int64(record.count), labels=record.labels, kept_keys=record.kept_keys,
                                 dropped=np.int64(record.dropped),
                                 trimmed=np.array([record.trimmed_objects, record.trimmed_pixels]), tiles=np.int64(record.tiles),
+                                too_large=record.too_large, large_work=record.large_work, **record.grown.to_arrays("grown"),
                                 **record.handed_on.to_arrays("handed"), **record.candidates.to_arrays("candidates"))
 
 
@@ -136,7 +149,8 @@ def read_block_record(path: Path, with_labels: bool = False) -> BlockRecord | No
                            candidates=GlobalObjects.from_arrays(data, "candidates"),
                            kept_keys=data["kept_keys"], dropped=int(data["dropped"]),
                            trimmed_objects=int(data["trimmed"][0]), trimmed_pixels=int(data["trimmed"][1]),
-                           tiles=int(data["tiles"]))
+                           tiles=int(data["tiles"]), grown=GlobalObjects.from_arrays(data, "grown"),
+                           too_large=data["too_large"], large_work=data["large_work"])
 
 
 def read_kept_keys(path: Path) -> np.ndarray:
@@ -147,7 +161,7 @@ def read_kept_keys(path: Path) -> np.ndarray:
 
 @dataclass
 class CandidateOutcome:
-    """What the large-object pass found for one candidate: the exact objects holding its seeds, and the
+    """What the grown windows found for one candidate: the exact objects holding its seeds, and the
     boxes of clusters that grew beyond the cap (left out)."""
 
     objects: GlobalObjects

@@ -1,4 +1,5 @@
-"""`sparseseg segment`: plan -> run the blocks -> grow the large objects -> write the labels.
+"""`sparseseg segment`: plan -> run the blocks (each growing windows for what it could not compute exactly)
+-> give found objects to their owners -> write the labels.
 
 Guarantee: the labels equal those of segmenting the whole image at once (up to the order of ids)
 for every object up to ``--max-object-um``: each block keeps the objects it owns that it computed
@@ -29,8 +30,8 @@ from sparseseg.files.lock import writer_lock
 from sparseseg.segment.engine import run_block_group
 from sparseseg.segment.options import SegmentOptions
 from sparseseg.segment.plan import BlockJob, SegmentPlan, plan_segment
-from sparseseg.segment.records import BlockRecord, CandidateOutcome, GlobalObjects
-from sparseseg.segment.stitch import objects_to_add, resolve_candidates
+from sparseseg.segment.records import BlockRecord, GlobalObjects
+from sparseseg.segment.stitch import objects_to_add
 from sparseseg.segment.write import LabelComposer, write_large_objects
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ class SegmentResult:
     large_objects: int = 0      # objects computed on grown windows (larger than the margin)
     too_large: int = 0          # objects beyond --max-object-um, not written
     dropped_objects: int = 0    # objects reaching their context edge under --large-objects drop
-    large_pixels: int = 0       # model-grid pixels labelled by the large-object pass (its extra work)
-    large_tiles: int = 0        # network tiles the large-object pass ran
+    large_pixels: int = 0       # model-grid pixels labelled again on grown windows (their extra work)
+    large_tiles: int = 0        # network tiles the grown windows ran
+    large_windows: int = 0      # grown windows computed
     trimmed_objects: int = 0    # written objects whose cluster lost smaller pieces (each object is one piece)
     trimmed_pixels: int = 0     # model-grid pixels of those pieces, now background
     timings: dict = field(default_factory=dict)
@@ -111,35 +113,19 @@ def run_blocks(client, plan: SegmentPlan, workers: int, progress: bool) -> dict[
         futures = {client.submit(run_block_group, plan.job, group, plan.skips, pure=False,
                                  key=f"blocks-{group[0].name}-{plan.fingerprint}"): i
                    for i, group in enumerate(groups)}
-        results = _gather(client, futures, bar)
+        results = _gather(client, futures, bar, _refuse_too_large(plan) if plan.job.large_objects == "error" else None)
     return {block.name: record for i, group in enumerate(groups) for block, record in zip(group, results[i])}
 
 
-def _resolve(client, plan: SegmentPlan, candidates: GlobalObjects, progress: bool) -> list[CandidateOutcome]:
-    """The large-object pass: each candidate on grown windows, in tasks of a few candidates."""
-    if not len(candidates):
-        return []
-    chunks = [candidates.subset(range(i, min(i + 8, len(candidates)))) for i in range(0, len(candidates), 8)]
-    with tqdm(total=len(candidates), desc="large objects", disable=not progress, dynamic_ncols=True) as bar:
-        futures = {client.submit(resolve_candidates, plan.job, chunk, pure=False,
-                                 key=f"large-{i}-{plan.fingerprint}"): i for i, chunk in enumerate(chunks)}
-        results = _gather(client, futures, bar, _refuse_too_large(plan) if plan.job.large_objects == "error" else None)
-    return [r for i in range(len(chunks)) for r in results[i]]
-
-
 def _refuse_too_large(plan: SegmentPlan):
-    """``--large-objects error``: stop at the first object beyond the cap, not after the whole pass."""
-    def check(outcomes: list[CandidateOutcome]) -> None:
-        for outcome in outcomes:
-            for y0, x0, y1, x1 in outcome.too_large:
+    """``--large-objects error``: stop at the first object beyond the cap, not after every block."""
+    def check(records: list[BlockRecord]) -> None:
+        for record in records:
+            for y0, x0, y1, x1 in record.too_large:
                 raise InputError(plan.slide, f"an object at model-grid (y={y0}, x={x0}) spans {y1 - y0}x{x1 - x0} px, "
                                              f"beyond --max-object-um {plan.max_object_um:g}: raise it, or use --large-objects "
                                              "grow to leave such objects out")
     return check
-
-
-def all_candidates(records: dict[str, BlockRecord]) -> GlobalObjects:
-    return GlobalObjects.concat([r.candidates for r in records.values()])
 
 
 def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict) -> tuple[LabelComposer, int, int]:
@@ -194,9 +180,8 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
         workers = max(1, len(client.scheduler_info()["workers"]))
         records = run_blocks(client, plan, workers, options.progress)
         lap("blocks")
-        resolutions = _resolve(client, plan, all_candidates(records), options.progress)
-        owned, too_large = objects_to_add(plan.job, records, resolutions)
-        lap("large objects")
+        owned, too_large = objects_to_add(plan.job, records)
+        lap("ownership")
         composer, total, n_large = labels_composer(plan.job, records, owned)
         write_label_pyramid(plan.slide, options.name, composer, np.uint32, options.overwrite,
                             f"flow-derived instances at {plan.job.scale:.4g}x, stitched by block ownership",
@@ -206,7 +191,8 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
     large_trimmed = [entry[3] for entries in owned.values() for entry in entries]
     trimmed_objects = sum(r.trimmed_objects for r in records.values()) + sum(t > 0 for t in large_trimmed)
     trimmed_pixels = sum(r.trimmed_pixels for r in records.values()) + sum(large_trimmed)
-    large_pixels = sum(r.pixels for r in resolutions)
+    large_windows, large_pixels, large_tiles = (int(v) for v in sum((r.large_work for r in records.values()),
+                                                                    np.zeros(3, np.int64)))
     tile_area = math.prod(axis.tile for axis in TileGrid(plan.grid.shape, plan.job.tile, plan.halo,
                                                          plan.grid.factor).axes)
     amplification = sum(r.tiles for r in records.values()) * tile_area / math.prod(plan.grid.shape)
@@ -225,7 +211,7 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
     return SegmentResult(labels=plan.final, n_objects=total, n_blocks=len(records), skipped_blocks=len(plan.skips),
                          amplification=amplification, large_objects=n_large,
                          too_large=too_large, dropped_objects=dropped, large_pixels=large_pixels,
-                         large_tiles=sum(r.tiles for r in resolutions),
+                         large_tiles=large_tiles, large_windows=large_windows,
                          trimmed_objects=int(trimmed_objects), trimmed_pixels=int(trimmed_pixels), timings=timings)
 
 

@@ -1,10 +1,10 @@
-"""Stitching by ownership: which objects a block keeps, hands on or reports, and the large-object pass.
+"""Stitching by ownership: which objects a block keeps, hands on or reports, and the grown windows.
 
 Every object belongs to the block whose core holds its anchor (the top-left corner of its box).
 A block keeps only clusters it computed *exactly* (``window_clusters``: no trajectory stopped at an
 open edge, tails out of reach of any trajectory from beyond it) that it owns. An exact cluster it
 does not own is handed on by the block whose core holds the cluster's first pixel; a cluster it could
-not compute exactly is reported with its seed pixels in the core, and the large-object pass segments
+not compute exactly is reported with its seed pixels in the core, and the block segments
 it again on windows grown around it until every seed lies in an exact cluster. Finally each object
 found that way goes to its owner unless the owner's record shows it kept exactly that object (same
 key): ownership is decided by what the owner did, never by what it would have done.
@@ -23,7 +23,6 @@ from sparseseg.instances.dynamics import finalize_clusters, max_travel, trimmed_
 from sparseseg.segment.plan import BlockJob
 from sparseseg.segment.records import (BlockRecord, CandidateOutcome, GlobalObjects, block_record_path,
                                        read_kept_keys, read_outcome, write_outcome)
-from sparseseg.segment.worker import slide_fields
 from sparseseg.tiling.blocks import Block, Window, aligned_window, open_edges
 
 
@@ -42,7 +41,7 @@ def block_record(job: BlockJob, block: Block, output: np.ndarray, device: str = 
         in_core = (rows >= ry0) & (rows < ry1) & (cols >= rx0) & (cols < rx1)
         obj = objects.get(k)
         owned = obj is not None and grid.owner(int(obj[0].min()) + cy0, int(obj[1].min()) + cx0) == block.index
-        if not found.exact[k]:  # may differ from the whole image's: the large-object pass decides
+        if not found.exact[k]:  # may differ from the whole image's: grown windows decide
             if in_core.any():
                 if job.large_objects == "drop":
                     dropped += owned
@@ -71,73 +70,110 @@ def _union(a: Window, b: Window) -> Window:
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))  # type: ignore[return-value]
 
 
-def resolve_candidate(job: BlockJob, seeds: tuple[np.ndarray, np.ndarray], fields: FieldSource) -> CandidateOutcome:
+class SettledSeeds:
+    """Seeds of one block's candidates already resolved to an exact cluster: a window computed for one candidate
+    settles every other seed it holds in an exact cluster, so neighbouring candidates cost no window of their own."""
+
+    def __init__(self, candidates: GlobalObjects, width: int):
+        self.width = width
+        self.seeds = np.unique(candidates.rows * width + candidates.cols)
+        self.object_of: dict[int, int] = {}   # flat seed -> index in ``objects`` (-1: its cluster is no object)
+        self.objects: list[tuple[np.ndarray, np.ndarray, int]] = []
+
+    def inside(self, window: Window) -> np.ndarray:
+        """Flat indices of the unsettled seeds inside ``window``."""
+        rows, cols = np.divmod(self.seeds, self.width)
+        hit = ((rows >= window[0].start) & (rows < window[0].stop) & (cols >= window[1].start) & (cols < window[1].stop))
+        return np.array([f for f in self.seeds[hit] if int(f) not in self.object_of], np.int64)
+
+
+def resolve_candidate(job: BlockJob, seeds: tuple[np.ndarray, np.ndarray], fields: FieldSource,
+                      settled: SettledSeeds | None = None) -> CandidateOutcome:
     """The exact objects holding ``seeds`` (global model-grid rows, cols): windows grown around the clusters
     that hold them until each is exact there, or until it exceeds ``job.max_object_px`` (left out)."""
-    grid = job.grid
+    grid, width = job.grid, job.grid.shape[1]
+    settled = settled or SettledSeeds(GlobalObjects.build([(*seeds, 0)]), width)
     reach = math.ceil(max_travel(job.params.n_steps)) + 3
     step = max(grid.margin, grid.factor)
-    rows, cols = (np.asarray(v, np.int64) for v in seeds)
-    window = aligned_window(_box(rows, cols, grid.margin), grid.shape, grid.factor)
-    found, too_large, windows, pixels, tiles = [], [], 0, 0, fields.tiles_computed
-    while rows.size:
-        output = fields.compute([fields.load(window)])[0]
-        windows, pixels = windows + 1, pixels + output.shape[1] * output.shape[2]
+    mine = np.unique(np.asarray(seeds[0], np.int64) * width + np.asarray(seeds[1], np.int64))
+    pending = np.array([f for f in mine if int(f) not in settled.object_of], np.int64)
+    too_large, windows, pixels, tiles = [], 0, 0, 0
+    if pending.size:
+        window = aligned_window(_box(*np.divmod(pending, width), grid.margin + reach), grid.shape, grid.factor)
+    while pending.size:
+        prepared = fields.load(window)
+        output = fields.compute([prepared])[0]
+        windows, pixels, tiles = windows + 1, pixels + output.shape[1] * output.shape[2], tiles + prepared.tiles_run
         edges = open_edges(window, grid.shape)
         clusters = window_clusters(output[0], output[1:3], job.params, fields.device, edges)
         final = finalize_clusters(clusters.clusters, output[1:3], job.params)
         lost = trimmed_pixels(clusters.clusters, final)
         y0, x0 = window[0].start, window[1].start
+        # open sides move out by half the window at least: a few windows reach any size
+        grown = tuple(slice(sl.start - grow * lo, sl.stop + grow * hi) for sl, lo, hi, grow in
+                      zip(window, edges[:2], edges[2:], (max(step, (sl.stop - sl.start) // 2) for sl in window)))
+        examined = np.union1d(pending, settled.inside(window))
+        rows, cols = np.divmod(examined, width)
         ks = clusters.clusters[rows - y0, cols - x0]
-        pending = np.zeros(rows.size, bool)
-        grown = tuple(slice(sl.start - step * lo, sl.stop + step * hi)
-                      for sl, lo, hi in zip(window, edges[:2], edges[2:]))
-        for k in np.unique(ks[ks > 0]):
+        still = np.zeros(examined.size, bool)
+        for k in np.unique(ks):
+            here = ks == k
+            if k == 0:  # not foreground in this window: cannot happen with the same fields; no object
+                settled.object_of.update(dict.fromkeys(examined[here].tolist(), -1))
+                continue
             r, c = np.nonzero(clusters.clusters == k)
             box = _box(r + y0, c + x0)
             if max(box[0].stop - box[0].start, box[1].stop - box[1].start) > job.max_object_px:
-                too_large.append([box[0].start, box[1].start, box[0].stop, box[1].stop])
+                if np.isin(examined[here], pending).any():
+                    too_large.append([box[0].start, box[1].start, box[0].stop, box[1].stop])
+                    settled.object_of.update(dict.fromkeys(examined[here & np.isin(examined, pending)].tolist(), -1))
                 continue
             if clusters.exact[k]:
                 fr, fc = np.nonzero(final == k)
+                index = -1
                 if fr.size:
-                    found.append((fr + y0, fc + x0, int(lost[k])))
+                    index = len(settled.objects)
+                    settled.objects.append((fr + y0, fc + x0, int(lost[k])))
+                settled.object_of.update(dict.fromkeys(examined[here].tolist(), index))
                 continue
-            pending |= ks == k
-            grown = _union(grown, _box(r + y0, c + x0, grid.margin + reach))
-        rows, cols = rows[pending], cols[pending]
+            if np.isin(examined[here], pending).any():
+                still |= here
+                grown = _union(grown, _box(r + y0, c + x0, grid.margin + reach))
+        pending = examined[still & np.isin(examined, pending)]
         window = aligned_window(grown, grid.shape, grid.factor)
-        if rows.size and max(sl.stop - sl.start for sl in window) > job.max_object_px + 2 * (reach + grid.margin + step):
+        if pending.size and max(sl.stop - sl.start for sl in window) > 2 * (job.max_object_px + reach + grid.margin + step):
             too_large.append([window[0].start, window[1].start, window[0].stop, window[1].stop])
+            settled.object_of.update(dict.fromkeys(pending.tolist(), -1))
             break
-    return CandidateOutcome(GlobalObjects.build(found), np.array(too_large, np.int64).reshape(-1, 4), windows, pixels,
-                            fields.tiles_computed - tiles)
+    indices = sorted({settled.object_of.get(int(f), -1) for f in mine} - {-1})
+    return CandidateOutcome(GlobalObjects.build([settled.objects[i] for i in indices]),
+                            np.array(too_large, np.int64).reshape(-1, 4), windows, pixels, tiles)
 
 
-def resolve_candidates(job: BlockJob, candidates: GlobalObjects, fields: FieldSource | None = None
-                       ) -> list[CandidateOutcome]:
-    """Several candidates in one task (one predictor load), each recorded so a resumed run skips it."""
+def resolve_candidates(job: BlockJob, candidates: GlobalObjects, fields: FieldSource) -> list[CandidateOutcome]:
+    """A block's candidates, each recorded as it is resolved, so a run killed meanwhile resumes from there; a
+    window computed for one settles the seeds of the others it holds in exact clusters."""
     out = []
+    settled = SettledSeeds(candidates, job.grid.shape[1])
     for k in range(len(candidates)):
         rows, cols = candidates.pixels(k)
         target = Path(job.work) / "large" / f"{rows[0]}_{cols[0]}_{rows.size}.npz"
         outcome = read_outcome(target)
         if outcome is None:
-            fields = fields or slide_fields(job)
-            outcome = resolve_candidate(job, (rows, cols), fields)
+            outcome = resolve_candidate(job, (rows, cols), fields, settled)
             write_outcome(target, outcome)
         out.append(outcome)
     return out
 
 
-def objects_to_add(job: BlockJob, records: dict[str, BlockRecord], outcomes: list[CandidateOutcome]
-                   ) -> tuple[dict[tuple[int, int], list], int]:
+def objects_to_add(job: BlockJob, records: dict[str, BlockRecord]) -> tuple[dict[tuple[int, int], list], int]:
     """The whole objects each block owns but did not keep ({block index: [(key, rows, cols, trimmed pixels)]}),
-    and the number of distinct clusters beyond the cap. Objects found several times count once; an object
-    goes to its owner unless the owner kept exactly that object (its record holds the same key)."""
+    and the number of clusters beyond the cap (overlapping boxes count once). Objects found several times
+    count once; an object goes to its owner unless the owner kept exactly that object (its record holds
+    the same key)."""
     grid, width = job.grid, job.grid.shape[1]
     found: dict[tuple, tuple[GlobalObjects, int]] = {}
-    for source in [r.handed_on for r in records.values()] + [o.objects for o in outcomes]:
+    for source in [r.handed_on for r in records.values()] + [r.grown for r in records.values()]:
         for k, key in enumerate(source.keys(width)):
             found.setdefault(tuple(int(v) for v in key), (source, k))
     by_owner: dict[tuple[int, int], list[tuple]] = {}
@@ -150,5 +186,24 @@ def objects_to_add(job: BlockJob, records: dict[str, BlockRecord], outcomes: lis
             if key not in kept:
                 source, k = found[key]
                 owned.setdefault(owner, []).append((key, *source.pixels(k), int(source.trimmed[k])))
-    too_large = {tuple(int(v) for v in box) for o in outcomes for box in o.too_large}
-    return owned, len(too_large)
+    return owned, overlapping_groups(np.concatenate([r.too_large for r in records.values()] +
+                                                    [np.zeros((0, 4), np.int64)]))
+
+
+def overlapping_groups(boxes: np.ndarray) -> int:
+    """How many groups of overlapping boxes (y0, x0, y1, x1): one cluster seen from several windows counts once."""
+    n = len(boxes)
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if (boxes[i, 0] < boxes[j, 2] and boxes[j, 0] < boxes[i, 2] and boxes[i, 1] < boxes[j, 3]
+                    and boxes[j, 1] < boxes[i, 3]):
+                parent[root(i)] = root(j)
+    return len({root(i) for i in range(n)})
