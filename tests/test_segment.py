@@ -241,3 +241,13 @@ def test_a_run_killed_in_the_large_object_pass_resumes_to_identical_labels(large
     assert done >= 2 and not (large_slide / "labels" / "cells").exists()
     assert subprocess.run(command + ["--resume"], timeout=600).returncode == 0
     np.testing.assert_array_equal(zarr.open_group(large_slide, mode="r")["labels/cells/0"][...], reference)
+
+
+def test_large_objects_error_stops_at_an_object_beyond_the_cap(large_slide, fluo_model):
+    """--large-objects error: one line naming the cap, raised by the block that met the object; nothing written."""
+    from sparseseg.errors import InputError
+
+    with pytest.raises(InputError, match=r"spans \d+x\d+ px, beyond --max-object-um 10"):
+        segment_slide(large_slide, fluo_model, options(margin=LARGE_MARGIN, name="capped", workers=1,
+                                                       large_objects="error", max_object_um=10))
+    assert not (large_slide / "labels" / "capped").exists()
