@@ -98,10 +98,3 @@ class TileGrid:
     def output_window(self, index: tuple[int, int]):
         (ay, ax), (i, j) = self.axes, index
         return (slice(*ay.output(i)), slice(*ax.output(j)))
-
-    def amplification(self, window) -> float:
-        """Network input pixels per output pixel of ``window`` when its tiles are computed for it alone."""
-        tiles = self.covering(window)
-        ay, ax = self.axes
-        area = (window[0].stop - window[0].start) * (window[1].stop - window[1].start)
-        return len(tiles) * ay.tile * ax.tile / area

@@ -73,9 +73,6 @@ class GlobalObjects:
                    rows=np.concatenate([p.rows for p in parts]), cols=np.concatenate([p.cols for p in parts]),
                    trimmed=np.concatenate([p.trimmed for p in parts]))
 
-    def subset(self, indices) -> GlobalObjects:
-        return GlobalObjects.build([(*self.pixels(int(k)), int(self.trimmed[k])) for k in indices])
-
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}_{k}": getattr(self, k) for k in OBJECT_ARRAYS}
 
