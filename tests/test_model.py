@@ -68,6 +68,13 @@ def test_tiled_prediction_equals_whole_image_prediction_bitwise(config, block, s
     whole = whole_fields.compute([whole_fields.load((slice(0, shape[0]), slice(0, shape[1])))])[0]
     assert whole.shape == (3, *shape) and len(whole_fields.grid.covering((slice(0, shape[0]), slice(0, shape[1])))) > 4
     assert torch.equal(torch.from_numpy(tiled(predictor, image, block, tile)), torch.from_numpy(whole))
+    # a tile cached when a window was loaded but evicted before it was computed is read then: still the same bits
+    fields = NetworkFields(predictor, shape, lambda window: image[(slice(None), *window)], tile=tile)
+    half = (slice(0, shape[0]), slice(0, shape[1] // 2))
+    fields.compute([fields.load(half)])
+    prepared = fields.load((slice(0, shape[0]), slice(0, shape[1])))
+    fields.cache.clear()
+    assert torch.equal(torch.from_numpy(fields.compute([prepared])[0]), torch.from_numpy(whole))
     # the default grid (one tile here) is the plain whole-image forward: the same to float precision wherever
     # the receptive field stays inside the image (nearer the bottom/right, zero padding of another depth)
     plain = predictor.fields(image, normalization=IDENTITY[config.in_channels])

@@ -26,13 +26,12 @@ CACHE_VALUES = 128 * 2**20
 
 @dataclass
 class Prepared:
-    """A window's input, read: ``canvas`` (C, h, w) holds the pixels from ``origin`` (global) on, and the tiles
-    whose outputs cover the window; for array sources, the fields themselves and ``crop``."""
+    """A window's input, read: ``canvas`` (C, h, w) holds the pixels of the global region ``crop``, and ``tiles``
+    lists the tiles whose outputs cover the window; for array sources, ``canvas`` is the window's fields."""
 
     context: Window
     canvas: np.ndarray
     crop: Window
-    origin: tuple[int, int] = (0, 0)
     tiles: list = field(default_factory=list)
     tiles_run: int = 0   # set by ``compute``: network tiles it ran for this window (not taken from the cache)
 
@@ -92,19 +91,27 @@ class NetworkFields:
         return self.predictor.device
 
     def load(self, context: Window) -> Prepared:
-        """Read (normalised, by ``read``) the input of every tile that covers ``context``."""
+        """Read (normalised, by ``read``) the input of the tiles that cover ``context`` and are not cached now;
+        a tile evicted before ``compute`` is read there."""
         tiles = self.grid.covering(context)
-        inputs = [self.grid.input_window(t) for t in tiles]
+        inputs = [self.grid.input_window(t) for t in tiles if t not in self.cache]
+        if not inputs:
+            return Prepared(context, np.zeros((0, 0, 0), np.float32), (slice(0, 0), slice(0, 0)), tiles)
         region = tuple(slice(min(w[a].start for w in inputs), min(n, max(w[a].stop for w in inputs)))
                        for a, n in enumerate(self.shape))
-        return Prepared(context, np.asarray(self.read(region), np.float32), (slice(None), slice(None)),
-                        (region[0].start, region[1].start), tiles)
+        return Prepared(context, np.asarray(self.read(region), np.float32), region, tiles)
 
     def _tile_input(self, prepared: Prepared, index: tuple[int, int]) -> np.ndarray:
+        """A tile's input, zero beyond the image: from what ``load`` read, else read now."""
         rows, cols = self.grid.input_window(index)
-        out = np.zeros((prepared.canvas.shape[0], rows.stop - rows.start, cols.stop - cols.start), np.float32)
-        y0, x0 = rows.start - prepared.origin[0], cols.start - prepared.origin[1]
-        part = prepared.canvas[:, y0: y0 + out.shape[1], x0: x0 + out.shape[2]]
+        inside = tuple(slice(sl.start, min(sl.stop, n)) for sl, n in zip((rows, cols), self.shape))
+        read = prepared.crop  # the region ``load`` read
+        if all(r.start <= i.start and i.stop <= r.stop for r, i in zip(read, inside)):
+            y0, x0 = inside[0].start - read[0].start, inside[1].start - read[1].start
+            part = prepared.canvas[:, y0: y0 + inside[0].stop - inside[0].start, x0: x0 + inside[1].stop - inside[1].start]
+        else:
+            part = np.asarray(self.read(inside), np.float32)
+        out = np.zeros((part.shape[0], rows.stop - rows.start, cols.stop - cols.start), np.float32)
         out[:, : part.shape[1], : part.shape[2]] = part
         return out
 
