@@ -31,6 +31,7 @@ class TargetBatch:
     boundary_pieces: torch.Tensor  # (N, 2H+1, 2W+1) lattice
     boundary_support: torch.Tensor
     point_boundary: torch.Tensor   # (N, 2H+1, 2W+1) lattice, heuristic (points + foreground mask)
+    classes: torch.Tensor          # (N, H, W) int64 class ids, -1 unknown
 
     @property
     def known(self) -> torch.Tensor:
@@ -206,6 +207,24 @@ def eikonal_loss(distance: torch.Tensor, flow: torch.Tensor, t: TargetBatch,
     l_points = _masked_mean(on_lattice, t.point_boundary)
     l_sign = _masked_mean(F.relu(distance), t.s0) + _masked_mean(F.relu(-distance), t.s1 | t.s1_sign_only)
     return l_reg + weights.boundary * l_boundary + weights.sign * l_sign + weights.point_boundary * l_points
+
+
+def class_loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Class-balanced cross-entropy where a class is known: per image, the mean over the classes present
+    of each class's mean pixel loss, then the mean over the batch (images without a class count 0, so
+    data-parallel ranks reproduce one process's batch). Unknown pixels (-1) contribute nothing."""
+    known = classes >= 0
+    if not known.any():
+        return logits.sum() * 0.0
+    pixel = F.cross_entropy(logits, classes.clamp_min(0), reduction="none") * known
+    n_classes = logits.shape[1]
+    onehot = F.one_hot(classes.clamp_min(0), n_classes).permute(0, 3, 1, 2) * known[:, None]
+    per_class_sum = (pixel[:, None] * onehot).flatten(2).sum(2)
+    per_class_count = onehot.flatten(2).sum(2).to(logits.dtype)
+    present = per_class_count > 0
+    per_class = per_class_sum / per_class_count.clamp_min(1.0)
+    per_image = per_class.sum(1) / present.sum(1).clamp_min(1)
+    return per_image.mean()
 
 
 LOSSES = {"sketchpose": sketchpose_loss, "eikonal": eikonal_loss, "masked": masked_object_loss}

@@ -109,5 +109,5 @@ def segment_fields(fields: np.ndarray, plan, params, work, large_objects: str = 
     blocks = list(plan.blocks())
     records = dict(zip([b.name for b in blocks], run_block_group(job, blocks, frozenset(), source)))
     owned, _ = objects_to_add(job, records)
-    composer, _, n_large = labels_composer(job, records, owned)
+    composer, _, n_large, _ = labels_composer(job, records, owned)
     return composer.model_window((slice(0, plan.shape[0]), slice(0, plan.shape[1]))), n_large

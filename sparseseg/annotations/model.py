@@ -43,6 +43,8 @@ class PatchAnnotation:
     foreground: bool (H, W) or None; image-level foreground mask: True = some object (identity
         unknown), False = background.
     complete: ids of objects drawn completely (their whole outline is a true boundary).
+    classes: uint8 (H, W) or None; 0 class unknown, c >= 1 the pixel's cell is of class c - 1 (a
+        classified point's disk, a classified object's pixels).
     """
 
     partial: np.ndarray
@@ -50,6 +52,7 @@ class PatchAnnotation:
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))
     foreground: np.ndarray | None = None
     complete: frozenset[int] = frozenset()
+    classes: np.ndarray | None = None
 
     def __post_init__(self):
         partial = np.asarray(self.partial)
@@ -64,6 +67,8 @@ class PatchAnnotation:
                              f"got {self.boundary.shape}")
         if self.foreground is not None and self.foreground.shape != (h, w):
             raise ValueError(f"foreground mask must have shape {(h, w)}, got {self.foreground.shape}")
+        if self.classes is not None and self.classes.shape != (h, w):
+            raise ValueError(f"class map must have shape {(h, w)}, got {self.classes.shape}")
         points = np.asarray(self.points, np.float64).reshape(-1, 2)
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "complete", frozenset(int(k) for k in self.complete))

@@ -43,6 +43,7 @@ class Targets:
     boundary_pieces: np.ndarray  # lattice points where the distance must be 0 (eikonal loss)
     boundary_support: np.ndarray  # pixels a boundary piece runs through (they are annotated too)
     point_boundary: np.ndarray    # lattice: Voronoi lines between points inside one foreground-mask blob
+    classes: np.ndarray           # int64 class id per pixel, -1 where the class is unknown
 
     @property
     def strokes(self) -> np.ndarray:
@@ -135,4 +136,6 @@ def compute_targets(annotation: PatchAnnotation) -> Targets:
                    lower_bound=lower, complete=complete, boundary=boundary, boundary_pieces=pieces,
                    boundary_support=lattice_support(pieces),
                    point_boundary=point_voronoi_boundaries(annotation.foreground.astype(bool), annotation.points)
-                   if annotation.foreground is not None else np.zeros_like(pieces))
+                   if annotation.foreground is not None else np.zeros_like(pieces),
+                   classes=np.full(state.shape, -1, np.int64) if annotation.classes is None
+                   else annotation.classes.astype(np.int64) - 1)

@@ -17,7 +17,7 @@ from sparseseg.infer.windows import NetworkFields
 from sparseseg.instances.dynamics import InstanceParams, flows_to_labels
 from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint
 from sparseseg.model.normalize import Normalization, percentile_normalization
-from sparseseg.model.unet import UNet
+from sparseseg.model.unet import UNet, class_logits
 
 
 def default_device() -> str:
@@ -42,6 +42,7 @@ class Predictor:
     params: InstanceParams = InstanceParams()
     pixel_size_um: float | None = None
     channels: tuple[str, ...] | None = None   # channel names the network was trained on, when recorded
+    class_names: tuple[str, ...] = ()         # cell classes of the class head (empty: no class head)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | dict, device: str | None = None,
@@ -55,7 +56,8 @@ class Predictor:
         network = model_from_checkpoint(state).to(device).eval().to(memory_format=torch.channels_last)
         channels = state.get("channels")
         return cls(network=network, device=device, params=instance_params(state.get("instance_params"), params),
-                   pixel_size_um=state.get("pixel_size_um"), channels=tuple(channels) if channels else None)
+                   pixel_size_um=state.get("pixel_size_um"), channels=tuple(channels) if channels else None,
+                   class_names=tuple(state.get("classes") or ()))
 
     @property
     def halo(self) -> int:
@@ -73,19 +75,29 @@ class Predictor:
         """The same network with some instance parameters replaced."""
         return replace(self, params=replace(self.params, **values))
 
+    @property
+    def outputs(self) -> int:
+        """Field channels: distance, flow (2), then one probability per class."""
+        return 3 + len(self.class_names)
+
     @torch.no_grad()
     def forward(self, canvases: np.ndarray) -> np.ndarray:
-        """Distance + flow (N, 3, h, w) float32 for normalised canvases (N, C, h, w), h and w multiples of
-        ``downsampling``; one (C, h, w) canvas gives (3, h, w)."""
+        """Fields (N, ``outputs``, h, w) float32 for normalised canvases (N, C, h, w), h and w multiples of
+        ``downsampling``: distance, flow, class probabilities (softmax); one (C, h, w) canvas gives (outputs, h, w)."""
         single = canvases.ndim == 3
         x = torch.from_numpy(np.ascontiguousarray(canvases[None] if single else canvases, np.float32))
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        out = self.network(x)[:, :3].float().cpu().numpy()
+        raw = self.network(x).float()
+        out = raw[:, :3]
+        logits = class_logits(raw, self.network.config)
+        if logits is not None:
+            out = torch.cat([out, torch.softmax(logits, 1)], 1)
+        out = out.cpu().numpy()
         return out[0] if single else out
 
     def fields(self, image: np.ndarray, normalization: Normalization | None = None, tile: int | None = None
                ) -> np.ndarray:
-        """Distance + flow (3, H, W) of a whole (C, H, W) image, on the fixed tile grid (``infer.tiles``) like any
+        """Fields (``outputs``, H, W: distance, flow, class probabilities) of a whole (C, H, W) image, on the fixed tile grid (``infer.tiles``) like any
         window of it; normalised with ``normalization`` or, by default, the image's own percentiles."""
         normalization = normalization or percentile_normalization(image)
         normalized = normalization.apply(np.asarray(image))

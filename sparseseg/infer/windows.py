@@ -140,7 +140,8 @@ class NetworkFields:
             self.cache.popitem(last=False)
 
     def compute(self, prepared: list[Prepared]) -> list[np.ndarray]:
-        """Distance + flow (3, h, w) on each prepared window, from cached or newly computed tiles."""
+        """Fields (distance, flow, class probabilities if any; (C, h, w)) on each prepared window, from cached or
+        newly computed tiles."""
         with self._lock:
             return self._compute(prepared)
 
@@ -156,11 +157,13 @@ class NetworkFields:
         results = []
         for p in prepared:
             rows, cols = p.context
-            out = np.empty((3, rows.stop - rows.start, cols.stop - cols.start), np.float32)
+            out = None
             for key in p.tiles:
                 tile = outputs.get(key)
                 if tile is None:
                     tile = outputs[key] = self.cache[key]
+                if out is None:
+                    out = np.empty((tile.shape[0], rows.stop - rows.start, cols.stop - cols.start), np.float32)
                 t_rows, t_cols = self.grid.output_window(key)
                 r0, r1 = max(rows.start, t_rows.start), min(rows.stop, t_rows.stop)
                 c0, c1 = max(cols.start, t_cols.start), min(cols.stop, t_cols.stop)

@@ -15,7 +15,8 @@ import zarr
 
 from sparseseg.errors import InputError
 from sparseseg.files.atomic import staged_directory
-from sparseseg.io.ngff import (create_level_array, read_ome_attrs, write_image_metadata, write_label_metadata,
+from sparseseg.io.ngff import (create_level_array, read_ome_attrs, unregister_label, write_image_metadata,
+                               write_label_metadata,
                                zarr_format_of)
 from sparseseg.io.detect import sniff_format
 from sparseseg.pyramid import downsample_nearest_2x, level_factors
@@ -86,11 +87,12 @@ def write_label_levels(group: zarr.Group, version: str, name: str, shapes: list[
 
 def write_label_pyramid(slide_path: Path, name: str, level0_block: Callable[[tuple[slice, slice]], np.ndarray],
                         dtype: np.dtype, overwrite: bool, method: str, colors=None, properties=None,
-                        scheduler="threads") -> None:
+                        scheduler="threads", extra: Callable[[zarr.Group], None] | None = None) -> None:
     """Write ``labels/<name>`` of a slide (``write_label_levels``), registered in ``labels/.zattrs``.
 
     The label group is built under a hidden name and renamed into place only once complete.
     ``scheduler``: where the chunk tasks run (dask's threads, or a distributed Client: the workers).
+    ``extra``: writes more arrays or attributes into the group before it is renamed into place.
     """
     version, shapes, pixel_size, chunk = image_levels(slide_path)
     zarr.open_group(slide_path, mode="r+").require_group("labels")
@@ -99,6 +101,8 @@ def write_label_pyramid(slide_path: Path, name: str, level0_block: Callable[[tup
         staging = zarr.open_group(tmp, mode="w", zarr_format=zarr_format_of(version))
         write_label_levels(staging, version, name, shapes, chunk, pixel_size, level0_block, dtype, method,
                            scheduler=scheduler)
+        if extra is not None:
+            extra(staging)
     write_label_metadata(zarr.open_group(slide_path, mode="r+"), version, name, colors=colors, properties=properties)
 
 
@@ -152,3 +156,12 @@ def label_source(slide: Path, name_or_file: str) -> str:
     """The path errors about the labels name: the label group's folder, or the file."""
     group_path = slide / "labels" / name_or_file
     return str(group_path if group_path.is_dir() else name_or_file)
+
+
+def remove_label_pyramid(slide_path: Path, name: str) -> None:
+    """Remove ``labels/<name>`` and its entry in the labels list (a stale group a new run replaces)."""
+    import shutil
+
+    version = image_levels(slide_path)[0]
+    unregister_label(zarr.open_group(slide_path, mode="r+"), version, name)
+    shutil.rmtree(Path(slide_path) / "labels" / name, ignore_errors=True)

@@ -136,3 +136,14 @@ def write_label_metadata(image_group: zarr.Group, version: str, name: str,
     if properties:
         image_label["properties"] = properties
     add_metadata(labels_group[name], {"image-label": image_label}, fmt=fmt)
+
+
+def unregister_label(image_group: zarr.Group, version: str, name: str) -> None:
+    """Take ``labels/<name>`` out of the labels list (its folder is removed by the caller)."""
+    fmt = ngff_format(version)
+    labels_group = image_group.require_group("labels")
+    _, attrs = read_ome_attrs(labels_group)
+    container: dict[str, Any] = {"labels": [n for n in attrs.get("labels", []) if n != name]}
+    if fmt.version != "0.4":
+        container["version"] = fmt.version
+    add_metadata(labels_group, container, fmt=fmt)

@@ -1,4 +1,4 @@
-"""Omnipose-style U-Net: image -> signed distance (1) + flow (2) [+ boundary logit (1)].
+"""Omnipose-style U-Net: image -> signed distance (1) + flow (2) [+ boundary logit (1)] [+ class logits (K)].
 
 Normalisation is batch normalisation or none. Batch statistics are used only while training; in
 evaluation each BatchNorm is a fixed per-channel affine map, so tiled inference still equals
@@ -30,12 +30,15 @@ class UNetConfig:
     kernel_size: int = 3
     boundary_head: bool = False
     norm: str = "batch"        # "batch" or "none" (checkpoints older than the option are "none")
+    classes: int = 0           # cell classes of the class head (0: no class head)
 
     def __post_init__(self):
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
         if self.depth < 0 or self.width < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"invalid U-Net config {self}")
+        if self.classes < 0 or self.classes == 1:
+            raise ValueError(f"a class head needs at least 2 classes, got {self.classes}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
 
@@ -45,7 +48,12 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, values: dict) -> UNetConfig:
         """A stored config; keys added since a checkpoint was written take their value of that time."""
-        return cls(**{"norm": "none", **values})
+        return cls(**{"norm": "none", "classes": 0, **values})
+
+    @property
+    def outputs(self) -> int:
+        """Output channels: distance, flow (2), the boundary logit if any, one logit per class."""
+        return 3 + int(self.boundary_head) + self.classes
 
     @property
     def downsampling(self) -> int:
@@ -149,7 +157,7 @@ class ResidualBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """Input (N, C, H, W) with H, W multiples of ``config.downsampling``; output (N, 3|4, H, W)."""
+    """Input (N, C, H, W) with H, W multiples of ``config.downsampling``; output (N, ``config.outputs``, H, W)."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -163,7 +171,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(ResidualBlock(widths[level + 1] + widths[level], widths[level], n, k, norm)
                                 for level in reversed(range(config.depth)))
         self.head_norm = _norm(c, norm)
-        self.head = nn.Conv2d(c, 4 if config.boundary_head else 3, 1)
+        self.head = nn.Conv2d(c, config.outputs, 1)
         nn.init.zeros_(self.head.bias)
 
     @property
@@ -191,7 +199,35 @@ class UNet(nn.Module):
         return self.head(F.relu(self.head_norm(x)))
 
 
-def split_outputs(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(distance (N, H, W), flow (N, 2, H, W), boundary logit (N, H, W) or None)."""
-    boundary = output[:, 3] if output.shape[1] > 3 else None
-    return output[:, 0], output[:, 1:3], boundary
+def split_outputs(output: torch.Tensor, config: UNetConfig | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(distance (N, H, W), flow (N, 2, H, W), boundary logit (N, H, W) or None).
+
+    Without ``config`` a fourth channel is taken as the boundary logit (networks without a class head)."""
+    has_boundary = config.boundary_head if config is not None else output.shape[1] > 3
+    return output[:, 0], output[:, 1:3], output[:, 3] if has_boundary else None
+
+
+def class_logits(output: torch.Tensor, config: UNetConfig) -> torch.Tensor | None:
+    """The class logits (N, K, H, W) of a network output, None without a class head."""
+    if not config.classes:
+        return None
+    first = 3 + int(config.boundary_head)
+    return output[:, first:first + config.classes]
+
+
+def with_class_head(model: UNet, classes: int) -> UNet:
+    """A copy of ``model`` with a fresh head for ``classes`` classes; the body and the distance, flow (and
+    boundary) outputs are kept (``--init`` from a model trained on other classes)."""
+    from dataclasses import replace
+
+    fresh = UNet(replace(model.config, classes=classes))
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    fresh.load_state_dict(body, strict=False)
+    kept = 3 + int(model.config.boundary_head)
+    with torch.no_grad():
+        fresh.head.weight[:kept] = model.head.weight[:kept]
+        fresh.head.bias[:kept] = model.head.bias[:kept]
+        fresh.head.weight[kept:].mul_(0.1)
+        fresh.head.bias[kept:].zero_()
+    return fresh

@@ -54,6 +54,7 @@ class BlockJob:
     tile: int = DEFAULT_TILE                      # edge of the fixed tiles the network runs on
     large_objects: str = "grow"
     max_object_px: int = 2**31                    # model-grid extent beyond which a large object is not grown
+    class_names: tuple[str, ...] = ()             # cell classes of the model's class head (empty: none)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -135,6 +136,9 @@ def plan_segment(slide: str | Path, model: str | Path, options: SegmentOptions) 
     if final.exists() and "model" not in dict(zarr.open_group(final, mode="r").attrs).get("sparseseg", {}):
         raise InputError(final, "was not written by `sparseseg segment`; --overwrite only replaces "
                                 "segmentations (choose another --name)")
+    classes_group = slide / "labels" / f"{options.name}_classes"
+    if state.get("classes") and classes_group.exists() and not options.overwrite:
+        raise InputError(classes_group, "already exists (use --overwrite to replace it)")
     source_shape = tuple(info.shape[1:])
     shape = model_grid_shape(source_shape, scale) if scale != 1.0 else source_shape
     grid = BlockGrid(shape=shape, block=options.block, margin=margin, halo=halo, factor=factor)
@@ -151,6 +155,6 @@ def plan_segment(slide: str | Path, model: str | Path, options: SegmentOptions) 
                    grid=grid, normalization=normalization, params=params, work=str(slide / "labels" / f".{options.name}.work"),
                    channels=channels, scale=scale, source_shape=source_shape, device=options.device,
                    threads=options.threads, batch=options.batch, tile=options.tile, large_objects=options.large_objects,
-                   max_object_px=max_object_px)
+                   max_object_px=max_object_px, class_names=tuple(state.get("classes") or ()))
     return SegmentPlan(slide=slide, final=final, work=Path(job.work), job=job, skips=tissue_skips(slide, grid),
                        fingerprint=fingerprint, halo=halo, max_object_um=options.max_object_um)

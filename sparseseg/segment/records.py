@@ -18,9 +18,20 @@ from sparseseg.files.atomic import staged_file
 
 #: The layout of the work folder's records; part of the resume fingerprint, so a resume across a change
 #: of layout starts afresh instead of misreading old records.
-RECORD_FORMAT = 4
+RECORD_FORMAT = 5
 
-OBJECT_ARRAYS = ("anchors", "starts", "rows", "cols", "trimmed")
+OBJECT_ARRAYS = ("anchors", "starts", "rows", "cols", "trimmed", "class_sums")
+#: Class probabilities are summed over an object's pixels as integers in units of 1 / CLASS_SCALE: the sums of
+#: bitwise-equal fields are then equal whatever the order the pixels are added in (tiled == whole per object).
+CLASS_SCALE = 2**16
+
+
+def class_sums(probabilities: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(K,) int64 sums of the class probabilities (K, H, W) over the pixels (rows, cols), quantised to
+    1 / CLASS_SCALE: exact integers, so the sum does not depend on where or in what order it is taken."""
+    if not len(probabilities):
+        return np.zeros(0, np.int64)
+    return np.rint(probabilities[:, rows, cols].astype(np.float64) * CLASS_SCALE).astype(np.int64).sum(1)
 
 
 def pixel_hash(rows: np.ndarray, cols: np.ndarray, width: int) -> int:
@@ -32,13 +43,15 @@ def pixel_hash(rows: np.ndarray, cols: np.ndarray, width: int) -> int:
 @dataclass
 class GlobalObjects:
     """Whole objects as global model-grid pixel lists (raster order): per object its anchor (top-left of its
-    box), its pixels ``rows``/``cols`` and ``trimmed``: the pixels of its cluster cut away as smaller pieces."""
+    box), its pixels ``rows``/``cols``, ``trimmed``: the pixels of its cluster cut away as smaller pieces, and
+    ``class_sums`` (n, K): its class probabilities summed over its pixels (``class_sums``; K = 0 without classes)."""
 
     anchors: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     starts: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     cols: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     trimmed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    class_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -52,11 +65,15 @@ class GlobalObjects:
                          for k in range(len(self))], np.int64).reshape(-1, 4)
 
     @classmethod
-    def build(cls, items: list[tuple[np.ndarray, np.ndarray, int]]) -> GlobalObjects:
-        """From (rows, cols, trimmed pixels) per object, pixels in raster order."""
+    def build(cls, items: list[tuple[np.ndarray, np.ndarray, int]], sums: list[np.ndarray] | None = None
+              ) -> GlobalObjects:
+        """From (rows, cols, trimmed pixels) per object, pixels in raster order, and its class sums if any."""
         if not items:
             return cls()
-        return cls(anchors=np.array([[r.min(), c.min()] for r, c, _ in items], np.int64).reshape(-1, 2),
+        n_classes = len(sums[0]) if sums else 0
+        return cls(class_sums=np.array(sums, np.int64).reshape(len(items), n_classes) if sums
+                   else np.zeros((len(items), 0), np.int64),
+                   anchors=np.array([[r.min(), c.min()] for r, c, _ in items], np.int64).reshape(-1, 2),
                    starts=np.concatenate([[0], np.cumsum([len(r) for r, _, _ in items])]).astype(np.int64),
                    rows=np.concatenate([r for r, _, _ in items]).astype(np.int64),
                    cols=np.concatenate([c for _, c, _ in items]).astype(np.int64),
@@ -71,7 +88,8 @@ class GlobalObjects:
         return cls(anchors=np.concatenate([p.anchors for p in parts]),
                    starts=np.concatenate([[0]] + [p.starts[1:] + o for p, o in zip(parts, offsets)]).astype(np.int64),
                    rows=np.concatenate([p.rows for p in parts]), cols=np.concatenate([p.cols for p in parts]),
-                   trimmed=np.concatenate([p.trimmed for p in parts]))
+                   trimmed=np.concatenate([p.trimmed for p in parts]),
+                   class_sums=np.concatenate([p.class_sums for p in parts]))
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}_{k}": getattr(self, k) for k in OBJECT_ARRAYS}
@@ -94,6 +112,7 @@ class BlockRecord:
     handed_on: GlobalObjects
     candidates: GlobalObjects   # seed pixel sets (anchors: their first pixel; trimmed unused)
     kept_keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    kept_classes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))  # class sums of kept objects
     dropped: int = 0            # candidates dropped (policy "drop")
     trimmed_objects: int = 0    # kept objects that lost smaller pieces of their cluster
     trimmed_pixels: int = 0     # the pixels they lost
@@ -116,7 +135,7 @@ class BlockRecord:
     def summary(self) -> BlockRecord:
         """The record without its label array, kept keys and candidate pixels: what travels back to the driver."""
         return BlockRecord(self.count, np.zeros((0, 0), np.uint32), self.handed_on, GlobalObjects(),
-                           np.zeros((0, 4), np.int64), self.dropped, self.trimmed_objects, self.trimmed_pixels,
+                           np.zeros((0, 4), np.int64), self.kept_classes, self.dropped, self.trimmed_objects, self.trimmed_pixels,
                            self.tiles, self.grown, self.too_large, self.large_work)
 
 
@@ -129,6 +148,7 @@ def write_block_record(path: Path, record: BlockRecord) -> None:
     with staged_file(path) as tmp:
         with open(tmp, "wb") as out:
             np.savez_compressed(out, count=np.int64(record.count), labels=record.labels, kept_keys=record.kept_keys,
+                                kept_classes=record.kept_classes,
                                 dropped=np.int64(record.dropped),
                                 trimmed=np.array([record.trimmed_objects, record.trimmed_pixels]), tiles=np.int64(record.tiles),
                                 too_large=record.too_large, large_work=record.large_work, **record.grown.to_arrays("grown"),
@@ -144,7 +164,7 @@ def read_block_record(path: Path, with_labels: bool = False) -> BlockRecord | No
                            labels=data["labels"] if with_labels else np.zeros((0, 0), np.uint32),
                            handed_on=GlobalObjects.from_arrays(data, "handed"),
                            candidates=GlobalObjects.from_arrays(data, "candidates"),
-                           kept_keys=data["kept_keys"], dropped=int(data["dropped"]),
+                           kept_keys=data["kept_keys"], kept_classes=data["kept_classes"], dropped=int(data["dropped"]),
                            trimmed_objects=int(data["trimmed"][0]), trimmed_pixels=int(data["trimmed"][1]),
                            tiles=int(data["tiles"]), grown=GlobalObjects.from_arrays(data, "grown"),
                            too_large=data["too_large"], large_work=data["large_work"])

@@ -25,14 +25,15 @@ from sparseseg.cluster import dask_client, workers_spec
 from sparseseg.errors import InputError
 from sparseseg.files.atomic import remove_leftovers
 from sparseseg.infer.tiles import TileGrid
-from sparseseg.io.labels import write_label_pyramid
+from sparseseg.io.labels import remove_label_pyramid, write_label_pyramid
 from sparseseg.files.lock import writer_lock
 from sparseseg.segment.engine import run_block_group
 from sparseseg.segment.options import SegmentOptions
 from sparseseg.segment.plan import BlockJob, SegmentPlan, plan_segment
 from sparseseg.segment.records import BlockRecord, GlobalObjects
 from sparseseg.segment.stitch import objects_to_add
-from sparseseg.segment.write import LabelComposer, write_large_objects
+from sparseseg.segment.write import (LabelComposer, object_class_probabilities, write_class_pyramid,
+                                     write_large_objects, write_object_classes)
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +129,23 @@ def _refuse_too_large(plan: SegmentPlan):
     return check
 
 
-def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict) -> tuple[LabelComposer, int, int]:
-    """(composer of the final labels, number of objects, number of large objects).
+def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict
+                    ) -> tuple[LabelComposer, int, int, np.ndarray]:
+    """(composer of the final labels, number of objects, number of large objects, class sums per id).
 
     Ids: block by block in block order (so they do not depend on the order blocks finished in),
-    each block's kept objects then the large objects it owns.
+    each block's kept objects then the large objects it owns. Class sums: (ids + 1, K) int64, row 0 unused.
     """
-    offsets, total, items, ids = {}, 0, [], []
+    offsets, total, items, ids, sums = {}, 0, [], [], [np.zeros((1, len(job.class_names)), np.int64)]
     for block in job.grid.blocks():
         offsets[block.name] = total
-        kept, mine = records[block.name].count, owned.get(block.index, [])
-        for j, (_, rows, cols, trimmed) in enumerate(mine):
+        record = records[block.name]
+        kept, mine = record.count, owned.get(block.index, [])
+        sums.append(record.kept_classes.reshape(kept, len(job.class_names)))
+        for j, (_, rows, cols, trimmed, object_sums) in enumerate(mine):
             items.append((rows, cols, trimmed))
             ids.append(total + kept + j + 1)
+            sums.append(np.asarray(object_sums, np.int64).reshape(1, len(job.class_names)))
         total += kept + len(mine)
     if total >= 2**32 - 1:
         raise InputError(job.slide, f"{total} objects do not fit uint32 labels")
@@ -148,7 +153,8 @@ def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict)
     if items:
         large_path = Path(job.work) / "large.npz"
         write_large_objects(large_path, GlobalObjects.build(items), np.array(ids))
-    return LabelComposer(job, offsets, str(large_path) if large_path else None), total, len(items)
+    return LabelComposer(job, offsets, str(large_path) if large_path else None), total, len(items), \
+        np.concatenate(sums)
 
 
 def segment_slide(slide: str | Path, model: str | Path, options: SegmentOptions = SegmentOptions()) -> SegmentResult:
@@ -182,10 +188,17 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
         lap("blocks")
         owned, too_large = objects_to_add(plan.job, records)
         lap("ownership")
-        composer, total, n_large = labels_composer(plan.job, records, owned)
+        composer, total, n_large, sums = labels_composer(plan.job, records, owned)
+        names = plan.job.class_names
+        probabilities = object_class_probabilities(sums)
         write_label_pyramid(plan.slide, options.name, composer, np.uint32, options.overwrite,
                             f"flow-derived instances at {plan.job.scale:.4g}x, stitched by block ownership",
-                            properties=[{"label-value": 0, "class": "background"}], scheduler=client)
+                            properties=[{"label-value": 0, "class": "background"}], scheduler=client,
+                            extra=(lambda group: write_object_classes(group, names, probabilities)) if names else None)
+        if names:
+            write_class_pyramid(plan.slide, options.name, composer, names, probabilities, client)
+        elif (plan.slide / "labels" / f"{options.name}_classes").exists():  # the replaced run's: now stale
+            remove_label_pyramid(plan.slide, f"{options.name}_classes")
         lap("write")
     dropped = sum(r.dropped for r in records.values())
     large_trimmed = [entry[3] for entries in owned.values() for entry in entries]
@@ -202,6 +215,7 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
                     else f"reaching their block's context edge, --large-objects drop, --margin {plan.grid.margin}")
     group = zarr.open_group(plan.final, mode="r+")
     group.attrs["sparseseg"] = {"objects": int(total), "large_objects": n_large, "too_large": too_large,
+                                "classes": list(plan.job.class_names),
                                 "dropped_at_block_edges": int(dropped),
                                 "trimmed_pieces": {"objects": int(trimmed_objects), "pixels": int(trimmed_pixels)},
                                 "scale": plan.job.scale, "model": str(model_path(plan)),

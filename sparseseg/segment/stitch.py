@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 from sparseseg.infer.windows import FieldSource
 from sparseseg.instances.dynamics import finalize_clusters, max_travel, trimmed_pixels, window_clusters
 from sparseseg.segment.plan import BlockJob
-from sparseseg.segment.records import (BlockRecord, CandidateOutcome, GlobalObjects, block_record_path,
+from sparseseg.segment.records import (BlockRecord, CandidateOutcome, GlobalObjects, block_record_path, class_sums,
                                        read_kept_keys, read_outcome, write_outcome)
 from sparseseg.tiling.blocks import Block, Window, aligned_window, open_edges
 
@@ -50,15 +50,20 @@ def block_record(job: BlockJob, block: Block, output: np.ndarray, device: str = 
         elif owned:
             kept.append((int(obj[0].min()), int(obj[1].min()), int(obj[0][0]), int(obj[1][0]), k))
         elif obj is not None and in_core[0]:  # this block holds the cluster's first pixel: it hands it on
-            handed.append((obj[0] + cy0, obj[1] + cx0, int(lost[k])))
+            handed.append((obj[0], obj[1], int(lost[k])))
     kept.sort()  # ids in anchor order, then first pixel
     lut = np.zeros(int(found.clusters.max()) + 1, np.uint32)
     lut[[k for *_, k in kept]] = np.arange(1, len(kept) + 1, dtype=np.uint32)
-    kept_objects = GlobalObjects.build([(objects[k][0] + cy0, objects[k][1] + cx0, int(lost[k])) for *_, k in kept])
+    probabilities = output[3:]
+    kept_objects = GlobalObjects.build([(objects[k][0] + cy0, objects[k][1] + cx0, int(lost[k])) for *_, k in kept],
+                                       [class_sums(probabilities, *objects[k]) for *_, k in kept])
     kept_lost = kept_objects.trimmed
+    handed_objects = GlobalObjects.build([(rows + cy0, cols + cx0, t) for rows, cols, t in handed],
+                                         [class_sums(probabilities, rows, cols) for rows, cols, _ in handed])
     return BlockRecord(count=len(kept), labels=lut[final] if kept else np.zeros((0, 0), np.uint32),
-                       handed_on=GlobalObjects.build(handed), candidates=GlobalObjects.build(candidates),
-                       kept_keys=kept_objects.keys(grid.shape[1]), dropped=int(dropped),
+                       handed_on=handed_objects, candidates=GlobalObjects.build(candidates),
+                       kept_keys=kept_objects.keys(grid.shape[1]), kept_classes=kept_objects.class_sums,
+                       dropped=int(dropped),
                        trimmed_objects=int((kept_lost > 0).sum()), trimmed_pixels=int(kept_lost.sum()))
 
 
@@ -79,6 +84,7 @@ class SettledSeeds:
         self.seeds = np.unique(candidates.rows * width + candidates.cols)
         self.object_of: dict[int, int] = {}   # flat seed -> index in ``objects`` (-1: its cluster is no object)
         self.objects: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self.sums: list[np.ndarray] = []   # class sums of each of ``objects``
 
     def inside(self, window: Window) -> np.ndarray:
         """Flat indices of the unsettled seeds inside ``window``."""
@@ -134,6 +140,7 @@ def resolve_candidate(job: BlockJob, seeds: tuple[np.ndarray, np.ndarray], field
                 if fr.size:
                     index = len(settled.objects)
                     settled.objects.append((fr + y0, fc + x0, int(lost[k])))
+                    settled.sums.append(class_sums(output[3:], fr, fc))
                 settled.object_of.update(dict.fromkeys(examined[here].tolist(), index))
                 continue
             if np.isin(examined[here], pending).any():
@@ -146,7 +153,7 @@ def resolve_candidate(job: BlockJob, seeds: tuple[np.ndarray, np.ndarray], field
             settled.object_of.update(dict.fromkeys(pending.tolist(), -1))
             break
     indices = sorted({settled.object_of.get(int(f), -1) for f in mine} - {-1})
-    return CandidateOutcome(GlobalObjects.build([settled.objects[i] for i in indices]),
+    return CandidateOutcome(GlobalObjects.build([settled.objects[i] for i in indices], [settled.sums[i] for i in indices]),
                             np.array(too_large, np.int64).reshape(-1, 4), windows, pixels, tiles)
 
 
@@ -167,7 +174,8 @@ def resolve_candidates(job: BlockJob, candidates: GlobalObjects, fields: FieldSo
 
 
 def objects_to_add(job: BlockJob, records: dict[str, BlockRecord]) -> tuple[dict[tuple[int, int], list], int]:
-    """The whole objects each block owns but did not keep ({block index: [(key, rows, cols, trimmed pixels)]}),
+    """The whole objects each block owns but did not keep ({block index: [(key, rows, cols, trimmed pixels,
+    class sums)]}),
     and the number of clusters beyond the cap (overlapping boxes count once). Objects found several times
     count once; an object goes to its owner unless the owner kept exactly that object (its record holds
     the same key)."""
@@ -185,7 +193,8 @@ def objects_to_add(job: BlockJob, records: dict[str, BlockRecord]) -> tuple[dict
         for key in keys:
             if key not in kept:
                 source, k = found[key]
-                owned.setdefault(owner, []).append((key, *source.pixels(k), int(source.trimmed[k])))
+                owned.setdefault(owner, []).append((key, *source.pixels(k), int(source.trimmed[k]),
+                                                    source.class_sums[k]))
     return owned, overlapping_groups(np.concatenate([r.too_large for r in records.values()] +
                                                     [np.zeros((0, 4), np.int64)]))
 

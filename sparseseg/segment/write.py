@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sparseseg.classes import class_colours
+from sparseseg.io.labels import write_label_pyramid
 from sparseseg.model.grid import level0_to_model_indices
 from sparseseg.segment.plan import BlockJob
 from sparseseg.segment.records import GlobalObjects, block_record_path
@@ -83,3 +85,47 @@ class LabelComposer:
         cols = level0_to_model_indices(window[1].start, window[1].stop, job.scale, shape[1])
         grid = self.model_window((slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)))
         return grid[np.ix_(rows - rows[0], cols - cols[0])]
+
+
+#: The per-object array in a label group with classes: (objects + 1, K) float32 mean class probabilities.
+OBJECT_CLASSES = "object_classes"
+
+
+def object_class_probabilities(sums: np.ndarray) -> np.ndarray:
+    """Mean class probabilities per object (rows of integer sums over its pixels, normalised to sum to 1)."""
+    totals = sums.sum(1, keepdims=True)
+    return np.where(totals > 0, sums / np.maximum(totals, 1), 0.0).astype(np.float32)
+
+
+def write_object_classes(group, names: tuple[str, ...], probabilities: np.ndarray) -> None:
+    """The per-object class probabilities into a label group (row k: object k), and the class names."""
+    array = group.create_array(OBJECT_CLASSES, shape=probabilities.shape, dtype=np.float32,
+                               chunks=(min(2**18, max(1, probabilities.shape[0])), max(1, probabilities.shape[1])))
+    array[...] = probabilities
+    array.attrs["classes"] = list(names)
+
+
+@dataclass(frozen=True)
+class ClassComposer:
+    """Class ids (1 + class index; 0 background) of any level-0 window: each object's most probable class."""
+
+    labels: LabelComposer
+    lut: np.ndarray   # uint8 per object id
+
+    def __call__(self, window: Window) -> np.ndarray:
+        return self.lut[self.labels(window)]
+
+
+def write_class_pyramid(slide: Path, name: str, labels: LabelComposer, names: tuple[str, ...],
+                        probabilities: np.ndarray, scheduler) -> None:
+    """``labels/<name>_classes``: every object's pixels hold its class (1 + index), with NGFF image-label colours
+    and properties, so napari and neuroglancer colour cells by type."""
+    lut = np.zeros(len(probabilities), np.uint8)
+    if len(probabilities) > 1:
+        lut[1:] = probabilities[1:].argmax(1) + 1
+    colours = [{"label-value": i + 1, "rgba": [*rgb, 255]} for i, rgb in enumerate(class_colours(names))]
+    properties = [{"label-value": 0, "class": "background"}] + \
+        [{"label-value": i + 1, "class": n} for i, n in enumerate(names)]
+    write_label_pyramid(slide, f"{name}_classes", ClassComposer(labels, lut), np.uint8, True,
+                        f"cell class of each object of labels/{name} (argmax of its mean class probability)",
+                        colors=colours, properties=properties, scheduler=scheduler)

@@ -61,9 +61,11 @@ class Calibration:
 def calibration_samples(predictor: Predictor, sources, window: int = 768, max_pixels: int = 4 * 2**20,
                         seed: int = 0) -> list[Sample]:
     """Windows of the annotated sources (whole small images; windows centred on annotated pixels of large
-    ones), at most ``max_pixels`` in all, with the network output on each."""
+    ones), at most ``max_pixels`` in all, with the network output on each. Point-annotated sources are left
+    out: their disks are not outlines an instance can be scored against."""
     rng = np.random.default_rng(seed)
     samples, total = [], 0
+    sources = [s for s in sources if getattr(s, "points", None) is None]
     per_source = max(1, max_pixels // max(1, len(sources)))
     for source in sources:
         h, w = source.shape

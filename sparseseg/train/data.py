@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 from skimage.color import hed2rgb, rgb2hed
 
 from sparseseg.annotations.model import PatchAnnotation
+from sparseseg.annotations.points import POINT_RADIUS_UM, PointSet, point_labels, read_points_csv
 from sparseseg.annotations.store import ANNOTATIONS, read_annotation_patch
 from sparseseg.annotations.targets import Targets, compute_targets
 from sparseseg.errors import InputError
@@ -77,12 +78,13 @@ class FolderSource:
         if chosen is not None:
             pixels, self.channel_names = pixels[list(chosen)], tuple(self.channel_names[i] for i in chosen)
         check_finite(image_path, pixels)
-        try:
-            labels = tifffile.imread(annotation_path) if annotation_path.suffix.lower() in (".tif", ".tiff") \
-                else iio.imread(annotation_path)
-        except Exception as exc:
-            raise InputError(annotation_path, f"cannot read the annotation image ({type(exc).__name__}: {exc})") \
-                from None
+        self.points: PointSet | None = None
+        self.class_map: np.ndarray | None = None
+        if annotation_path.suffix.lower() == ".csv":  # classified points: labels made once the pixel size is known
+            self.points = read_points_csv(annotation_path, pixels.shape[1:])
+            labels = np.zeros(pixels.shape[1:], np.uint32)
+        else:
+            labels = _read_label_image(annotation_path)
         if labels.shape != pixels.shape[1:]:
             raise InputError(annotation_path, f"annotation is {labels.shape} but the image is {pixels.shape[1:]}")
         if not np.issubdtype(labels.dtype, np.integer):
@@ -94,11 +96,46 @@ class FolderSource:
         self.normalization = percentile_normalization(pixels)
         self.centres = CentreSampler(self.partial > 0, 1)
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.points.class_names if self.points is not None else ()
+
+    def label_points(self, pixel_size_um: float | None, class_ids: dict[str, int]) -> None:
+        """Turn a points annotation into disks and Voronoi edges (``annotations.points``), classes numbered by
+        ``class_ids``; the disk radius is POINT_RADIUS_UM at ``pixel_size_um`` (3 px when it is unknown)."""
+        if self.points is None:
+            return
+        radius = POINT_RADIUS_UM / pixel_size_um if pixel_size_um else POINT_RADIUS_UM / 0.5
+        self.partial, classes = point_labels(self.shape, self.points, radius, class_ids)
+        self.class_map = classes if classes.any() else None
+        self.centres = CentreSampler(self.partial > 0, 1)
+
     def read_image(self, window: tuple[slice, slice]) -> np.ndarray:
         return self.pixels[(slice(None), *window)]
 
     def read_annotation(self, window: tuple[slice, slice]) -> PatchAnnotation:
-        return PatchAnnotation(partial=self.partial[window])
+        return PatchAnnotation(partial=self.partial[window],
+                               classes=None if self.class_map is None else self.class_map[window])
+
+
+def _read_label_image(path: Path) -> np.ndarray:
+    try:
+        return tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else iio.imread(path)
+    except Exception as exc:
+        raise InputError(path, f"cannot read the annotation image ({type(exc).__name__}: {exc})") from None
+
+
+def class_names_of(sources) -> tuple[str, ...]:
+    """The cell classes the sources' annotations name, sorted (their ids in a model's class head)."""
+    return tuple(sorted({name for s in sources for name in getattr(s, "class_names", ())}))
+
+
+def label_point_sources(sources, folder_pixel_um: float | None, class_names: tuple[str, ...]) -> None:
+    """Give every points-annotated source its disks, Voronoi edges and class map."""
+    ids = {name: i for i, name in enumerate(class_names)}
+    for source in sources:
+        if hasattr(source, "label_points"):
+            source.label_points(source_pixel_size(source, folder_pixel_um), ids)
 
 
 class SlideSource:
@@ -134,12 +171,13 @@ class SlideSource:
 
 
 def folder_sources(images: Path, annotations: Path, channels: tuple[str, ...] | None = None) -> list[FolderSource]:
-    """Pairs ``images/NAME.*`` with ``annotations/NAME.*`` (TIFF/PNG partial-instance maps)."""
+    """Pairs ``images/NAME.*`` with ``annotations/NAME.*`` (TIFF/PNG partial-instance maps, or a CSV of points
+    ``y,x[,class]``)."""
     images, annotations = Path(images), Path(annotations)
     for folder in (images, annotations):
         if not folder.is_dir():
             raise InputError(folder, "is not a directory")
-    labels = {p.stem: p for p in annotations.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES}
+    labels = {p.stem: p for p in annotations.iterdir() if p.suffix.lower() in (*_IMAGE_SUFFIXES, ".csv")}
     pairs = [(p, labels[p.stem]) for p in sorted(images.iterdir())
              if p.suffix.lower() in _IMAGE_SUFFIXES and p.stem in labels]
     if not pairs:
@@ -188,7 +226,7 @@ def _transform_annotation(a: PatchAnnotation, k: int, flip: bool) -> PatchAnnota
     if flip and len(points):
         points[:, 1] = w - points[:, 1]
     return PatchAnnotation(partial=t(a.partial), boundary=t(a.boundary), points=points,
-                           foreground=t(a.foreground), complete=a.complete)
+                           foreground=t(a.foreground), complete=a.complete, classes=t(a.classes))
 
 
 def _augment_intensity(image: np.ndarray, rng: np.random.Generator, augment: Augment) -> np.ndarray:
@@ -223,7 +261,8 @@ def _zoom(image: np.ndarray, annotation: PatchAnnotation, zoom: float, size: int
     return image.astype(np.float32), PatchAnnotation(
         partial=partial, points=points,
         foreground=None if annotation.foreground is None else annotation.foreground[nearest],
-        complete=frozenset(k for k in annotation.complete if k in present))
+        complete=frozenset(k for k in annotation.complete if k in present),
+        classes=None if annotation.classes is None else annotation.classes[nearest])
 
 
 def draw_patch(sources, normalizations: list[Normalization], patch: int, margin: int, seed: int, step: int,
@@ -307,7 +346,8 @@ def _crop_annotation(a: PatchAnnotation, size: int) -> PatchAnnotation:
     return PatchAnnotation(partial=partial, points=points,
                            foreground=None if a.foreground is None else a.foreground[:size, :size],
                            boundary=None if a.boundary is None else a.boundary[:2 * size + 1, :2 * size + 1],
-                           complete=frozenset(k for k in a.complete if k in present))
+                           complete=frozenset(k for k in a.complete if k in present),
+                           classes=None if a.classes is None else a.classes[:size, :size])
 
 
 def _pad_annotation(a: PatchAnnotation, shape: tuple[int, int]) -> PatchAnnotation:
@@ -321,7 +361,11 @@ def _pad_annotation(a: PatchAnnotation, shape: tuple[int, int]) -> PatchAnnotati
     if a.foreground is not None:  # a mask claims every pixel known: padding would read as background
         raise InputError(None, f"image {h}x{w} is smaller than patch + 2 x margin ({shape[0]}) and has a "
                                "foreground mask; use a smaller --patch")
-    return PatchAnnotation(partial=partial, boundary=boundary, points=a.points, complete=a.complete)
+    classes = None
+    if a.classes is not None:
+        classes = np.zeros(shape, np.uint8)
+        classes[:h, :w] = a.classes
+    return PatchAnnotation(partial=partial, boundary=boundary, points=a.points, complete=a.complete, classes=classes)
 
 
 def crop_targets(t: Targets, crop: tuple[slice, slice]) -> Targets:

@@ -43,7 +43,8 @@ def _rank_main(rank: int, world: int, address: str, port: int, request, timeout_
         train_sources, val_sources = split_sources(sources)
         return train(train_sources, Path(request.out), request.model, request.config, init=request.init,
                      resume=request.resume, command=request.command, pixel_size_um=request.model_pixel_size_um,
-                     progress=False, val_sources=val_sources, channels=channel_names(sources))
+                     progress=False, val_sources=val_sources, channels=channel_names(sources),
+                     class_names=request.class_names(sources))
     finally:
         dist.destroy_process_group()
 

@@ -20,8 +20,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from sparseseg.errors import InputError
-from sparseseg.losses import LOSSES, SketchposeWeights, batch_targets
-from sparseseg.model.unet import UNet, UNetConfig, split_outputs
+from sparseseg.losses import LOSSES, SketchposeWeights, batch_targets, class_loss
+from sparseseg.model.unet import UNet, UNetConfig, class_logits, split_outputs, with_class_head
 from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from sparseseg.train.data import Augment, _source_cumulative, draw_patch
 
@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True           # bf16 autocast on CUDA (no effect on CPU, where it does not help)
     compile: bool = False      # torch.compile the network
+    class_weight: float = 1.0  # weight of the class-balanced cross-entropy of the class head (if any)
 
     def __post_init__(self):
         if isinstance(self.augmentation, dict):  # read back from a checkpoint or shipped to a worker
@@ -102,10 +103,24 @@ def _loss(model, images, targets, config: TrainConfig) -> torch.Tensor:
     """The configured loss of a batch; bf16 autocast for the network on CUDA, loss in float32."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=config.amp and images.device.type == "cuda"):
         output = model(images.contiguous(memory_format=torch.channels_last))
-    distance, flow, _ = split_outputs(output.float())
+    net_config = _unwrap(model).config
+    output = output.float()
+    distance, flow, _ = split_outputs(output, net_config)
     if config.loss == "eikonal":
-        return LOSSES[config.loss](distance, flow, targets)
-    return LOSSES[config.loss](distance, flow, targets, config.weights)
+        loss = LOSSES[config.loss](distance, flow, targets)
+    else:
+        loss = LOSSES[config.loss](distance, flow, targets, config.weights)
+    logits = class_logits(output, net_config)
+    if logits is not None and config.class_weight:
+        loss = loss + config.class_weight * class_loss(logits, targets.classes)
+    return loss
+
+
+def _unwrap(model: torch.nn.Module) -> UNet:
+    """The UNet inside a DDP and/or torch.compile wrapper."""
+    while not isinstance(model, UNet):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
 
 
 def _lr_factor(progress: float) -> float:
@@ -117,12 +132,14 @@ def _lr_factor(progress: float) -> float:
 
 def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, init: Path | None = None,
           resume: bool = False, command: str = "", pixel_size_um: float | None = None,
-          progress: bool = True, val_sources=None, channels: tuple[str, ...] | None = None) -> dict:
+          progress: bool = True, val_sources=None, channels: tuple[str, ...] | None = None,
+          class_names: tuple[str, ...] = ()) -> dict:
     """Train on ``sources`` and write ``out`` (checkpoint); returns {'history': [...], 'step': n}.
 
     ``val_sources`` give the validation loss (default: fixed patches of ``sources``). The checkpoint
-    records how many patches each source gave (``data``), the channel names, the pixel size and
-    ``command``.
+    records how many patches each source gave (``data``), the channel names, the cell classes of the
+    class head (``class_names``, empty: none), the pixel size and ``command``. An ``init`` model with
+    other classes keeps its body and gets a new class head.
 
     The next batch is drawn in a background thread while the network trains on the current one.
     With ``config.ema`` the checkpoint's weights are the moving average (the raw weights are kept
@@ -151,6 +168,8 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
             raise InputError(init, f"checkpoint expects {state['config']['in_channels']} input channels, "
                                    f"the data has {model_config.in_channels}")
         model = model_from_checkpoint(state)
+        if list(state.get("classes") or []) != list(class_names):
+            model = with_class_head(model, len(class_names))
     else:
         model = UNet(model_config)
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -175,7 +194,7 @@ def train(sources, out: Path, model_config: UNetConfig, config: TrainConfig, ini
     step = start_step
     meta = dict(normalization={"method": "percentile", "per_source": [n.to_dict() for n in normalizations]},
                 pixel_size_um=pixel_size_um, command=command, loss=config.loss, train_config=asdict(config),
-                channels=list(channels) if channels else None)
+                channels=list(channels) if channels else None, classes=list(class_names))
     if inherited:  # --init / --resume keep the calibrated instance parameters until calibration replaces them
         meta["instance_params"] = inherited
     shares = range(rank * per_rank, (rank + 1) * per_rank)

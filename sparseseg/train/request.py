@@ -17,7 +17,8 @@ from sparseseg.errors import InputError
 from sparseseg.files.atomic import remove_leftovers
 from sparseseg.files.lock import writer_lock
 from sparseseg.model.unet import UNetConfig
-from sparseseg.train.data import channel_names, scale_to_model, source_pixel_size, split_sources
+from sparseseg.train.data import (channel_names, class_names_of, label_point_sources, scale_to_model,
+                                  source_pixel_size, split_sources)
 from sparseseg.train.loop import TrainConfig
 
 #: Default budget when neither minutes nor epochs are given.
@@ -105,7 +106,7 @@ class TrainRequest:
         channels = {s.n_channels for s in sources}
         if len(channels) != 1:
             raise InputError(None, f"training images mix channel counts {sorted(channels)}; choose with --channels")
-        model = replace(self.model, in_channels=channels.pop())
+        model = replace(self.model, in_channels=channels.pop(), classes=len(self.class_names(sources)))
         area = sum(s.shape[0] * s.shape[1] for s in sources)
         per_epoch = max(1, math.ceil(area / (self.config.patch ** 2 * self.config.batch)))
         steps = 10**9 if self.minutes else max(1, round((self.epochs or DEFAULT_EPOCHS) * per_epoch))
@@ -134,9 +135,21 @@ class TrainRequest:
             return None
         return known[0] if None not in sizes or len(known) == 1 else None
 
+    def class_names(self, sources: list) -> tuple[str, ...]:
+        """The cell classes of the class head: those the data names, else an ``--init`` model's (kept as
+        they are), else none."""
+        named = class_names_of(sources)
+        if named or self.init is None:
+            return named
+        from sparseseg.model.checkpoint import load_checkpoint
+
+        return tuple(load_checkpoint(self.init).get("classes") or ())
+
     def scale_sources(self, sources: list) -> list:
-        """``sources``, each scaled onto the grid of ``model_pixel_size_um`` (after ``prepared``)."""
+        """``sources``, each scaled onto the grid of ``model_pixel_size_um`` (after ``prepared``), point
+        annotations turned into labels at their pixel size."""
         scale_to_model(sources, self.model_pixel_size_um, self.pixel_size_um)
+        label_point_sources(sources, self.pixel_size_um, class_names_of(sources))
         return sources
 
     def open_sources(self) -> list:
@@ -167,7 +180,8 @@ def _run_training(request: TrainRequest, progress: bool) -> dict:
     else:
         result = train(train_sources, request.out, request.model, request.config, init=request.init,
                        resume=request.resume, command=request.command, pixel_size_um=request.model_pixel_size_um,
-                       progress=progress, val_sources=val_sources, channels=channel_names(sources))
+                       progress=progress, val_sources=val_sources, channels=channel_names(sources),
+                       class_names=request.class_names(sources))
     result["calibration"] = None
     if request.calibrate:
         from sparseseg.train.calibrate import calibrate_unlocked

@@ -1,0 +1,21 @@
+"""Cell class names and their display colours, shared by the class pyramid, the tables and the GeoJSON export."""
+
+from __future__ import annotations
+
+#: QuPath's colours for its standard classes (so typed cells look as QuPath users expect), by common names.
+KNOWN_COLOURS = {
+    "tumour": (200, 0, 0), "tumor": (200, 0, 0), "epithelial": (200, 0, 0), "neoplastic": (200, 0, 0),
+    "stromal": (150, 200, 150), "stroma": (150, 200, 150), "spindle": (150, 200, 150),
+    "lymphocyte": (160, 90, 160), "immune": (160, 90, 160), "inflammatory": (160, 90, 160),
+    "necrosis": (50, 50, 50), "other": (255, 200, 0), "miscellaneous": (255, 200, 0),
+}
+#: Colours of other classes, in order (distinct from the known ones).
+PALETTE = ((0, 160, 255), (255, 120, 0), (0, 200, 120), (240, 60, 200), (120, 120, 255), (180, 140, 0))
+
+
+def class_colours(names: tuple[str, ...] | list[str]) -> list[tuple[int, int, int]]:
+    """An RGB colour per class: QuPath's for the names it knows, then a fixed palette."""
+    out, spare = [], iter(PALETTE * (1 + len(names) // len(PALETTE)))
+    for name in names:
+        out.append(KNOWN_COLOURS.get(name.strip().lower()) or next(spare))
+    return out

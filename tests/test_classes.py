@@ -1,0 +1,184 @@
+"""Cell classes: classified points as training labels, the class head, and per-object classes in `segment`."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from conftest import DATA, DSB
+
+from sparseseg.annotations.model import BACKGROUND, FIRST_OBJECT, PatchAnnotation
+from sparseseg.annotations.points import PointSet, point_labels, read_points_csv
+from sparseseg.annotations.targets import compute_targets
+from sparseseg.cli import main
+from sparseseg.errors import InputError
+from sparseseg.infer.predictor import Predictor
+from sparseseg.instances.dynamics import flows_to_labels
+from sparseseg.ingest import ingest
+from sparseseg.io.omezarr import open_omezarr_slide
+from sparseseg.losses import class_loss
+from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from sparseseg.model.normalize import slide_normalization
+from sparseseg.model.unet import with_class_head
+from sparseseg.segment import SegmentOptions, segment_slide
+from sparseseg.segment.records import class_sums
+from sparseseg.segment.write import object_class_probabilities
+
+BRCA = DATA / "brca_m2c"
+CLASSES = ("lymphocyte", "stromal", "tumour")
+
+
+def test_points_become_disks_voronoi_background_and_classes():
+    points = PointSet(np.array([[10.0, 10.0], [10.0, 40.0], [45.0, 25.0]]), ("tumour", "lymphocyte", ""))
+    partial, classes = point_labels((60, 60), points, radius_px=3, class_ids={"lymphocyte": 0, "tumour": 1})
+    # each point is its own object, a disk of radius 3 around it
+    assert partial[10, 10] != partial[10, 40] and min(partial[10, 10], partial[10, 40]) >= FIRST_OBJECT
+    assert (partial == partial[10, 10]).sum() == 29  # pixel centres within 3 px
+    # the Voronoi edge between the two top points (x = 25) is background, away from the disks
+    assert partial[10, 25] == BACKGROUND and partial[0, 25] == BACKGROUND
+    assert partial[10, 12] == partial[10, 10] and partial[10, 17] == 0  # the rest stays unknown
+    # classes on the classified disks only
+    assert classes[10, 10] == 2 and classes[10, 40] == 1 and classes[45, 25] == 0 and classes[30, 30] == 0
+    targets = compute_targets(PatchAnnotation(partial=partial, classes=classes))
+    assert targets.classes[10, 10] == 1 and targets.classes[10, 40] == 0 and targets.classes[45, 25] == -1
+    assert not targets.valid.any()  # a disk is no outline: nothing enters the valid distance set
+
+
+def test_points_csv_is_read_and_bad_rows_are_refused_with_the_line(tmp_path):
+    name = sorted((BRCA / "points").glob("*.csv"))[0]
+    points = read_points_csv(name)
+    assert len(points.yx) > 50 and set(points.class_names) <= set(CLASSES)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("y,x,class\n3,4,tumour\nnan,5,stromal\n")
+    with pytest.raises(InputError, match="line 3"):
+        read_points_csv(bad)
+    bad.write_text("row,col\n3,4\n")
+    with pytest.raises(InputError, match="y,x"):
+        read_points_csv(bad)
+    bad.write_text("y,x\n3,400\n")
+    with pytest.raises(InputError, match="outside"):
+        read_points_csv(bad, (100, 100))
+
+
+def test_class_loss_reads_only_known_pixels_and_balances_classes():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    classes = torch.full((2, 16, 16), -1, dtype=torch.int64)
+    classes[0, :2, :] = 0      # 32 pixels of class 0
+    classes[0, 5, 5] = 2       # one pixel of class 2
+    loss = class_loss(logits, classes)
+    loss.backward()
+    grad = logits.grad.abs().sum(1)
+    assert (grad[classes < 0] == 0).all() and (grad[classes >= 0] > 0).all()
+    # balanced: the single class-2 pixel weighs as much as all class-0 pixels together
+    assert grad[0, 5, 5] > 10 * grad[0, 0, 0]
+    assert float(class_loss(logits, torch.full_like(classes, -1)).detach()) == 0.0
+
+
+def test_train_from_classified_points_writes_a_class_head_and_init_keeps_the_body(tmp_path):
+    out = tmp_path / "typed.pt"
+    code = main(["train", "--images", str(BRCA / "images"), "--annotations", str(BRCA / "points"), "--pixel-size",
+                 "0.5", "--out", str(out), "--epochs", "1", "--patch", "64", "--batch", "4", "--depth", "2",
+                 "--width", "8", "--no-calibrate", "-q"])
+    assert code == 0
+    state = load_checkpoint(out)
+    assert state["classes"] == list(CLASSES) and state["config"]["classes"] == 3
+    assert state["history"][-1]["val_loss"] > 0
+    image = iio.imread(sorted((BRCA / "images").glob("*.png"))[0])[..., :3].transpose(2, 0, 1)
+    fields = Predictor.from_checkpoint(out, device="cpu").fields(image)
+    assert fields.shape[0] == 6 and np.allclose(fields[3:].sum(0), 1, atol=1e-5)
+    # fine-tuning on data without classes keeps the class head; on other classes it starts a new head
+    model = model_from_checkpoint(state)
+    fresh = with_class_head(model, 2)
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in body.items())
+    assert torch.equal(fresh.head.weight[:3], model.head.weight[:3]) and fresh.head.weight.shape[0] == 5
+
+
+@pytest.fixture(scope="module")
+def typed_model(fluo_model, tmp_path_factory) -> Path:
+    """The test nuclei model with a made-up 3-class head (no training): class probabilities that vary across the
+    image and between objects, which is all the exactness of per-object classes needs."""
+    state = load_checkpoint(fluo_model)
+    torch.manual_seed(1)
+    model = with_class_head(model_from_checkpoint(state), 3)
+    with torch.no_grad():  # class 0 where the distance is high (object centres), class 2 where it is low
+        model.head.weight[3:].normal_(0, 0.3)
+        model.head.weight[3] += model.head.weight[0]
+        model.head.weight[5] -= model.head.weight[0]
+        model.head.bias[3] = model.head.bias[0] - 3.0
+    out = tmp_path_factory.mktemp("typed") / "typed.pt"
+    meta = {k: v for k, v in state.items() if k not in ("format", "config", "state_dict", "halo", "downsampling",
+                                                         "optimizer")}
+    save_checkpoint(out, model, None, **{**meta, "classes": list(CLASSES)})
+    return out
+
+
+def _slide(folder: Path) -> Path:
+    image = iio.imread(DSB / "images" / "fluo_0402a81e.png")
+    mosaic = np.vstack([np.hstack([image, image[:, ::-1]])] * 2)
+    tifffile.imwrite(folder / "mosaic.tif", mosaic, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    return ingest(folder / "mosaic.tif", folder / "slide.ome.zarr", chunk=128, tissue="none")
+
+
+@pytest.mark.parametrize("block", [64, 256])
+def test_per_object_classes_equal_the_whole_images_bitwise_at_any_block_size(typed_model, tmp_path, block):
+    slide = _slide(tmp_path)
+    # one torch thread in the worker and here: oneDNN's convolutions give other last bits with other thread counts
+    result = segment_slide(slide, typed_model, SegmentOptions(block=block, tile=256, progress=False, workers=1,
+                                                              threads=1))
+    root = zarr.open_group(slide, mode="r")
+    labels = root["labels/cells/0"][...]
+    probabilities = root["labels/cells/object_classes"][...]
+    assert root["labels/cells/object_classes"].attrs["classes"] == list(CLASSES)
+    assert root["labels/cells"].attrs["sparseseg"]["classes"] == list(CLASSES)
+    assert probabilities.shape == (result.n_objects + 1, 3)
+    # the whole image at once: fields, then each object's class sums over its pixels
+    info = open_omezarr_slide(slide)
+    predictor = Predictor.from_checkpoint(typed_model, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fields = predictor.fields(np.asarray(info.levels[0]), slide_normalization(info.levels), 256)
+    finally:
+        torch.set_num_threads(threads)
+    whole = flows_to_labels(fields[0], fields[1:3], predictor.params)
+    ids = np.unique(whole[whole > 0])
+    assert len(ids) == result.n_objects > 20
+    varied = set()
+    for k in ids:
+        rows, cols = np.nonzero(whole == k)
+        mine = labels[rows[0], cols[0]]
+        assert (labels[rows, cols] == mine).all() and (labels == mine).sum() == rows.size
+        expected = object_class_probabilities(class_sums(fields[3:], rows, cols)[None])[0]
+        assert np.array_equal(probabilities[mine], expected), f"object {k}: {probabilities[mine]} != {expected}"
+        varied.add(int(expected.argmax()))
+    assert len(varied) >= 2  # the test would not see a wrong class otherwise
+    # the class pyramid: each object's pixels hold 1 + its most probable class, background 0
+    classes = root["labels/cells_classes/0"][...]
+    assert np.array_equal(classes, np.concatenate([[0], probabilities[1:].argmax(1) + 1]).astype(np.uint8)[labels])
+    label_attrs = root["labels/cells_classes"].attrs
+    image_label = label_attrs.get("image-label") or label_attrs["ome"]["image-label"]
+    assert [p["class"] for p in image_label["properties"]] == ["background", *CLASSES]
+    assert len(image_label["colors"]) == 3
+
+
+def test_a_model_without_classes_removes_the_stale_class_pyramid_on_overwrite(typed_model, fluo_model, tmp_path):
+    slide = _slide(tmp_path)
+    segment_slide(slide, typed_model, SegmentOptions(block=256, tile=256, progress=False, workers=1))
+    with pytest.raises(InputError, match="cells_classes"):
+        from sparseseg.segment.plan import plan_segment
+
+        shutil.rmtree(slide / "labels" / "cells")  # only the class pyramid is left to refuse
+        plan_segment(slide, typed_model, SegmentOptions(block=256, tile=256))
+    segment_slide(slide, fluo_model, SegmentOptions(block=256, tile=256, progress=False, workers=1, overwrite=True))
+    root = zarr.open_group(slide, mode="r")
+    assert "cells_classes" not in root["labels"] and "object_classes" not in root["labels/cells"]
+    assert "cells_classes" not in (root["labels"].attrs.get("labels") or root["labels"].attrs["ome"]["labels"])
