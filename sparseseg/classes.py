@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+#: The per-object array in a label group with classes: (objects + 1, K) float32 mean class probabilities (row k:
+#: object k), its ``classes`` attribute the class names.
+OBJECT_CLASSES = "object_classes"
+
 #: QuPath's colours for its standard classes (so typed cells look as QuPath users expect), by common names.
 KNOWN_COLOURS = {
     "tumour": (200, 0, 0), "tumor": (200, 0, 0), "epithelial": (200, 0, 0), "neoplastic": (200, 0, 0),

@@ -182,3 +182,46 @@ def test_a_model_without_classes_removes_the_stale_class_pyramid_on_overwrite(ty
     root = zarr.open_group(slide, mode="r")
     assert "cells_classes" not in root["labels"] and "object_classes" not in root["labels/cells"]
     assert "cells_classes" not in (root["labels"].attrs.get("labels") or root["labels"].attrs["ome"]["labels"])
+
+
+def test_measure_and_geojson_carry_each_objects_class(typed_model, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from sparseseg.export.geojson import export_slide_geojson
+    from sparseseg.measure.run import measure_slide
+
+    slide = _slide(tmp_path)
+    result = segment_slide(slide, typed_model, SegmentOptions(block=256, tile=256, progress=False, workers=1))
+    probabilities = zarr.open_group(slide, mode="r")["labels/cells/object_classes"][...]
+    summary = measure_slide(slide, regions="grid:50um", out=tmp_path / "m", progress=False, report=False)
+    objects = pd.read_parquet(tmp_path / "m" / "objects.parquet")
+    assert len(objects) == result.n_objects
+    best = probabilities[objects["id"].to_numpy()].argmax(1)
+    assert list(objects["class"]) == [CLASSES[i] for i in best]
+    assert np.allclose(objects["class_probability"], probabilities[objects["id"].to_numpy()].max(1))
+    assert np.allclose(objects[[f"p_{c}" for c in CLASSES]].sum(1), 1, atol=1e-3)
+    regions = pd.read_csv(tmp_path / "m" / "regions.csv")
+    for c in CLASSES:  # per-region class counts add up to the cells of each class, and to every region's cells
+        assert regions[f"{c}_cells"].sum() == (objects["class"] == c).sum() == summary["classes"][c]["cells"]
+    assert (regions[[f"{c}_cells" for c in CLASSES]].sum(1) == regions["cells"]).all()
+    with_cells = regions[regions["cells"] > 0]
+    assert np.allclose(with_cells[[f"{c}_fraction" for c in CLASSES]].sum(1), 1)
+    # QuPath GeoJSON: each detection's classification is its class, with the class colour and probabilities
+    out = tmp_path / "cells.geojson"
+    assert export_slide_geojson(slide, "cells", out) == result.n_objects
+    features = json.loads(out.read_text())["features"]
+    by_id = dict(zip(objects["id"], objects["class"]))
+    colours = {}
+    for f in features:
+        kind = f["properties"]["classification"]
+        assert kind["name"] == by_id[f["properties"]["id"]]
+        colours.setdefault(kind["name"], tuple(kind["color"]))
+        assert set(f["properties"]["measurements"]) >= {"Class probability", *(f"Probability: {c}" for c in CLASSES)}
+    assert len(set(colours.values())) == len(colours) >= 2
+    # a class table that no longer matches the labels is refused, naming it
+    group = zarr.open_group(slide / "labels" / "cells", mode="r+")
+    group["object_classes"].resize((3, 3))
+    with pytest.raises(InputError, match="object_classes"):
+        measure_slide(slide, out=tmp_path / "m2", progress=False, report=False)

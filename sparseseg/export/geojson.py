@@ -25,7 +25,8 @@ from sparseseg.errors import InputError
 from sparseseg.geometry.polygons import mask_to_polygon
 from sparseseg.files.atomic import remove_leftovers, staged_file
 from sparseseg.files.lock import writer_lock
-from sparseseg.io.labels import label_source, resolve_labels
+from sparseseg.classes import class_colours
+from sparseseg.io.labels import label_source, object_classes, resolve_labels
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.tiling.blocks import array_tiles
 from sparseseg.tiling.pixels import bounding_boxes, object_pixels
@@ -100,14 +101,35 @@ class MeasurementTable:
         return {name: float(values[row]) for name, values in self.columns.items() if np.isfinite(values[row])}
 
 
+class ObjectClasses:
+    """Each object's cell class (the most probable), its colour and its class probabilities, by label id."""
+
+    def __init__(self, names: tuple[str, ...], probabilities: np.ndarray):
+        self.names, self.probabilities = names, probabilities
+        self.colours = [list(c) for c in class_colours(names)]
+
+    def classification(self, object_id: int) -> tuple[dict, dict[str, float]]:
+        """({name, color}, measurements: the class probability and one probability per class)."""
+        p = self.probabilities[object_id]
+        best = int(p.argmax())
+        values = {"Class probability": float(p[best])}
+        values.update({f"Probability: {name}": float(v) for name, v in zip(self.names, p)})
+        return {"name": self.names[best], "color": self.colours[best]}, values
+
+
 def _feature(object_id: int, polygon, classification: str, measurements, pixel_area_um2: float | None,
-             object_type: str = "detection", namespace: str = "") -> dict:
-    """One QuPath object (0.4 to 0.6 read it): a UUID id, objectType, classification with a colour, numeric
-    measurements, and for cells the nucleus as ``nucleusGeometry``."""
-    properties = {"objectType": object_type, "id": object_id,  # the label id (QuPath reads its own keys only)
-                  "classification": {"name": classification, "color": COLOUR},
-                  "metadata": {"sparseseg_id": str(object_id)}}  # QuPath 0.6 keeps metadata on detections too
+             object_type: str = "detection", namespace: str = "", classes: ObjectClasses | None = None) -> dict:
+    """One QuPath object (0.4 to 0.6 read it): a UUID id, objectType, classification with a colour (the object's
+    cell class when the segmentation has classes), numeric measurements, and for cells the nucleus as
+    ``nucleusGeometry``."""
     values = dict(measurements.get(object_id)) if measurements is not None else {}
+    kind = {"name": classification, "color": COLOUR}
+    if classes is not None:
+        kind, probabilities = classes.classification(object_id)
+        values.update(probabilities)
+    properties = {"objectType": object_type, "id": object_id,  # the label id (QuPath reads its own keys only)
+                  "classification": kind,
+                  "metadata": {"sparseseg_id": str(object_id)}}  # QuPath 0.6 keeps metadata on detections too
     if pixel_area_um2 is not None:
         values.setdefault("Nucleus: Area µm^2", float(polygon.area * pixel_area_um2))
     if values:
@@ -121,13 +143,14 @@ def _feature(object_id: int, polygon, classification: str, measurements, pixel_a
 
 def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, classification: str = "Nucleus",
                    measurements=None, pixel_size_um: tuple[float, float] | None = None, progress=None,
-                   source: str = "", object_type: str = "detection") -> int:
+                   source: str = "", object_type: str = "detection", classes: ObjectClasses | None = None) -> int:
     """Write a FeatureCollection to ``out`` (gzip when it ends in .gz), atomically; returns the count.
 
     ``margin``: the parts of a disconnected object within this many px of the same tile seam are
     outlined together (a MultiPolygon); parts farther apart would repeat its id, which is an error.
     ``measurements``: an object with ``get(id) -> {name: value}`` (``MeasurementTable``).
     ``object_type``: QuPath "detection" objects, or "cell" objects (the nucleus as cell and nucleus).
+    ``classes``: each object's cell class as its classification (instead of ``classification``).
     """
     if object_type not in OBJECT_TYPES:
         raise InputError(None, f"--object-type must be one of {', '.join(OBJECT_TYPES)}, got {object_type!r}")
@@ -147,7 +170,7 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
                     outlines.extend(_assembled_outlines(*join_pieces(complete)[:3]))
                 for object_id, polygon in outlines:
                     feature = _feature(object_id, polygon, classification, measurements, area, object_type,
-                                       source)
+                                       source, classes)
                     fh.write((",\n" if count else "") + json.dumps(feature, separators=(",", ":")))
                     count += 1
                 written.append(np.array([object_id for object_id, _ in outlines], np.int64))
@@ -185,8 +208,10 @@ def export_slide_geojson(slide: Path, labels: str, out: Path, classification: st
             raise InputError(measurements, f"not an object table of `sparseseg measure` ({exc})") from None
     info = open_omezarr_slide(Path(slide))
     label_array = resolve_labels(Path(slide), labels, tuple(info.shape[1:]))
+    names, probabilities = object_classes(Path(slide), labels, label_array)
     with writer_lock(out, "export geojson", inside=False):
         remove_leftovers(out)
         return export_geojson(label_array, out, classification=classification, pixel_size_um=info.pixel_size_um,
                               margin=margin, source=label_source(Path(slide), labels), measurements=table,
-                              object_type=object_type)
+                              object_type=object_type,
+                              classes=ObjectClasses(names, probabilities) if names else None)

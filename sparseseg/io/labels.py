@@ -13,6 +13,7 @@ import numpy as np
 import tifffile
 import zarr
 
+from sparseseg.classes import OBJECT_CLASSES
 from sparseseg.errors import InputError
 from sparseseg.files.atomic import staged_directory
 from sparseseg.io.ngff import (create_level_array, read_ome_attrs, unregister_label, write_image_metadata,
@@ -165,3 +166,20 @@ def remove_label_pyramid(slide_path: Path, name: str) -> None:
     version = image_levels(slide_path)[0]
     unregister_label(zarr.open_group(slide_path, mode="r+"), version, name)
     shutil.rmtree(Path(slide_path) / "labels" / name, ignore_errors=True)
+
+
+def object_classes(slide: Path, labels: str, label_array) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """(class names, per-object class probabilities) of a segmentation with cell classes, else ((), None);
+    a class table that does not cover the label ids (labels replaced since) is refused."""
+    path = slide / "labels" / labels
+    if not isinstance(label_array, zarr.Array) or not (path / OBJECT_CLASSES).exists():
+        return (), None
+    table = zarr.open_group(path, mode="r")[OBJECT_CLASSES]
+    classes = tuple(table.attrs.get("classes") or ())
+    probabilities = table[...]
+    objects = dict(zarr.open_group(path, mode="r").attrs).get("sparseseg", {}).get("objects")
+    if not classes or probabilities.shape != (len(probabilities), len(classes)) or \
+            (objects is not None and len(probabilities) != int(objects) + 1):
+        raise InputError(path / OBJECT_CLASSES, f"does not match labels/{labels} ({probabilities.shape[0] - 1} class "
+                                                f"rows for {objects} objects): segment the slide again")
+    return classes, probabilities

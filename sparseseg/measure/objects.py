@@ -44,6 +44,8 @@ class MeasureInputs:
     source: str = ""  # the labels, named in read errors
     image_source: str = ""  # the image, named in read errors
     channels: tuple[int, ...] | None = None  # image channels measured (``channel_names`` are theirs); None: all
+    classes: tuple[str, ...] = ()            # cell classes of the segmentation (empty: untyped)
+    class_probabilities: np.ndarray | None = None  # (ids + 1, K) mean class probabilities, row = object id
 
 
 class TileBuffers(threading.local):
@@ -81,12 +83,26 @@ def _table(inputs: MeasureInputs, ids: np.ndarray, features: dict, dy, dx, means
         "eccentricity": features["eccentricity"], "solidity": features["solidity"],
         "orientation_rad": features["orientation"],
     }
+    if inputs.classes:
+        columns.update(class_columns(inputs.classes, inputs.class_probabilities, ids))
     if means is not None:
         names = [f"mean_{c}" for c in inputs.channel_names]
         if inputs.brightfield_rgb:
             names += ["hematoxylin_od", "eosin_od"]
         for i, name in enumerate(names):
             columns[name] = means[:, i].astype(np.float32)
+    return columns
+
+
+def class_columns(classes: tuple[str, ...], probabilities: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """``class`` (the most probable), ``class_probability`` and ``p_<class>`` per object, from the segmentation's
+    per-object mean class probabilities."""
+    p = probabilities[ids.astype(np.int64)]
+    best = p.argmax(1)
+    columns = {"class": np.asarray(classes, dtype=object)[best],
+               "class_probability": p[np.arange(len(p)), best].astype(np.float32)}
+    for i, name in enumerate(classes):
+        columns[f"p_{name}"] = p[:, i].astype(np.float32)
     return columns
 
 

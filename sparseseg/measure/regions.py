@@ -165,8 +165,9 @@ def stain_columns(names) -> list[str]:
     return [c for c in names if c.startswith("mean_") or c.endswith("_od")]
 
 
-def region_table(objects: pd.DataFrame, regions: Regions) -> pd.DataFrame:
-    """Per region: cells, density per mm2 of tissue, area statistics, cell-covered fraction, stains."""
+def region_table(objects: pd.DataFrame, regions: Regions, classes: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Per region: cells, density per mm2 of tissue, area statistics, cell-covered fraction, stains, and per cell
+    class its count, density per mm2 of tissue and fraction of the region's cells (e.g. the TIL density)."""
     stains = stain_columns(objects.columns)
     table = pd.DataFrame({"region": list(regions.names), "name": list(regions.names.values())})
     table["tissue_area_mm2"] = [regions.tissue_area_um2.get(r, 0.0) / 1e6 for r in regions.names]
@@ -179,5 +180,13 @@ def region_table(objects: pd.DataFrame, regions: Regions) -> pd.DataFrame:
     tissue = table["tissue_area_mm2"].where(table["tissue_area_mm2"] > 0)
     table["density_per_mm2"] = table["cells"] / tissue
     table["cell_area_fraction"] = table["area_sum"].fillna(0) / (tissue * 1e6)
+    per_class = []
+    for name in classes:
+        counts = objects.loc[objects["class"] == name].groupby("region").size()
+        cells = table["region"].map(counts).fillna(0).astype(int)
+        table[f"{name}_cells"] = cells
+        table[f"{name}_density_per_mm2"] = cells / tissue
+        table[f"{name}_fraction"] = cells / table["cells"].where(table["cells"] > 0)
+        per_class += [f"{name}_cells", f"{name}_density_per_mm2", f"{name}_fraction"]
     return table[["region", "name", "tissue_area_mm2", "cells", "density_per_mm2", "area_mean_um2",
-                  "area_median_um2", "area_std_um2", "cell_area_fraction", *stains]]
+                  "area_median_um2", "area_std_um2", "cell_area_fraction", *stains, *per_class]]

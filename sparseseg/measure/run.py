@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from sparseseg.errors import InputError
 from sparseseg.files.atomic import staged_outputs
-from sparseseg.io.labels import label_source, resolve_labels
+from sparseseg.io.labels import label_source, object_classes, resolve_labels
 from sparseseg.files.lock import writer_lock
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.io.slide import select_channels
@@ -72,9 +72,11 @@ def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: s
     image = zarr.open_group(slide, mode="r")["0"]
     rgb = info.n_channels == 3 and info.dtype == np.uint8 and channels in (None, (0, 1, 2))
     names = info.channel_names if channels is None else tuple(info.channel_names[i] for i in channels)
+    classes, probabilities = object_classes(slide, labels, label_array)
     inputs = MeasureInputs(labels=label_array, image=image if intensities else None, pixel_size_um=info.pixel_size_um,
                            channel_names=names, brightfield_rgb=rgb, source=label_source(slide, labels),
-                           image_source=str(slide / "0"), channels=channels)
+                           image_source=str(slide / "0"), channels=channels, classes=classes,
+                           class_probabilities=probabilities)
     region_set = parse_regions(regions, slide, shape, info.pixel_size_um[0])
     n_blocks = len(array_tiles(label_array, block))
     with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
@@ -84,13 +86,19 @@ def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: s
     if "region" not in objects:
         objects["region"] = pd.Series(dtype=np.int64)
         objects["area_um2"] = pd.Series(dtype=np.float64)
-    per_region = region_table(objects, region_set)
+    per_region = region_table(objects, region_set, classes)
     per_region.to_parquet(out / "regions.parquet", index=False)
     per_region.to_csv(out / "regions.csv", index=False)
     tissue_mm2 = sum(region_set.tissue_area_um2.values()) / 1e6
     summary = {"slide": str(slide), "labels": labels, "regions": region_set.kind, "cells": int(n_objects),
                "tissue_area_mm2": tissue_mm2, "density_per_mm2": n_objects / tissue_mm2 if tissue_mm2 else None,
                "area_median_um2": float(objects["area_um2"].median()) if n_objects else None}
+    if classes:
+        counts = objects["class"].value_counts()
+        summary["classes"] = {c: {"cells": int(counts.get(c, 0)),
+                                  "density_per_mm2": int(counts.get(c, 0)) / tissue_mm2 if tissue_mm2 else None,
+                                  "fraction": int(counts.get(c, 0)) / n_objects if n_objects else None}
+                              for c in classes}
     accuracy = accuracy_summary = accuracy_regions = None
     if truth is not None:
         truth_array = resolve_labels(slide, truth, shape)
@@ -118,7 +126,7 @@ def _region_columns(table: Path) -> pd.DataFrame:
     """The columns the region metrics need (region, area, stains) of the object table: a few numbers
     per cell, not the whole table, for slides with millions of cells."""
     names = pq.read_schema(table).names
-    wanted = [c for c in ("region", "area_um2") if c in names] + stain_columns(names)
+    wanted = [c for c in ("region", "area_um2", "class") if c in names] + stain_columns(names)
     return pq.read_table(table, columns=wanted).to_pandas()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseseg.classes import class_colours
+from sparseseg.classes import OBJECT_CLASSES, class_colours
 from sparseseg.io.labels import write_label_pyramid
 from sparseseg.model.grid import level0_to_model_indices
 from sparseseg.segment.plan import BlockJob
@@ -85,10 +85,6 @@ class LabelComposer:
         cols = level0_to_model_indices(window[1].start, window[1].stop, job.scale, shape[1])
         grid = self.model_window((slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)))
         return grid[np.ix_(rows - rows[0], cols - cols[0])]
-
-
-#: The per-object array in a label group with classes: (objects + 1, K) float32 mean class probabilities.
-OBJECT_CLASSES = "object_classes"
 
 
 def object_class_probabilities(sums: np.ndarray) -> np.ndarray:

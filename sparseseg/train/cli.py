@@ -39,6 +39,9 @@ def add_train_arguments(p: argparse.ArgumentParser, positive_int, positive_float
     p.add_argument("--depth", type=positive_int, default=None)
     p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class-weight", type=float, default=None, metavar="W",
+                   help="weight of the cell-class loss against the instance loss (default 1; classified points or "
+                        "objects in the annotations give the model a class head)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip tuning the instance parameters on the validation annotations")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
@@ -59,7 +62,8 @@ def request_from_args(args: argparse.Namespace):
                     images=str(args.images) if args.images else None,
                     annotations=str(args.annotations) if args.annotations else None, channels=channels)
     config = TrainConfig(loss=args.loss, seed=args.seed, device=args.device or default_device())
-    config = replace(config, **{k: getattr(args, k) for k in ("patch", "batch", "lr") if getattr(args, k) is not None})
+    config = replace(config, **{k: getattr(args, k) for k in ("patch", "batch", "lr", "class_weight")
+                                if getattr(args, k) is not None})
     model = UNetConfig()
     model = replace(model, **{k: getattr(args, k) for k in ("depth", "width") if getattr(args, k) is not None})
     command = "sparseseg " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))

@@ -60,6 +60,8 @@ class TrainConfig:
             self.augmentation = Augment(**self.augmentation)
         if isinstance(self.weights, dict):
             self.weights = SketchposeWeights(**self.weights)
+        if not (math.isfinite(self.class_weight) and self.class_weight >= 0):
+            raise InputError(None, f"--class-weight must be a number >= 0, got {self.class_weight}")
         if self.loss not in LOSSES:
             raise InputError(None, f"--loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
 
