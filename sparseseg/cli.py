@@ -76,6 +76,27 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from sparseseg.model.registry import describe_models
+
+    rows = describe_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        accuracy = "; ".join(f"{k}: {v}" for k, v in (row.get("accuracy") or {}).items())
+        print(f"{row['name']}{' (default)' if row['default'] else ''}: {row['megabytes']} MB, "
+              f"{row['parameters'] / 1e6:.2f}M parameters, {row['pixel_size_um']} um/px, "
+              f"{row['in_channels']} channels ({', '.join(row['channels'] or []) or 'unnamed'}), "
+              f"classes: {', '.join(row['classes']) or 'none'}")
+        for key in ("data", "licence"):
+            if row.get(key):
+                print(f"  {key}: {row[key]}")
+        if accuracy:
+            print(f"  measured: {accuracy}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from sparseseg.info import describe_slide, format_description
 
@@ -147,7 +168,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                              scheduler=args.scheduler, device=args.device, threads=args.threads, batch=args.batch,
                              tile=args.tile, resume=args.resume, overwrite=args.overwrite, large_objects=args.large_objects,
                              max_object_um=args.max_object_um, params=_instance_overrides(args),
-                             channels=args.channels, fill_missing=args.fill_missing, progress=not args.quiet)
+                             channels=args.channels, fill_missing=args.fill_missing, tta=args.tta,
+                             progress=not args.quiet)
     result = segment_slide(args.slide, args.model, options)
     left_out = result.too_large + result.dropped_objects
     print(f"wrote {result.labels}: {result.n_objects} objects from {result.n_blocks} blocks "
@@ -258,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_ingest)
 
+    p = sub.add_parser("models", help="list the bundled models", description="The bundled models: pixel size, "
+                       "channels, cell classes, training data, licence and measured accuracy (docs/models.md).")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_models)
+
     p = sub.add_parser("info", help="describe an OME-Zarr slide", description="Print levels, shapes, dtype, "
                        "chunks, pixel size and labels of an OME-Zarr slide.")
     p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
@@ -311,8 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "borders by ownership (objects larger than the margin on grown windows), and write a "
                        "uint32 label pyramid.")
     p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
-    p.add_argument("--model", type=Path, required=True, metavar="MODEL.pt")
+    p.add_argument("--model", metavar="MODEL.pt|NAME", default=None,
+                   help="a checkpoint, or a bundled model's name (default nuclei_he; `sparseseg models` lists them)")
     p.add_argument("--name", default="cells", help="label group name, one folder name (default cells)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the network over the 8 flips / 90-degree rotations "
+                        "(8x the network work; tiled still equals whole)")
     p.add_argument("--block", type=positive_int, default=2048, metavar="PX",
                    help="block edge in px, a multiple of the network downsampling factor (default 2048)")
     p.add_argument("--margin", type=non_negative_int, default=48, metavar="PX",

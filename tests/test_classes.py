@@ -201,13 +201,13 @@ def test_measure_and_geojson_carry_each_objects_class(typed_model, tmp_path):
     best = probabilities[objects["id"].to_numpy()].argmax(1)
     assert list(objects["class"]) == [CLASSES[i] for i in best]
     assert np.allclose(objects["class_probability"], probabilities[objects["id"].to_numpy()].max(1))
-    assert np.allclose(objects[[f"p_{c}" for c in CLASSES]].sum(1), 1, atol=1e-3)
+    assert np.allclose(objects[[f"p_{c}" for c in CLASSES]].sum(axis=1), 1, atol=1e-3)
     regions = pd.read_csv(tmp_path / "m" / "regions.csv")
     for c in CLASSES:  # per-region class counts add up to the cells of each class, and to every region's cells
         assert regions[f"{c}_cells"].sum() == (objects["class"] == c).sum() == summary["classes"][c]["cells"]
-    assert (regions[[f"{c}_cells" for c in CLASSES]].sum(1) == regions["cells"]).all()
+    assert (regions[[f"{c}_cells" for c in CLASSES]].sum(axis=1) == regions["cells"]).all()
     with_cells = regions[regions["cells"] > 0]
-    assert np.allclose(with_cells[[f"{c}_fraction" for c in CLASSES]].sum(1), 1)
+    assert np.allclose(with_cells[[f"{c}_fraction" for c in CLASSES]].sum(axis=1), 1)
     # QuPath GeoJSON: each detection's classification is its class, with the class colour and probabilities
     out = tmp_path / "cells.geojson"
     assert export_slide_geojson(slide, "cells", out) == result.n_objects
@@ -225,3 +225,24 @@ def test_measure_and_geojson_carry_each_objects_class(typed_model, tmp_path):
     group["object_classes"].resize((3, 3))
     with pytest.raises(InputError, match="object_classes"):
         measure_slide(slide, out=tmp_path / "m2", progress=False, report=False)
+
+
+def test_bundled_models_by_name_and_the_default_model(tmp_path, capsys):
+    import json
+
+    from sparseseg.model.registry import BUNDLED, resolve_model
+
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    default = [r for r in rows if r["default"]]
+    assert [r["name"] for r in default] == ["nuclei_he"] and default[0]["pixel_size_um"] == 0.5
+    assert resolve_model("nuclei_he") == resolve_model(None) == BUNDLED / "nuclei_he.pt"
+    with pytest.raises(InputError, match="nuclei_he"):
+        resolve_model("no_such_model")
+    # `segment` without --model segments with the bundled H&E model
+    image = sorted((BRCA / "images").glob("*.png"))[0]
+    slide = tmp_path / "brca.ome.zarr"
+    assert main(["ingest", str(image), str(slide), "--pixel-size", "0.5", "--tissue", "none", "-q"]) == 0
+    assert main(["segment", str(slide), "--block", "512", "-q"]) == 0
+    attrs = zarr.open_group(slide / "labels" / "cells", mode="r").attrs["sparseseg"]
+    assert attrs["objects"] > 50 and attrs["model"].endswith("nuclei_he.pt")

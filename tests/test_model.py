@@ -93,3 +93,38 @@ def test_outputs_and_input_validation():
         model(torch.zeros(1, 1, 30, 32))
     with pytest.raises(ValueError, match="in_channels"):
         UNetConfig(in_channels=0)
+
+
+def test_test_time_augmentation_is_equivariant_and_tiled_equals_whole():
+    """The 8-fold average maps back flows correctly: augmented fields of a rotated / flipped image are the rotated /
+    flipped fields (flow vectors turned with them); and augmented tiles still give any window the same bits."""
+    torch.manual_seed(2)
+    model = trained_a_little(UNet(UNetConfig(in_channels=3, depth=2, width=8, classes=3)))
+    predictor = Predictor(network=model, class_names=("a", "b", "c"), tta=True)
+    pixels = iio.imread(DSB / "images" / "he_65c8527c.png")[:96, :96, :3].transpose(2, 0, 1) / 255.0
+    image = np.ascontiguousarray(pixels, np.float32)
+    fields = predictor.forward(image)
+    plain = Predictor(network=model, class_names=("a", "b", "c")).forward(image)
+    assert fields.shape == plain.shape == (6, 96, 96) and np.abs(fields - plain).max() > 1e-3
+    rotated = predictor.forward(np.ascontiguousarray(np.rot90(image, 1, (1, 2))))
+    # rot90 (counter-clockwise): a flow (vy, vx) becomes (-vx, vy) in the rotated frame
+    expected = np.rot90(fields, 1, (1, 2)).copy()
+    expected[1], expected[2] = -np.rot90(fields[2], 1), np.rot90(fields[1], 1)
+    np.testing.assert_allclose(rotated, expected, atol=1e-5)
+    flipped = predictor.forward(np.ascontiguousarray(image[:, :, ::-1]))
+    expected = fields[:, :, ::-1].copy()
+    expected[2] = -expected[2]
+    np.testing.assert_allclose(flipped, expected, atol=1e-5)
+    assert np.allclose(fields[3:].sum(0), 1, atol=1e-5)
+    # augmented tiles: any window gets the whole image's bits
+    shape = (150, 170)
+    big = np.zeros((3, *shape), np.float32)
+    big[:, :96, :96] = image
+    big[:, 54:, 74:] = image[:, :96, :96]
+    tile = 2 * model.halo + 2 * model.downsampling
+    whole_fields = NetworkFields(predictor, shape, lambda window: big[(slice(None), *window)], tile=tile)
+    whole = whole_fields.compute([whole_fields.load((slice(0, shape[0]), slice(0, shape[1])))])[0]
+    window = (slice(40, 120), slice(24, 130))
+    part = NetworkFields(predictor, shape, lambda w: big[(slice(None), *w)], tile=tile)
+    assert torch.equal(torch.from_numpy(part.compute([part.load(window)])[0]),
+                       torch.from_numpy(whole[(slice(None), *window)]))

@@ -43,10 +43,11 @@ class Predictor:
     pixel_size_um: float | None = None
     channels: tuple[str, ...] | None = None   # channel names the network was trained on, when recorded
     class_names: tuple[str, ...] = ()         # cell classes of the class head (empty: no class head)
+    tta: bool = False                         # average the fields over the 8 flips / 90-degree rotations
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | dict, device: str | None = None,
-                        params: dict[str, Any] | None = None) -> Predictor:
+                        params: dict[str, Any] | None = None, tta: bool = False) -> Predictor:
         """Load ``path`` (weights only, no code executed); ``params`` override the stored instance parameters."""
         state = load_checkpoint(path) if not isinstance(path, dict) else path
         device = device or default_device()
@@ -57,7 +58,7 @@ class Predictor:
         channels = state.get("channels")
         return cls(network=network, device=device, params=instance_params(state.get("instance_params"), params),
                    pixel_size_um=state.get("pixel_size_um"), channels=tuple(channels) if channels else None,
-                   class_names=tuple(state.get("classes") or ()))
+                   class_names=tuple(state.get("classes") or ()), tta=tta)
 
     @property
     def halo(self) -> int:
@@ -86,14 +87,34 @@ class Predictor:
         ``downsampling``: distance, flow, class probabilities (softmax); one (C, h, w) canvas gives (outputs, h, w)."""
         single = canvases.ndim == 3
         x = torch.from_numpy(np.ascontiguousarray(canvases[None] if single else canvases, np.float32))
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        raw = self.network(x).float()
-        out = raw[:, :3]
-        logits = class_logits(raw, self.network.config)
-        if logits is not None:
-            out = torch.cat([out, torch.softmax(logits, 1)], 1)
+        x = x.to(self.device)
+        out = self._augmented_fields(x) if self.tta else self._fields(x)
         out = out.cpu().numpy()
         return out[0] if single else out
+
+    def _fields(self, x: torch.Tensor) -> torch.Tensor:
+        """Distance, flow and class probabilities of a batch, as the network gives them."""
+        raw = self.network(x.contiguous(memory_format=torch.channels_last)).float()
+        logits = class_logits(raw, self.network.config)
+        return raw[:, :3] if logits is None else torch.cat([raw[:, :3], torch.softmax(logits, 1)], 1)
+
+    def _augmented_fields(self, x: torch.Tensor) -> torch.Tensor:
+        """Test-time augmentation: the fields of the 8 flips / 90-degree rotations of the input, each mapped back
+        (flow vectors rotated with it) and averaged in a fixed order: a function of the input alone, so tiles
+        stay bitwise the same in any window."""
+        total = None
+        for k in range(4):
+            for flip in (False, True):
+                view = torch.rot90(x, k, (2, 3))
+                fields = self._fields(view.flip(3) if flip else view)
+                if flip:  # x -> W - 1 - x: undo, and the x component of the flow changes sign
+                    fields = fields.flip(3)
+                    fields[:, 2] = -fields[:, 2]
+                fields = torch.rot90(fields, -k, (2, 3))
+                for _ in range(k):  # a vector (vy, vx) in the rotated frame is (vx, -vy) in this one
+                    fields = torch.cat([fields[:, :1], fields[:, 2:3], -fields[:, 1:2], fields[:, 3:]], 1)
+                total = fields if total is None else total + fields
+        return total / 8
 
     def fields(self, image: np.ndarray, normalization: Normalization | None = None, tile: int | None = None
                ) -> np.ndarray:

@@ -46,6 +46,7 @@ class SegmentOptions:
     params: dict[str, Any] = field(default_factory=dict)
     channels: tuple[str, ...] | None = None
     fill_missing: bool = False   # read image chunks missing on disk as the fill value (default: refuse the slide)
+    tta: bool = False            # test-time augmentation: fields averaged over the 8 flips / rotations (8x the work)
     progress: bool = True
 
     def __post_init__(self):

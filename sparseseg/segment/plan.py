@@ -25,6 +25,7 @@ from sparseseg.io.labels import coarse_label_level
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.io.slide import select_channels
 from sparseseg.model.checkpoint import load_checkpoint
+from sparseseg.model.registry import resolve_model
 from sparseseg.model.normalize import Normalization, slide_normalization
 from sparseseg.model.grid import grid_scale, model_grid_shape
 from sparseseg.segment.options import SegmentOptions
@@ -55,6 +56,7 @@ class BlockJob:
     large_objects: str = "grow"
     max_object_px: int = 2**31                    # model-grid extent beyond which a large object is not grown
     class_names: tuple[str, ...] = ()             # cell classes of the model's class head (empty: none)
+    tta: bool = False                             # fields averaged over the 8 flips / rotations of each tile
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -101,9 +103,9 @@ def tissue_skips(slide_path: Path, grid: BlockGrid) -> frozenset:
     return frozenset(skips)
 
 
-def plan_segment(slide: str | Path, model: str | Path, options: SegmentOptions) -> SegmentPlan:
+def plan_segment(slide: str | Path, model: str | Path | None, options: SegmentOptions) -> SegmentPlan:
     """Check the inputs and plan the run; raises InputError naming the file or option at fault."""
-    slide, model = Path(slide), Path(model)
+    slide, model = Path(slide), resolve_model(model)
     info = open_omezarr_slide(slide, fill_missing=options.fill_missing)
     state = load_checkpoint(model)
     channels = select_channels(options.channels, info.channel_names, slide)
@@ -150,11 +152,11 @@ def plan_segment(slide: str | Path, model: str | Path, options: SegmentOptions) 
     fingerprint = _fingerprint(model=str(model.resolve()), mtime=model.stat().st_mtime_ns, block=options.block,
                                margin=margin, scale=scale, params=asdict(params), channels=channels,
                                normalization=asdict(normalization), large=options.large_objects,
-                               max_object_px=max_object_px, tile=options.tile, records=RECORD_FORMAT)
+                               max_object_px=max_object_px, tile=options.tile, records=RECORD_FORMAT, tta=options.tta)
     job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
                    grid=grid, normalization=normalization, params=params, work=str(slide / "labels" / f".{options.name}.work"),
                    channels=channels, scale=scale, source_shape=source_shape, device=options.device,
                    threads=options.threads, batch=options.batch, tile=options.tile, large_objects=options.large_objects,
-                   max_object_px=max_object_px, class_names=tuple(state.get("classes") or ()))
+                   max_object_px=max_object_px, class_names=tuple(state.get("classes") or ()), tta=options.tta)
     return SegmentPlan(slide=slide, final=final, work=Path(job.work), job=job, skips=tissue_skips(slide, grid),
                        fingerprint=fingerprint, halo=halo, max_object_um=options.max_object_um)

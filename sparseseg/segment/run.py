@@ -157,8 +157,10 @@ def labels_composer(job: BlockJob, records: dict[str, BlockRecord], owned: dict
         np.concatenate(sums)
 
 
-def segment_slide(slide: str | Path, model: str | Path, options: SegmentOptions = SegmentOptions()) -> SegmentResult:
-    """Segment every cell of ``slide`` into ``labels/<options.name>``; see the module docstring."""
+def segment_slide(slide: str | Path, model: str | Path | None = None, options: SegmentOptions = SegmentOptions()
+                  ) -> SegmentResult:
+    """Segment every cell of ``slide`` into ``labels/<options.name>`` with ``model`` (a checkpoint, or a bundled
+    model's name; default the bundled ``nuclei_he``); see the module docstring."""
     slide = Path(slide)
     plan = plan_segment(slide, model, options)
     with writer_lock(slide, "segment"):

@@ -17,7 +17,8 @@ def add_train_arguments(p: argparse.ArgumentParser, positive_int, positive_float
                    help="folder of partial-instance maps (TIFF/PNG) with the images' file stems")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL.pt", help="checkpoint to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint")
-    p.add_argument("--init", type=Path, metavar="MODEL.pt", help="start from this checkpoint (transfer learning)")
+    p.add_argument("--init", metavar="MODEL.pt|NAME",
+                   help="start from this checkpoint or bundled model (transfer learning; `sparseseg models`)")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     p.add_argument("--loss", choices=("sketchpose", "eikonal", "masked"), default="sketchpose")
     budget = p.add_mutually_exclusive_group()
@@ -53,6 +54,7 @@ def request_from_args(args: argparse.Namespace):
     from dataclasses import replace
 
     from sparseseg.infer.predictor import default_device
+    from sparseseg.model.registry import resolve_model
     from sparseseg.model.unet import UNetConfig
     from sparseseg.train.loop import TrainConfig
     from sparseseg.train.request import DataSpec, TrainRequest
@@ -67,7 +69,8 @@ def request_from_args(args: argparse.Namespace):
     model = UNetConfig()
     model = replace(model, **{k: getattr(args, k) for k in ("depth", "width") if getattr(args, k) is not None})
     command = "sparseseg " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
-    return TrainRequest(data=data, out=args.out, model=model, config=config, init=args.init, resume=args.resume,
+    init = resolve_model(args.init) if args.init else None
+    return TrainRequest(data=data, out=args.out, model=model, config=config, init=init, resume=args.resume,
                         overwrite=args.overwrite, minutes=args.minutes, epochs=args.epochs, workers=args.workers,
                         scheduler=args.scheduler, pixel_size_um=args.pixel_size,
                         model_pixel_size_um=args.train_pixel_size, calibrate=not args.no_calibrate, command=command)
