@@ -195,7 +195,12 @@ def test_measure_and_geojson_carry_each_objects_class(typed_model, tmp_path):
     slide = _slide(tmp_path)
     result = segment_slide(slide, typed_model, SegmentOptions(block=256, tile=256, progress=False, workers=1))
     probabilities = zarr.open_group(slide, mode="r")["labels/cells/object_classes"][...]
-    summary = measure_slide(slide, regions="grid:50um", out=tmp_path / "m", progress=False, report=False)
+    summary = measure_slide(slide, regions="grid:50um", out=tmp_path / "m", progress=False)
+    page = (tmp_path / "m" / "report.html").read_text()
+    assert "Cell types" in page and "class_overlay.png" in page
+    assert all((tmp_path / "m" / f"density_{c}.png").is_file() and f"density_{c}.png" in page for c in CLASSES)
+    overlay = iio.imread(tmp_path / "m" / "class_overlay.png")[..., :3]
+    assert len({tuple(v) for v in overlay.reshape(-1, 3) if tuple(v) in {(160, 90, 160), (150, 200, 150), (200, 0, 0)}}) >= 2
     objects = pd.read_parquet(tmp_path / "m" / "objects.parquet")
     assert len(objects) == result.n_objects
     best = probabilities[objects["id"].to_numpy()].argmax(1)

@@ -65,21 +65,35 @@ def overlay_crop(image_crop: np.ndarray, labels_crop: np.ndarray, out: Path) -> 
     plt.imsave(out, np.concatenate([rgb, gap, with_outlines(rgb, labels_crop)], axis=1))
 
 
-def density_heatmap(table: pd.DataFrame, regions: Regions, out: Path) -> None:
+def class_overlay_crop(image_crop: np.ndarray, labels_crop: np.ndarray, class_of: np.ndarray,
+                       colours: list[tuple[int, int, int]], out: Path) -> None:
+    """A full-resolution crop: the image | the image with each object's outline in its cell class' colour.
+    ``class_of``: the class index of each label id."""
+    rgb = display_rgb(image_crop)
+    typed = rgb.copy()
+    edges = find_boundaries(labels_crop, mode="inner")
+    palette = np.asarray(colours, np.float32) / 255.0
+    typed[edges] = palette[class_of[labels_crop[edges]]]
+    gap = np.ones((rgb.shape[0], 8, 3), np.float32)
+    plt.imsave(out, np.concatenate([rgb, gap, typed], axis=1))
+
+
+def density_heatmap(table: pd.DataFrame, regions: Regions, out: Path, column: str = "density_per_mm2",
+                    what: str = "cells") -> None:
     fig, ax = plt.subplots(figsize=(6, 5))
     if regions.grid_shape is not None:
         n_rows, n_cols = regions.grid_shape
         grid = np.full((n_rows, n_cols), np.nan)
-        for region, density in zip(table["region"], table["density_per_mm2"]):
+        for region, density in zip(table["region"], table[column]):
             grid[(region - 1) // n_cols, (region - 1) % n_cols] = density
         im = ax.imshow(grid, cmap="magma")
-        ax.set_title(f"cells per mm\u00b2 of tissue ({regions.kind})")
+        ax.set_title(f"{what} per mm\u00b2 of tissue ({regions.kind})")
         ax.set_xticks([])
         ax.set_yticks([])
     else:
         im = None
-        ax.bar(table["name"].astype(str), table["density_per_mm2"].fillna(0))
-        ax.set_ylabel("cells per mm\u00b2 of tissue")
+        ax.bar(table["name"].astype(str), table[column].fillna(0))
+        ax.set_ylabel(f"{what} per mm\u00b2 of tissue")
         ax.tick_params(axis="x", rotation=60)
     if im is not None:
         fig.colorbar(im, ax=ax)
@@ -102,6 +116,23 @@ def accuracy_curve(table: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
+def _class_parts(out_dir: Path, summary: dict) -> list[str]:
+    """The cell-type sections: class composition, class-coloured overlay, one density map per class."""
+    classes = summary.get("classes")
+    if not classes:
+        return []
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{v['cells']}</td><td>{(v['fraction'] or 0) * 100:.1f} %"
+                   f"</td><td>{v['density_per_mm2'] or 0:.0f}</td></tr>" for name, v in classes.items())
+    parts = ["<h2>Cell types</h2><table><tr><th>class</th><th>cells</th><th>fraction</th><th>per mm\u00b2 of tissue"
+             f"</th></tr>{rows}</table>",
+             '<p><a href="class_overlay.png">class_overlay.png</a>: image | outlines coloured by cell type</p>'
+             '<img src="class_overlay.png" style="max-width:100%">']
+    for name in classes:
+        if (out_dir / f"density_{name}.png").exists():
+            parts.append(f'<h3>{html.escape(name)} per mm\u00b2</h3><img src="density_{html.escape(name)}.png">')
+    return parts
+
+
 def write_report(out_dir: Path, slide: Path, summary: dict, region_table: pd.DataFrame,
                  accuracy: pd.DataFrame | None, accuracy_summary: dict | None,
                  accuracy_regions: pd.DataFrame | None) -> Path:
@@ -112,6 +143,7 @@ def write_report(out_dir: Path, slide: Path, summary: dict, region_table: pd.Dat
              '<h2>Full resolution, most crowded place</h2><p><a href="overlay.png">overlay.png</a>: '
              'image | image + outlines</p><img src="overlay.png" style="max-width:100%">',
              '<h2>Density per region</h2><img src="density.png">',
+             *_class_parts(out_dir, summary),
              "<h2>Regions</h2>", region_table.to_html(index=False, float_format=lambda v: f"{v:.4g}")]
     if accuracy is not None:
         parts += ["<h2>Accuracy against ground truth</h2>",

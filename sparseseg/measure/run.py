@@ -22,7 +22,8 @@ from sparseseg.measure.accuracy import accumulate, accuracy_tables
 from sparseseg.measure.objects import MeasureInputs, measure_objects
 from sparseseg.tiling.blocks import array_tiles
 from sparseseg.measure.regions import parse_regions, region_table, stain_columns
-from sparseseg.measure.report import (accuracy_curve, densest_window, density_heatmap, overlay_crop,
+from sparseseg.classes import class_colours
+from sparseseg.measure.report import (accuracy_curve, class_overlay_crop, densest_window, density_heatmap, overlay_crop,
                                       thumbnail_with_labels, write_report)
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: s
             accuracy_curve(accuracy, out / "accuracy.png")
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     if report:
-        _figures(slide, info, label_array, per_region, region_set, out)
+        _figures(slide, info, label_array, per_region, region_set, out, classes, probabilities)
         summary["report"] = str(write_report(out, slide, summary, per_region, accuracy, accuracy_summary,
                                              accuracy_regions))
     summary["_attrs"] = {"regions": region_set.kind, "cells": int(n_objects),
@@ -134,7 +135,8 @@ def _region_columns(table: Path) -> pd.DataFrame:
 OVERLAY_PX = 400
 
 
-def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_set, out: Path) -> None:
+def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_set, out: Path,
+             classes: tuple[str, ...] = (), probabilities: np.ndarray | None = None) -> None:
     level = len(info.levels) - 1
     image_level = np.asarray(info.levels[level])
     factor = 2**level
@@ -151,3 +153,9 @@ def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_se
     overlay_crop(np.asarray(info.levels[0][(slice(None), *window)]), np.asarray(label_array[window]),
                  out / "overlay.png")
     density_heatmap(per_region, region_set, out / "density.png")
+    if classes:
+        class_of = np.concatenate([[0], probabilities[1:].argmax(1)]) if len(probabilities) > 1 else np.zeros(1, int)
+        class_overlay_crop(np.asarray(info.levels[0][(slice(None), *window)]), np.asarray(label_array[window]),
+                           class_of, class_colours(classes), out / "class_overlay.png")
+        for name in classes:  # e.g. lymphocytes per mm2 in each region: the TIL density
+            density_heatmap(per_region, region_set, out / f"density_{name}.png", f"{name}_density_per_mm2", name)
