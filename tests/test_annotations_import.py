@@ -138,7 +138,7 @@ BOX = {"type": "Polygon", "coordinates": [[(10, 10), (30, 10), (30, 30), (10, 30
     ([_feature(BOX, "Background"), _feature(BOX, "Nucleus")], "opposite role"),
     ([{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[(0, 0), (10, 0), (20, 0), (0, 0)]]},
        "properties": {}}], "cannot be repaired"),
-    ([_feature(BOX, "Tumor")], "unknown class 'Tumor'"),
+    ([_feature({"type": "LineString", "coordinates": [[10, 10], [20, 20]]}, "Tumor")], "unknown class 'Tumor'"),
     ([_feature(BOX, "Seed")], "means point but the geometry is a Polygon"),
 ])
 def test_bad_geojson_is_rejected_and_nothing_is_written(slide, tmp_path, capsys, features, problem):

@@ -15,7 +15,7 @@ import zarr
 from conftest import DATA, DSB
 
 from sparseseg.annotations.model import BACKGROUND, FIRST_OBJECT, PatchAnnotation
-from sparseseg.annotations.points import PointSet, point_labels, read_points_csv
+from sparseseg.annotations.points import PointSet, class_indices, point_labels, read_points_csv
 from sparseseg.annotations.targets import compute_targets
 from sparseseg.cli import main
 from sparseseg.errors import InputError
@@ -37,7 +37,7 @@ CLASSES = ("lymphocyte", "stromal", "tumour")
 
 def test_points_become_disks_voronoi_background_and_classes():
     points = PointSet(np.array([[10.0, 10.0], [10.0, 40.0], [45.0, 25.0]]), ("tumour", "lymphocyte", ""))
-    partial, classes = point_labels((60, 60), points, radius_px=3, class_ids={"lymphocyte": 0, "tumour": 1})
+    partial, classes = point_labels((60, 60), points.yx, 3, class_indices(points, {"lymphocyte": 0, "tumour": 1}))
     # each point is its own object, a disk of radius 3 around it
     assert partial[10, 10] != partial[10, 40] and min(partial[10, 10], partial[10, 40]) >= FIRST_OBJECT
     assert (partial == partial[10, 10]).sum() == 29  # pixel centres within 3 px
@@ -251,3 +251,45 @@ def test_bundled_models_by_name_and_the_default_model(tmp_path, capsys):
     assert main(["segment", str(slide), "--block", "512", "-q"]) == 0
     attrs = zarr.open_group(slide / "labels" / "cells", mode="r").attrs["sparseseg"]
     assert attrs["objects"] > 50 and attrs["model"].endswith("nuclei_he.pt")
+
+
+def test_classified_qupath_points_and_objects_train_a_class_head_from_a_slide(tmp_path):
+    """QuPath GeoJSON: classified points (one click per cell) and a classified polygon become disks + Voronoi
+    background and class labels on the slide; `train --data` learns a class head from them."""
+    import json
+
+    from sparseseg.annotations.store import read_annotation_patch
+    from sparseseg.train.data import SlideSource
+
+    image = sorted((BRCA / "images").glob("*.png"))[0]
+    slide = tmp_path / "brca.ome.zarr"
+    assert main(["ingest", str(image), str(slide), "--pixel-size", "0.5", "--tissue", "none", "-q"]) == 0
+    points = read_points_csv(BRCA / "points" / f"{image.stem}.csv")
+    features = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
+                 "properties": {"objectType": "annotation", "classification": {"name": c.capitalize()}}}
+                for (y, x), c in zip(points.yx, points.classes)]
+    features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[2, 2], [12, 2], [12, 12],
+                                                                                         [2, 12], [2, 2]]]},
+                     "properties": {"classification": {"name": "Necrosis"}}})
+    geojson = tmp_path / "cells.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    assert main(["annotations", "import", str(slide), str(geojson)]) == 0
+    source = SlideSource(slide)
+    names = ("Lymphocyte", "Necrosis", "Stromal", "Tumour")
+    assert source.class_names == names
+    source.label_points(0.5, {n: i for i, n in enumerate(names)})
+    patch = read_annotation_patch(slide, (slice(0, 200), slice(0, 200)), source.class_ids, 3.0)
+    assert (patch.classes[2:12, 2:12] == 2).all()  # the classified polygon
+    inside = [(int(y), int(x), c) for (y, x), c in zip(points.yx, points.classes) if 15 < y < 185 and 15 < x < 185]
+    assert inside and all(patch.classes[y, x] == names.index(c.capitalize()) + 1 for y, x, c in inside)
+    assert all(patch.partial[y, x] >= FIRST_OBJECT for y, x, _ in inside)
+    assert (patch.partial == BACKGROUND).sum() > 200  # Voronoi edges
+    # another window over the same place gives the same labels there (points around the window take part)
+    shifted = read_annotation_patch(slide, (slice(50, 250), slice(40, 240)), source.class_ids, 3.0)
+    a, b = patch.partial[50:200, 40:200], shifted.partial[:150, :160]
+    assert np.array_equal(a == BACKGROUND, b == BACKGROUND) and np.array_equal(a > 0, b > 0)
+    assert np.array_equal(patch.classes[50:200, 40:200], shifted.classes[:150, :160])
+    out = tmp_path / "typed.pt"
+    assert main(["train", "--data", str(slide), "--out", str(out), "--epochs", "1", "--patch", "64", "--batch", "4",
+                 "--depth", "2", "--width", "8", "--no-calibrate", "-q"]) == 0
+    assert load_checkpoint(out)["classes"] == list(names)

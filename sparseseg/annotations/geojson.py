@@ -8,6 +8,9 @@ Each feature's role comes from its classification name through a configurable ma
 - ``boundary``: LineString/MultiLineString pieces of true boundaries,
 - ``point``: Point/MultiPoint seeds, one per object,
 - ``ignore``: region annotations that are not labels.
+Any other classification name is a *cell class* (QuPath's "Tumor", "Lymphocyte"...): a classified polygon
+is a complete object of that class, a classified point a point of that class (``object_classes``,
+``point_classes``); only a line with such a name is refused.
 Features are rasterised one at a time in their own bounding box, so memory follows the annotated
 area, not the slide size.
 """
@@ -66,6 +69,8 @@ class SlideAnnotations:
     boundaries: list[np.ndarray] = field(default_factory=list)           # (M, 2) (y, x) polylines
     complete: set[int] = field(default_factory=set)
     n_objects: int = 0
+    object_classes: dict[int, str] = field(default_factory=dict)  # object id -> cell class
+    point_classes: list[str] = field(default_factory=list)        # per point: its cell class or ''
 
     def rasterize(self, window: tuple[slice, slice]) -> np.ndarray:
         """The partial instance map (uint32) over ``window``; overlaps of objects become unknown."""
@@ -119,26 +124,32 @@ def _class_name(feature: dict) -> str | None:
     return cls if isinstance(cls, str) else None
 
 
-def _role(feature: dict, geometry_type: str, class_roles: dict[str, str], label: str, path: Path) -> str:
+def _role(feature: dict, geometry_type: str, class_roles: dict[str, str], label: str, path: Path
+          ) -> tuple[str, str]:
+    """(role, cell class or ''): a classification that names no role is a cell class of an object or a point."""
     name = _class_name(feature)
-    if name is None:
+    if name is None or not name.strip():
         if geometry_type in _LINEAR:
-            return "boundary"
+            return "boundary", ""
         if geometry_type in _POINTS:
-            return "point"
-        return "object"
+            return "point", ""
+        return "object", ""
     key = name.strip().lower()
     role = class_roles.get(key)
     if role is None:
         role = next((r for pattern, r in class_roles.items() if pattern.endswith("*")
                      and key.startswith(pattern[:-1])), None)
+    if role is None and geometry_type in _POLYGONAL:
+        return "object", name.strip()
+    if role is None and geometry_type in _POINTS:
+        return "point", name.strip()
     if role is None:
-        raise InputError(path, f"{label}: unknown class {name!r}; map it with --class-map "
-                               f"'{name}=ROLE' (ROLE one of {', '.join(ROLES)})")
+        raise InputError(path, f"{label}: unknown class {name!r} on a {geometry_type} (a cell class needs a point or "
+                               f"a polygon); map it with --class-map '{name}=ROLE' (ROLE one of {', '.join(ROLES)})")
     if (role in ("object", "background", "foreground") and geometry_type not in _POLYGONAL) or \
             (role == "boundary" and geometry_type not in _LINEAR) or (role == "point" and geometry_type not in _POINTS):
         raise InputError(path, f"{label}: class {name!r} means {role} but the geometry is a {geometry_type}")
-    return role
+    return role, ""
 
 
 def _polygonal(geometry, label: str, path: Path):
@@ -197,21 +208,21 @@ def read_qupath_geojson(path: str | Path, image_shape: tuple[int, int],
             raise InputError(path, f"{label}: invalid geometry ({exc})") from None
         if geometry.is_empty or not np.isfinite(shapely.get_coordinates(geometry)).all():
             raise InputError(path, f"{label}: the geometry is empty or has NaN or infinite coordinates")
-        role = _role(feature, geometry.geom_type, roles, label, path)
+        role, cell_class = _role(feature, geometry.geom_type, roles, label, path)
         if role == "ignore":
             continue
         _check_inside(geometry, result.shape, label, path)
         if geometry.geom_type in _POLYGONAL:
             geometry = _polygonal(geometry, label, path)
-        parsed.append((label, role, geometry))
+        parsed.append((label, role, geometry, cell_class))
 
-    lines = [g for _, role, g in parsed if role == "boundary"]
+    lines = [g for _, role, g, _ in parsed if role == "boundary"]
     for line in lines:
         for part in getattr(line, "geoms", [line]):
             result.boundaries.append(np.asarray(part.coords)[:, ::-1].copy())  # (x, y) -> (y, x)
     next_id = FIRST_OBJECT
     # background first, then objects: ids follow the feature order
-    for label, role, geometry in sorted(parsed, key=lambda item: item[1] != "background"):
+    for label, role, geometry, cell_class in sorted(parsed, key=lambda item: item[1] != "background"):
         if role not in ("object", "background", "foreground"):
             continue
         window = polygon_window(geometry, result.shape)
@@ -224,6 +235,8 @@ def read_qupath_geojson(path: str | Path, image_shape: tuple[int, int],
         elif role == "object":
             values = mask.astype(np.uint32) * next_id
             result.complete.add(next_id)
+            if cell_class:
+                result.object_classes[next_id] = cell_class
             next_id += 1
         else:  # a foreground stroke: objects separated by the boundary lines crossing it
             local_lines = [b - (window[0].start, window[1].start) for b in result.boundaries]
@@ -236,7 +249,7 @@ def read_qupath_geojson(path: str | Path, image_shape: tuple[int, int],
     result.n_objects = next_id - FIRST_OBJECT
 
     points = []
-    for label, role, geometry in parsed:
+    for label, role, geometry, cell_class in parsed:
         if role != "point":
             continue
         for pt in getattr(geometry, "geoms", [geometry]):
@@ -246,6 +259,7 @@ def read_qupath_geojson(path: str | Path, image_shape: tuple[int, int],
             if owner == BACKGROUND:
                 raise InputError(path, f"{label}: point (x={x:g}, y={y:g}) lies on a background stroke")
             points.append((y, x, owner))
+            result.point_classes.append(cell_class)
     if points:
         result.points = np.asarray(points, np.float64)
     return result

@@ -55,8 +55,10 @@ def import_geojson(slide_path: Path, path: Path, class_roles: dict[str, str] | N
     imported = read_qupath_geojson(path, shapes[0], class_roles)
     write_label_pyramid(slide_path, ANNOTATIONS, imported.rasterize, np.uint32, overwrite, "partial instance map",
                         colors=ANNOTATION_COLOURS, properties=ANNOTATION_PROPERTIES)
-    write_annotation_tables(slide_path, imported.points, imported.boundaries, imported.complete)
-    return {"objects": imported.n_objects, "objects_complete": len(imported.complete),
+    write_annotation_tables(slide_path, imported.points, imported.boundaries, imported.complete,
+                            imported.object_classes, imported.point_classes)
+    classes = sorted(set(imported.object_classes.values()) | {c for c in imported.point_classes if c})
+    return {"objects": imported.n_objects, "objects_complete": len(imported.complete), "cell_classes": classes,
             "points": len(imported.points), "boundary_lines": len(imported.boundaries)}
 
 

@@ -65,20 +65,26 @@ def read_points_csv(path: Path, shape: tuple[int, int] | None = None) -> PointSe
     return PointSet(np.asarray(yx, np.float64).reshape(-1, 2), tuple(classes))
 
 
-def point_labels(shape: tuple[int, int], points: PointSet, radius_px: float, class_ids: dict[str, int],
+def class_indices(points: PointSet, class_ids: dict[str, int]) -> np.ndarray:
+    """Each point's class index (``class_ids`` of its name), -1 where it has none."""
+    return np.array([class_ids[c] if c else -1 for c in points.classes], np.int64)
+
+
+def point_labels(shape: tuple[int, int], yx: np.ndarray, radius_px: float, classes: np.ndarray | None = None,
                  voronoi: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(partial instance map, class map) of an image annotated with points.
+    """(partial instance map, class map) of an image annotated with points (N, 2) of (y, x).
 
     partial: uint32, disks as objects 2..N+1, Voronoi edges background (1), the rest unknown (0).
-    class map: uint8, 0 unknown, ``class_ids[name] + 1`` on a classified point's disk.
+    class map: uint8, 0 unknown, ``classes[i] + 1`` on point i's disk (``classes``: -1 where unknown).
     """
     h, w = shape
     partial = np.zeros(shape, np.uint32)
-    classes = np.zeros(shape, np.uint8)
-    if not len(points.yx):
-        return partial, classes
-    rows = np.minimum(points.yx[:, 0].astype(np.int64), h - 1)
-    cols = np.minimum(points.yx[:, 1].astype(np.int64), w - 1)
+    class_map = np.zeros(shape, np.uint8)
+    yx = np.asarray(yx, np.float64).reshape(-1, 2)
+    if not len(yx):
+        return partial, class_map
+    rows = np.clip(yx[:, 0].astype(np.int64), 0, h - 1)
+    cols = np.clip(yx[:, 1].astype(np.int64), 0, w - 1)
     seeds = np.zeros(shape, np.int64)
     seeds[rows, cols] = np.arange(1, len(rows) + 1)  # two points in one pixel: the later one
     distance, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
@@ -90,6 +96,7 @@ def point_labels(shape: tuple[int, int], points: PointSet, radius_px: float, cla
         partial[edge & (distance > EDGE_CLEARANCE * radius_px)] = BACKGROUND
     disk = distance <= radius_px
     partial[disk] = nearest[disk].astype(np.uint32) + np.uint32(FIRST_OBJECT - 1)
-    ids = np.array([class_ids[c] + 1 if c else 0 for c in points.classes], np.uint8)
-    classes[disk] = np.concatenate([[0], ids])[nearest[disk]]
-    return partial, classes
+    if classes is not None:
+        ids = (np.asarray(classes, np.int64) + 1).astype(np.uint8)
+        class_map[disk] = np.concatenate([[0], ids])[nearest[disk]]
+    return partial, class_map

@@ -20,8 +20,8 @@ from scipy import ndimage as ndi
 from skimage.color import hed2rgb, rgb2hed
 
 from sparseseg.annotations.model import PatchAnnotation
-from sparseseg.annotations.points import POINT_RADIUS_UM, PointSet, point_labels, read_points_csv
-from sparseseg.annotations.store import ANNOTATIONS, read_annotation_patch
+from sparseseg.annotations.points import POINT_RADIUS_UM, PointSet, class_indices, point_labels, read_points_csv
+from sparseseg.annotations.store import ANNOTATIONS, annotation_class_names, read_annotation_patch
 from sparseseg.annotations.targets import Targets, compute_targets
 from sparseseg.errors import InputError
 from sparseseg.geometry.lattice import empty_lattice
@@ -106,7 +106,7 @@ class FolderSource:
         if self.points is None:
             return
         radius = POINT_RADIUS_UM / pixel_size_um if pixel_size_um else POINT_RADIUS_UM / 0.5
-        self.partial, classes = point_labels(self.shape, self.points, radius, class_ids)
+        self.partial, classes = point_labels(self.shape, self.points.yx, radius, class_indices(self.points, class_ids))
         self.class_map = classes if classes.any() else None
         self.centres = CentreSampler(self.partial > 0, 1)
 
@@ -160,14 +160,28 @@ class SlideSource:
         levels = slide.levels if self.channels is None else tuple(lv[list(self.channels)] for lv in slide.levels)
         self.normalization = slide_normalization(levels, source=path)
         coarse, factor = coarse_label_level(root[f"labels/{ANNOTATIONS}"], coarse_max_px)
-        self.centres = CentreSampler(coarse > 0, factor)
+        annotated = coarse > 0
+        if "tables/annotations/points" in root:  # clicked cells are annotated places too
+            points = root["tables/annotations/points"][...]
+            annotated[np.minimum((points[:, 0] // factor).astype(int), annotated.shape[0] - 1),
+                      np.minimum((points[:, 1] // factor).astype(int), annotated.shape[1] - 1)] = True
+        self.centres = CentreSampler(annotated, factor)
+        self.class_names = annotation_class_names(path)
+        self.class_ids: np.ndarray | None = None   # the model's class index of each of ``class_names``
+        self.point_radius = POINT_RADIUS_UM / 0.5
+
+    def label_points(self, pixel_size_um: float | None, class_ids: dict[str, int]) -> None:
+        """Number the slide's cell classes as the model does; classified points get disks of POINT_RADIUS_UM."""
+        self.class_ids = np.array([class_ids[n] for n in self.class_names], np.int64) if self.class_names else None
+        if pixel_size_um:
+            self.point_radius = POINT_RADIUS_UM / pixel_size_um
 
     def read_image(self, window: tuple[slice, slice]) -> np.ndarray:
         channels = slice(None) if self.channels is None else list(self.channels)
         return self.image.get_orthogonal_selection((channels, *window))
 
     def read_annotation(self, window: tuple[slice, slice]) -> PatchAnnotation:
-        return read_annotation_patch(self.path, window)
+        return read_annotation_patch(self.path, window, self.class_ids, self.point_radius)
 
 
 def folder_sources(images: Path, annotations: Path, channels: tuple[str, ...] | None = None) -> list[FolderSource]:
