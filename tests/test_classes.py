@@ -225,6 +225,20 @@ def test_measure_and_geojson_carry_each_objects_class(typed_model, tmp_path):
         colours.setdefault(kind["name"], tuple(kind["color"]))
         assert set(f["properties"]["measurements"]) >= {"Class probability", *(f"Probability: {c}" for c in CLASSES)}
     assert len(set(colours.values())) == len(colours) >= 2
+    # accuracy against annotated cells: the objects' own centroids, 3 dropped, 2 shifted by 1 um, 2 relabelled
+    truth = objects[["centroid_y_px", "centroid_x_px", "class"]].iloc[3:].copy()
+    truth.iloc[:2, 0] += 2.0  # 1 um at 0.5 um/px: still within 3 um
+    other = {c: CLASSES[(CLASSES.index(c) + 1) % 3] for c in CLASSES}
+    truth.iloc[2:4, 2] = [other[c] for c in truth.iloc[2:4, 2]]
+    truth.columns = ["y", "x", "class"]
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    scored = measure_slide(slide, out=tmp_path / "m3", progress=False, report=False,
+                           truth_points=tmp_path / "truth.csv")["point_accuracy"]
+    n = len(objects)
+    assert scored["precision"] == pytest.approx((n - 3) / n) and scored["recall"] == 1.0
+    table = pd.read_csv(tmp_path / "m3" / "point_accuracy.csv").set_index("class")
+    assert table.loc["all", "tp"] == n - 3 and table.loc[list(CLASSES), "fp"].sum() == 3 + 2
+    assert table.loc[list(CLASSES), "tp"].sum() == n - 5 and scored["mean_class_f1"] < 1
     # a class table that no longer matches the labels is refused, naming it
     group = zarr.open_group(slide / "labels" / "cells", mode="r+")
     group["object_classes"].resize((3, 3))

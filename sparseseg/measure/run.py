@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ import pyarrow.parquet as pq
 import zarr
 from tqdm.auto import tqdm
 
+from sparseseg.annotations.points import PointSet, read_points_csv
 from sparseseg.errors import InputError
+from sparseseg.metrics.points import class_counts, detection_counts
 from sparseseg.files.atomic import staged_outputs
 from sparseseg.io.labels import label_source, object_classes, resolve_labels
 from sparseseg.files.lock import writer_lock
@@ -32,13 +35,16 @@ log = logging.getLogger(__name__)
 def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid:250um", truth: str | None = None,
                   out: str | Path | None = None, block: int = 2048, margin: int = 64, progress: bool = True,
                   report: bool = True, intensities: bool = True, threads: int = 2,
-                  channels: tuple[str, ...] | None = None) -> dict:
+                  channels: tuple[str, ...] | None = None, truth_points: str | Path | None = None,
+                  match_um: float = 3.0) -> dict:
     """Write objects.parquet, regions.parquet/.csv, metrics.json, [accuracy*.csv], report.html to ``out``.
 
     ``report=False`` skips the figures and report.html (batch runs that only need the tables);
     ``intensities=False`` leaves out the image-derived columns (the image is not read at all).
     ``threads`` tiles are measured at once. ``channels``: the image channels whose means the table holds
-    (OME names or indices; default every channel of the slide).
+    (OME names or indices; default every channel of the slide). ``truth_points``: a CSV of annotated cells
+    (``y,x[,class]``, level-0 pixels), against which the objects' centroids are matched one-to-one within
+    ``match_um``: detection F, and with classes the F of each class (point_accuracy.csv).
     """
     if threads < 1:
         raise InputError(None, f"--threads must be at least 1, got {threads}")
@@ -53,9 +59,16 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     if not out.absolute().parent.is_dir():
         raise InputError(out, f"folder {out.absolute().parent} does not exist")
     label_array = resolve_labels(slide, labels, shape)
+    points = read_points_csv(Path(truth_points), shape) if truth_points is not None else None
+    if not (math.isfinite(match_um) and match_um > 0):
+        raise InputError(None, f"--match-um must be a positive number of micrometres, got {match_um}")
     with writer_lock(slide, "measure"), staged_outputs(out) as staging:
         summary = _measure(slide, info, label_array, labels, regions, truth, staging, block, margin, progress, report,
                            intensities, threads, select_channels(channels, info.channel_names, slide))
+        if points is not None:
+            summary["point_accuracy"] = point_accuracy(staging, points, match_um / info.pixel_size_um[0])
+            (staging / "metrics.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "_attrs"},
+                                                             indent=2, default=float))
         if "report" in summary:
             summary["report"] = str(out / Path(summary["report"]).name)
         if isinstance(label_array, zarr.Array) and (slide / "labels" / labels).is_dir():
@@ -121,6 +134,31 @@ def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: s
                          "density_per_mm2": summary["density_per_mm2"],
                          "per_region_cells": {str(r): int(c) for r, c in zip(per_region["region"], per_region["cells"])}}
     return summary
+
+
+def point_accuracy(out: Path, points: PointSet, radius_px: float) -> dict:
+    """Detection F of the objects' centroids against annotated cells, and per class when both have classes;
+    written to ``out/point_accuracy.csv``."""
+    names = pq.read_schema(out / "objects.parquet").names
+    wanted = ["centroid_y_px", "centroid_x_px"] + (["class"] if "class" in names else [])
+    objects = pq.read_table(out / "objects.parquet", columns=wanted).to_pandas() if "centroid_y_px" in names \
+        else pd.DataFrame({c: [] for c in wanted})
+    centroids = objects[["centroid_y_px", "centroid_x_px"]].to_numpy(np.float64)
+    rows = [("all", detection_counts(centroids, points.yx, radius_px))]
+    truth_classes = np.array(points.classes)
+    if "class" in objects and points.class_names:
+        rows += list(class_counts(centroids, objects["class"].to_numpy(), points.yx, truth_classes,
+                                  sorted(set(points.class_names) | set(objects["class"])), radius_px).items())
+    table = pd.DataFrame([{"class": name, "tp": c.tp, "fp": c.fp, "fn": c.fn, "precision": c.precision,
+                           "recall": c.recall, "f1": c.f1} for name, c in rows])
+    table.to_csv(out / "point_accuracy.csv", index=False)
+    result = {"match_px": radius_px, "detection_f1": rows[0][1].f1, "precision": rows[0][1].precision,
+              "recall": rows[0][1].recall}
+    if len(rows) > 1:
+        per_class = {name: c.f1 for name, c in rows[1:] if name in points.class_names}
+        result["class_f1"] = per_class
+        result["mean_class_f1"] = float(np.mean(list(per_class.values())))
+    return result
 
 
 def _region_columns(table: Path) -> pd.DataFrame:
