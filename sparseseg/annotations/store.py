@@ -63,7 +63,7 @@ def annotation_class_names(slide_path: str | Path) -> tuple[str, ...]:
 
 
 def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice], class_ids: np.ndarray | None = None,
-                          point_radius: float = 3.0) -> PatchAnnotation:
+                          point_radius: float = 3.0, voronoi: bool = True) -> PatchAnnotation:
     """The PatchAnnotation of a level-0 window (points and lines shifted/clipped to it).
 
     Points that lie in no annotated object, on a slide without a foreground mask, are one click per cell: they
@@ -99,7 +99,7 @@ def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice], c
         if foreground is None and (pts[:, 2] == 0).any():
             shape = root[f"labels/{ANNOTATIONS}/0"].shape
             disks, disk_classes = _point_cells(pts[pts[:, 2] == 0, :2], kinds[pts[:, 2] == 0], window, shape,
-                                               class_ids, point_radius)
+                                               class_ids, point_radius, voronoi)
             fill = (partial == 0) & (disks > 0)
             offset = np.uint32(max(int(partial.max()), 1))  # disks never take an annotated object's id
             partial = np.where(fill, np.where(disks > BACKGROUND, disks + offset, disks), partial).astype(np.uint32)
@@ -116,7 +116,7 @@ POINT_CONTEXT = 64
 
 
 def _point_cells(yx: np.ndarray, kinds: np.ndarray, window: tuple[slice, slice], shape: tuple[int, int],
-                 class_ids: np.ndarray | None, radius: float) -> tuple[np.ndarray, np.ndarray]:
+                 class_ids: np.ndarray | None, radius: float, voronoi: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(disks + Voronoi edges as a partial map, class map) of free points over ``window``."""
     rows, cols = window
     y0, x0 = max(0, rows.start - POINT_CONTEXT), max(0, cols.start - POINT_CONTEXT)
@@ -125,7 +125,7 @@ def _point_cells(yx: np.ndarray, kinds: np.ndarray, window: tuple[slice, slice],
     classes = None
     if class_ids is not None:
         classes = np.where(kinds[near] >= 0, class_ids[np.maximum(kinds[near], 0)], -1)
-    partial, class_map = point_labels((y1 - y0, x1 - x0), yx[near] - (y0, x0), radius, classes)
+    partial, class_map = point_labels((y1 - y0, x1 - x0), yx[near] - (y0, x0), radius, classes, voronoi)
     crop = (slice(rows.start - y0, rows.stop - y0), slice(cols.start - x0, cols.stop - x0))
     return partial[crop], class_map[crop]
 

@@ -40,6 +40,9 @@ def add_train_arguments(p: argparse.ArgumentParser, positive_int, positive_float
     p.add_argument("--depth", type=positive_int, default=None)
     p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--point-encoding", choices=("voronoi", "disks"), default="voronoi",
+                   help="clicked cells (points) as training labels: a disk each plus the Voronoi edges between them "
+                        "as background (default; Qu et al. 2019), or the disks alone")
     p.add_argument("--class-weight", type=float, default=None, metavar="W",
                    help="weight of the cell-class loss against the instance loss (default 1; classified points or "
                         "objects in the annotations give the model a class head)")
@@ -62,7 +65,8 @@ def request_from_args(args: argparse.Namespace):
     channels = tuple(c.strip() for c in args.channels.split(",")) if args.channels else None
     data = DataSpec(slides=tuple(str(p) for p in args.data or ()),
                     images=str(args.images) if args.images else None,
-                    annotations=str(args.annotations) if args.annotations else None, channels=channels)
+                    annotations=str(args.annotations) if args.annotations else None, channels=channels,
+                    point_encoding=args.point_encoding)
     config = TrainConfig(loss=args.loss, seed=args.seed, device=args.device or default_device())
     config = replace(config, **{k: getattr(args, k) for k in ("patch", "batch", "lr", "class_weight")
                                 if getattr(args, k) is not None})

@@ -106,7 +106,8 @@ class FolderSource:
         if self.points is None:
             return
         radius = POINT_RADIUS_UM / pixel_size_um if pixel_size_um else POINT_RADIUS_UM / 0.5
-        self.partial, classes = point_labels(self.shape, self.points.yx, radius, class_indices(self.points, class_ids))
+        self.partial, classes = point_labels(self.shape, self.points.yx, radius, class_indices(self.points, class_ids),
+                                             voronoi=getattr(self, "voronoi", True))
         self.class_map = classes if classes.any() else None
         self.centres = CentreSampler(self.partial > 0, 1)
 
@@ -130,11 +131,19 @@ def class_names_of(sources) -> tuple[str, ...]:
     return tuple(sorted({name for s in sources for name in getattr(s, "class_names", ())}))
 
 
-def label_point_sources(sources, folder_pixel_um: float | None, class_names: tuple[str, ...]) -> None:
-    """Give every points-annotated source its disks, Voronoi edges and class map."""
+#: How clicked cells become labels: disks and the Voronoi edges between them as background (Qu et al.), or disks.
+POINT_ENCODINGS = ("voronoi", "disks")
+
+
+def label_point_sources(sources, folder_pixel_um: float | None, class_names: tuple[str, ...],
+                        encoding: str = "voronoi") -> None:
+    """Give every points-annotated source its disks (and Voronoi edges, by ``encoding``) and class map."""
+    if encoding not in POINT_ENCODINGS:
+        raise InputError(None, f"--point-encoding must be one of {', '.join(POINT_ENCODINGS)}, got {encoding!r}")
     ids = {name: i for i, name in enumerate(class_names)}
     for source in sources:
         if hasattr(source, "label_points"):
+            source.voronoi = encoding == "voronoi"
             source.label_points(source_pixel_size(source, folder_pixel_um), ids)
 
 
@@ -181,7 +190,8 @@ class SlideSource:
         return self.image.get_orthogonal_selection((channels, *window))
 
     def read_annotation(self, window: tuple[slice, slice]) -> PatchAnnotation:
-        return read_annotation_patch(self.path, window, self.class_ids, self.point_radius)
+        return read_annotation_patch(self.path, window, self.class_ids, self.point_radius,
+                                     getattr(self, "voronoi", True))
 
 
 def folder_sources(images: Path, annotations: Path, channels: tuple[str, ...] | None = None) -> list[FolderSource]:

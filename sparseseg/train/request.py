@@ -33,6 +33,7 @@ class DataSpec:
     images: str | None = None
     annotations: str | None = None
     channels: tuple[str, ...] | None = None   # slide channels to train on (names or indices); None: all
+    point_encoding: str = "voronoi"           # clicked cells: disks + Voronoi background, or disks only
 
     def __post_init__(self):
         if bool(self.slides) == bool(self.images):
@@ -149,7 +150,7 @@ class TrainRequest:
         """``sources``, each scaled onto the grid of ``model_pixel_size_um`` (after ``prepared``), point
         annotations turned into labels at their pixel size."""
         scale_to_model(sources, self.model_pixel_size_um, self.pixel_size_um)
-        label_point_sources(sources, self.pixel_size_um, class_names_of(sources))
+        label_point_sources(sources, self.pixel_size_um, class_names_of(sources), self.data.point_encoding)
         return sources
 
     def open_sources(self) -> list:
