@@ -46,7 +46,8 @@ def sparse_training_folders(out_dir: Path, fraction: float = 0.25) -> tuple[Path
 
 def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -> dict[str, Path]:
     """Run the whole pipeline into ``out_dir`` and print what was written; returns the outputs."""
-    from sparseseg.export.geojson import export_geojson
+    from sparseseg.export.geojson import ObjectClasses, export_geojson
+    from sparseseg.io.labels import object_classes
     from sparseseg.measure.run import measure_slide
     from sparseseg.io.labels import resolve_labels
     from sparseseg.segment import SegmentOptions, segment_slide
@@ -85,7 +86,9 @@ def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -
     info = describe_slide(slide)
     geojson = out_dir / "cells.geojson.gz"
     labels = resolve_labels(slide, "cells", tuple(info["levels"][0]["shape"][1:]))
-    export_geojson(labels, geojson, pixel_size_um=tuple(info["pixel_size_um"]))
+    names, probabilities = object_classes(slide, "cells", labels)
+    export_geojson(labels, geojson, pixel_size_um=tuple(info["pixel_size_um"]),
+                   classes=ObjectClasses(names, probabilities) if names else None)
     lap("export")
     print()
     print(format_description(info))
@@ -93,6 +96,9 @@ def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -
     print(f"\nfine-tuning: {result['step']} steps, validation loss {val[-1]:.3f}" if val else "")
     print(f"cells: {segmented.n_objects} ({summary['density_per_mm2']:.0f} per mm2 of tissue, median area "
           f"{summary['area_median_um2']:.1f} um2)")
+    if summary.get("classes"):
+        print("cell types: " + ", ".join(f"{name} {v['cells']} ({(v['fraction'] or 0) * 100:.0f} %, "
+                                         f"{v['density_per_mm2'] or 0:.0f}/mm2)" for name, v in summary["classes"].items()))
     print("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; total {time.perf_counter() - started:.0f} s")
     outputs = {"slide": slide, "model": model, "objects": measure_dir / "objects.parquet",
