@@ -52,13 +52,10 @@ def measure_task(slide: str, regions: str, out: str) -> dict:
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="export {slide}")
 def export_task(slide: str, out: str) -> str:
-    from sparseseg.export.geojson import export_geojson
-    from sparseseg.io.omezarr import open_omezarr_slide
-    from sparseseg.io.labels import resolve_labels
+    from sparseseg.export.geojson import export_slide_geojson
 
-    info = open_omezarr_slide(Path(slide))
-    labels = resolve_labels(Path(slide), "cells", tuple(info.shape[1:]))
-    export_geojson(labels, Path(out), pixel_size_um=info.pixel_size_um)
+    # this run's own output (a retry replaces what the failed try wrote); cell classes when the model has them
+    export_slide_geojson(Path(slide), "cells", Path(out), overwrite=True)
     return out
 
 

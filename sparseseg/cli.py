@@ -209,7 +209,8 @@ def _cmd_export_geojson(args: argparse.Namespace) -> int:
     from sparseseg.export.geojson import export_slide_geojson
 
     count = export_slide_geojson(Path(args.slide), args.labels, Path(args.out), classification=args.classification,
-                                 margin=args.margin, object_type=args.object_type, measurements=args.measurements)
+                                 margin=args.margin, object_type=args.object_type, measurements=args.measurements,
+                                 overwrite=args.overwrite)
     print(f"wrote {count} detections to {args.out}")
     return 0
 
@@ -419,7 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
     p.add_argument("--labels", default="cells", metavar="NAME_OR_FILE", help="label group or label image file")
     p.add_argument("--out", required=True, metavar="F", help="cells.geojson or cells.geojson.gz")
-    p.add_argument("--classification", default="Nucleus", help="QuPath class of the detections (default Nucleus)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (a regular file only)")
+    p.add_argument("--classification", default="Nucleus",
+                   help="QuPath class of the detections (default Nucleus; a segmentation with cell classes gives each "
+                        "detection its own)")
     p.add_argument("--object-type", choices=("detection", "cell"), default="detection",
                    help="QuPath object type: detection (default) or cell (the nucleus as the cell's nucleus)")
     p.add_argument("--measurements", type=Path, metavar="objects.parquet",

@@ -157,6 +157,8 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
     ("export-missing-folder", ["export", "geojson", "{w}/" + S, "--out", "{w}/no/such/c.geojson"], "does not exist"),
     ("export-onto-folder", ["export", "geojson", "{w}/" + S, "--out", "{w}/folder"], "is a folder"),
     ("export-labels-missing", ["export", "geojson", "{w}/" + S, "--labels", "nope", "--out", "{w}/c.geojson"], "nope"),
+    ("export-onto-existing", ["export", "geojson", "{w}/" + S, "--out", "{w}/notes.txt"], "--overwrite"),
+    ("export-onto-device", ["export", "geojson", "{w}/" + S, "--out", "/dev/null", "--overwrite"], "regular file"),
     ("calibrate-model-missing", ["calibrate", "--model", "{w}/nope.pt", "--images", "{w}/images", "--annotations",
                                  "{w}/annotations"], "nope.pt"),
 ]

@@ -181,11 +181,17 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
     return count
 
 
-def check_output_file(out: Path) -> Path:
-    """``out`` if a file can be written there: not a folder, in a folder that exists and is writable."""
+def check_output_file(out: Path, overwrite: bool = False) -> Path:
+    """``out`` if a file can be written there: not a folder or a device, pipe or other non-regular file; an existing
+    file only with ``overwrite``; in a folder that exists and is writable."""
     out = Path(out)
     if out.is_dir():
         raise InputError(out, "is a folder; give the file to write (e.g. cells.geojson.gz)")
+    if out.exists() and not out.is_file():
+        raise InputError(out, "is not a regular file (a device, pipe or socket); the export is written to a new file "
+                              "and renamed into place, which would replace it")
+    if out.exists() and not overwrite:
+        raise InputError(out, "already exists (use --overwrite to replace it)")
     if not out.parent.is_dir():
         raise InputError(out, f"folder {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK):
@@ -194,10 +200,11 @@ def check_output_file(out: Path) -> Path:
 
 
 def export_slide_geojson(slide: Path, labels: str, out: Path, classification: str = "Nucleus",
-                         margin: int = 64, object_type: str = "detection", measurements: Path | None = None) -> int:
+                         margin: int = 64, object_type: str = "detection", measurements: Path | None = None,
+                         overwrite: bool = False) -> int:
     """``export_geojson`` of a slide's label group (or a label image file of its level-0 size), with the
     measurements of ``sparseseg measure``'s object table when given."""
-    out = check_output_file(out)
+    out = check_output_file(out, overwrite)
     table = None
     if measurements is not None:
         if not Path(measurements).is_file():
