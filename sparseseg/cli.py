@@ -44,6 +44,7 @@ def _number_type(convert, kind: str, valid, requirement: str):
 
 positive_int = _number_type(int, "a whole number", lambda v: v >= 1, "must be at least 1")
 non_negative_int = _number_type(int, "a whole number", lambda v: v >= 0, "must be >= 0")
+port_number = _number_type(int, "a whole number", lambda v: 0 <= v <= 65535, "must be a TCP port, 0..65535")
 positive_float = _number_type(float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
 finite_float = _number_type(float, "a number", math.isfinite, "must be a finite number")
 
@@ -440,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "segmentation layer. Works offline; stops with Ctrl-C.")
     p.add_argument("slide", type=Path, help="SLIDE.ome.zarr")
     p.add_argument("--labels", type=names, metavar="NAME[,NAME]", help="label groups to show (default: all)")
-    p.add_argument("--port", type=non_negative_int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--port", type=port_number, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--no-browser", action="store_true", help="print the URL only")
     p.set_defaults(func=_cmd_view)
 

@@ -70,6 +70,13 @@ def work(tmp_path_factory, fluo_model, fluo_training_folders) -> Path:
 
     torch.save({"x": Evil()}, root / "evil.pt")
     (root / "junk.pt").write_bytes(b"garbage" * 100)
+    state = torch.load(root / "model.pt", weights_only=True)
+    first = next(iter(state["state_dict"]))
+    torch.save({**state, "state_dict": {**state["state_dict"], first: state["state_dict"][first] * float("nan")}},
+               root / "nan-weights.pt")
+    torch.save({**state, "pixel_size_um": float("nan")}, root / "nan-pixel.pt")
+    tifffile.imwrite(root / "float-labels.tif", np.zeros((260, 347), np.float32))
+    tifffile.imwrite(root / "big-labels.tif", np.full((260, 347), 2**33, np.uint64))
     rgb = iio.imread(DSB / "images" / "he_65c8527c.png")[..., :3]
     tifffile.imwrite(root / "rgb.tif", rgb, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER",
                      photometric="rgb")
@@ -157,6 +164,13 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
     ("export-missing-folder", ["export", "geojson", "{w}/" + S, "--out", "{w}/no/such/c.geojson"], "does not exist"),
     ("export-onto-folder", ["export", "geojson", "{w}/" + S, "--out", "{w}/folder"], "is a folder"),
     ("export-labels-missing", ["export", "geojson", "{w}/" + S, "--labels", "nope", "--out", "{w}/c.geojson"], "nope"),
+    ("segment-nan-weights", ["segment", "{w}/" + S, "--model", "{w}/nan-weights.pt", "--name", "n"], "NaN"),
+    ("segment-nan-pixel-size", ["segment", "{w}/" + S, "--model", "{w}/nan-pixel.pt", "--name", "n"], "pixel size"),
+    ("measure-float-labels", ["measure", "{w}/" + S, "--labels", "{w}/float-labels.tif", "--out", "{w}/m"],
+     "must hold integers"),
+    ("measure-uint64-labels", ["measure", "{w}/" + S, "--labels", "{w}/big-labels.tif", "--out", "{w}/m"], "uint64"),
+    ("measure-grid-nan", ["measure", "{w}/" + S, "--regions", "grid:nanum", "--out", "{w}/m"], "grid:nanum"),
+    ("view-port", ["view", "{w}/" + S, "--port", "70000", "--no-browser"], "--port"),
     ("export-onto-existing", ["export", "geojson", "{w}/" + S, "--out", "{w}/notes.txt"], "--overwrite"),
     ("export-onto-device", ["export", "geojson", "{w}/" + S, "--out", "/dev/null", "--overwrite"], "regular file"),
     ("calibrate-model-missing", ["calibrate", "--model", "{w}/nope.pt", "--images", "{w}/images", "--annotations",

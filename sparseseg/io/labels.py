@@ -142,14 +142,24 @@ def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int]):
     """A label group of the slide (its level 0) or a label image file of level-0 size."""
     group_path = slide / "labels" / name_or_file
     if group_path.is_dir():
-        return zarr.open_group(slide, mode="r")[f"labels/{name_or_file}/0"]
-    path = Path(name_or_file)
-    if not path.exists():
-        raise InputError(slide, f"has no labels/{name_or_file}, and no file {name_or_file} exists")
-    labels = open_label_image(path)
+        try:
+            labels = zarr.open_group(slide, mode="r")[f"labels/{name_or_file}/0"]
+        except KeyError:
+            raise InputError(group_path, "is not a label pyramid (it has no level 0)") from None
+        where = group_path
+    else:
+        where = Path(name_or_file)
+        if not where.exists():
+            raise InputError(slide, f"has no labels/{name_or_file}, and no file {name_or_file} exists")
+        labels = open_label_image(where)
     if tuple(labels.shape) != tuple(shape):
-        raise InputError(path, f"label image is {labels.shape[0]}x{labels.shape[1]} but the slide's level 0 is "
-                               f"{shape[0]}x{shape[1]}")
+        raise InputError(where, f"label image is {'x'.join(map(str, labels.shape))} but the slide's level 0 is "
+                                f"{shape[0]}x{shape[1]}")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise InputError(where, f"label image must hold integers, got {labels.dtype}")
+    if labels.dtype in (np.uint64, np.int64):
+        raise InputError(where, f"{labels.dtype} labels are not supported: sparseseg's labels are uint32 (ids up to "
+                                "4294967295); relabel them")
     return labels
 
 

@@ -149,8 +149,8 @@ def parse_regions(spec: str, slide: Path, shape: tuple[int, int], pixel_size_um:
             size = float(value)
         except ValueError:
             raise InputError(None, f"--regions grid:SIZEum expects a number, got {spec!r}") from None
-        if size <= 0:
-            raise InputError(None, f"--regions grid size must be positive, got {spec!r}")
+        if not (np.isfinite(size) and size > 0):
+            raise InputError(None, f"--regions grid size must be a positive number of um, got {spec!r}")
         return grid_regions(slide, shape, pixel_size_um, size)
     if spec == "tissue":
         return tissue_regions(slide, shape, pixel_size_um)

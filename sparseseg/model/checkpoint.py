@@ -6,6 +6,7 @@ so ``torch.load(path, weights_only=True)`` reads it without executing code.
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                                "one)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(path, f"not a sparseseg checkpoint (expected format {FORMAT!r})")
+    check_values(path, state)
     return state
+
+
+def check_values(path: Path, state: dict[str, Any]) -> None:
+    """Refuse what would silently give nothing: NaN or infinite weights, a pixel size that is not a positive number."""
+    weights = state.get("state_dict")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InputError(path, "not a sparseseg checkpoint (no weights)")
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError(path, f"holds NaN or infinite weights ({bad[0]}{' and more' if len(bad) > 1 else ''}): "
+                               "a diverged training; use an earlier checkpoint")
+    size = state.get("pixel_size_um")
+    if size is not None and not (isinstance(size, (int, float)) and math.isfinite(size) and size > 0):
+        raise InputError(path, f"records pixel size {size!r}, not a positive number of um")
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> UNet:
