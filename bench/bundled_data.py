@@ -11,7 +11,11 @@
   ones become complete objects, each ringed by background, plus confident background strokes where the
   stain is faint and far from any candidate; everything else is unknown (science.md section 5).
 
-    python bench/bundled_data.py --out /tmp/bundled [--pixel-size 0.5] [--diameter-um 6.5]
+    python bench/bundled_data.py --out /tmp/bundled [--pixel-size 0.5] [--diameter-um 6.5] [--brca]
+
+- With ``--brca``: the 80 BRCA-M2C `train` images (BSD-3-Clause, 20x) with one classified point per cell
+  (lymphocyte / stromal / tumour) as ``annotations/brca_<name>.csv``: the points and classes of the
+  bundled model v2 (docs/models.md).
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ def main() -> None:
     parser.add_argument("--diameter-um", type=float, default=6.5, help="median nucleus diameter after rescaling")
     parser.add_argument("--no-cmu", action="store_true", help="DSB only")
     parser.add_argument("--no-fluo", action="store_true", help="no inverted fluorescence images")
+    parser.add_argument("--brca", action="store_true",
+                        help="add the BRCA-M2C train images with their classified points (CSV; BSD-3-Clause)")
     args = parser.parse_args()
     images, annotations = args.out / "images", args.out / "annotations"
     images.mkdir(parents=True, exist_ok=True)
@@ -131,6 +137,13 @@ def main() -> None:
         tifffile.imwrite(annotations / "cmu.tif", partial)
         print(f"CMU: {int(partial.max()) - 1} machine-made nuclei, {100 * (partial > 0).mean():.1f} % annotated")
         count += 1
+    if args.brca:  # BSD-3: the official train split, one classified point per cell (brca_<name>.png + .csv)
+        brca = SHARED / "brca_m2c"
+        for row in csv.DictReader(open(brca / "index.csv")):
+            if row["split"] == "train" and abs(float(row["microns_per_pixel"]) - args.pixel_size) < 0.02:
+                (images / f"brca_{row['name']}.png").write_bytes((brca / "images" / f"{row['name']}.png").read_bytes())
+                (annotations / f"brca_{row['name']}.csv").write_text((brca / "points" / f"{row['name']}.csv").read_text())
+                count += 1
     print(f"{count} training images in {args.out} at {args.pixel_size} um/px (median nucleus {args.diameter_um} um)")
 
 
