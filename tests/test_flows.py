@@ -38,7 +38,8 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
                SPARSESEG_HOME=str(ROOT), PREFECT_LOGGING_LEVEL="WARNING",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # 2 busy cores start slowly
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # 2 busy cores start slowly
+               PREFECT_API_REQUEST_TIMEOUT="300")  # and answer slowly: a 60 s read timeout failed once under load
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
