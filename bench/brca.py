@@ -12,32 +12,22 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import zarr
 from scipy import ndimage as ndi
 
-from sparseseg.metrics.points import PointCounts, class_counts, detection_counts
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import run  # noqa: E402  (a sparseseg command, its output appended to the log)
+
+from sparseseg.metrics.points import PointCounts, class_counts, detection_counts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brca_m2c"
 SPARSESEG = [sys.executable, "-m", "sparseseg.cli"]
 RADIUS_UM = 3.0
-
-
-def run(command: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with open(log, "a") as fh:
-        fh.write("$ " + " ".join(command) + "\n")
-        fh.flush()
-        result = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT)
-    if result.returncode:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}; see {log}")
-    return time.perf_counter() - start
 
 
 def read_points(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -104,8 +104,10 @@ def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice], c
             offset = np.uint32(max(int(partial.max()), 1))  # disks never take an annotated object's id
             partial = np.where(fill, np.where(disks > BACKGROUND, disks + offset, disks), partial).astype(np.uint32)
             point_classes = disk_classes
-        classes = None if class_ids is None else _class_map(tables, partial, window, class_ids, point_radius)
-        if classes is not None and point_classes is not None:
+        drawn = point_classes is not None  # free points' classes come with their disks
+        classes = None if class_ids is None else _class_map(tables, partial, window, class_ids, point_radius,
+                                                            skip_free_points=drawn)
+        if classes is not None and drawn:
             classes = np.where(point_classes > 0, point_classes, classes).astype(np.uint8)
     return PatchAnnotation(partial=partial, boundary=boundary, points=points, foreground=foreground,
                            complete=complete, classes=classes if TABLES in root else None)
@@ -131,8 +133,9 @@ def _point_cells(yx: np.ndarray, kinds: np.ndarray, window: tuple[slice, slice],
 
 
 def _class_map(tables, partial: np.ndarray, window: tuple[slice, slice], class_ids: np.ndarray,
-               radius: float) -> np.ndarray | None:
-    """uint8 (H, W): 0 unknown, 1 + class on classified objects and on disks around classified points."""
+               radius: float, skip_free_points: bool = False) -> np.ndarray | None:
+    """uint8 (H, W): 0 unknown, 1 + class on classified objects and on disks around classified points (those in
+    no object left out with ``skip_free_points``: their disks carry their class already)."""
     if "object_classes" not in tables or not len(class_ids):
         return None
     out = np.zeros(partial.shape, np.uint8)
@@ -143,7 +146,7 @@ def _class_map(tables, partial: np.ndarray, window: tuple[slice, slice], class_i
         out = lut[np.minimum(partial, len(lut) - 1)] * (partial < len(lut))
     pts, kinds = tables["points"][...], tables["point_classes"][...]
     rows, cols = window
-    near = (kinds >= 0) & (pts[:, 0] >= rows.start - radius) & (pts[:, 0] < rows.stop + radius) & \
+    near = (kinds >= 0) & ~(skip_free_points & (pts[:, 2] == 0)) & (pts[:, 0] >= rows.start - radius) & (pts[:, 0] < rows.stop + radius) & \
         (pts[:, 1] >= cols.start - radius) & (pts[:, 1] < cols.stop + radius)
     r = int(np.ceil(radius))
     dy, dx = np.mgrid[-r: r + 1, -r: r + 1]
