@@ -303,6 +303,8 @@ def test_classified_qupath_points_and_objects_train_a_class_head_from_a_slide(tm
     a, b = patch.partial[50:200, 40:200], shifted.partial[:150, :160]
     assert np.array_equal(a == BACKGROUND, b == BACKGROUND) and np.array_equal(a > 0, b > 0)
     assert np.array_equal(patch.classes[50:200, 40:200], shifted.classes[:150, :160])
+    # calibration scores instances against outlines only: the disks made from clicks are not among them
+    assert set(np.unique(source.read_outlines((slice(0, 200), slice(0, 200)))).tolist()) == {0, 2}
     out = tmp_path / "typed.pt"
     assert main(["train", "--data", str(slide), "--out", str(out), "--epochs", "1", "--patch", "64", "--batch", "4",
                  "--depth", "2", "--width", "8", "--no-calibrate", "-q"]) == 0

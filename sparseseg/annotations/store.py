@@ -63,14 +63,16 @@ def annotation_class_names(slide_path: str | Path) -> tuple[str, ...]:
 
 
 def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice], class_ids: np.ndarray | None = None,
-                          point_radius: float = 3.0, voronoi: bool = True) -> PatchAnnotation:
+                          point_radius: float = 3.0, voronoi: bool = True, cells_from_points: bool = True
+                          ) -> PatchAnnotation:
     """The PatchAnnotation of a level-0 window (points and lines shifted/clipped to it).
 
     Points that lie in no annotated object, on a slide without a foreground mask, are one click per cell: they
     become disks of ``point_radius`` px and Voronoi edges of background where nothing else is annotated
     (``annotations.points``; computed with the points up to POINT_CONTEXT px around the window, so any window
     gets the same edges). With ``class_ids`` (the model's class index of each of the slide's ``class_names``),
-    the class map holds each classified object's class on its pixels and each classified point's on its disk."""
+    the class map holds each classified object's class on its pixels and each classified point's on its disk.
+    ``cells_from_points=False`` leaves the points as drawn (calibration scores instances against outlines only)."""
     root = zarr.open_group(slide_path, mode="r")
     if f"labels/{ANNOTATIONS}" not in root:
         raise InputError(slide_path, "has no labels/annotations (run `sparseseg annotations import` first)")
@@ -96,7 +98,7 @@ def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice], c
         present = set(np.unique(partial).tolist())
         complete = frozenset(int(k) for k in tables["complete"][...] if int(k) in present)
         kinds = tables["point_classes"][...] if "point_classes" in tables else np.full(len(pts), -1)
-        if foreground is None and (pts[:, 2] == 0).any():
+        if cells_from_points and foreground is None and (pts[:, 2] == 0).any():
             shape = root[f"labels/{ANNOTATIONS}/0"].shape
             disks, disk_classes = _point_cells(pts[pts[:, 2] == 0, :2], kinds[pts[:, 2] == 0], window, shape,
                                                class_ids, point_radius, voronoi)

@@ -78,7 +78,8 @@ def calibration_samples(predictor: Predictor, sources, window: int = 768, max_pi
                 y0, x0 = max(0, min(h - window, cy - window // 2)), max(0, min(w - window, cx - window // 2))
                 windows.append((slice(y0, min(h, y0 + window)), slice(x0, min(w, x0 + window))))
         for rows, cols in windows:
-            partial = np.asarray(source.read_annotation((rows, cols)).partial)
+            outlines = getattr(source, "read_outlines", None)  # a slide's clicked cells are no outlines
+            partial = np.asarray(outlines((rows, cols)) if outlines else source.read_annotation((rows, cols)).partial)
             if not (partial >= 2).any():
                 continue
             image = np.asarray(source.read_image((rows, cols)))

@@ -193,6 +193,10 @@ class SlideSource:
         return read_annotation_patch(self.path, window, self.class_ids, self.point_radius,
                                      getattr(self, "voronoi", True))
 
+    def read_outlines(self, window: tuple[slice, slice]) -> np.ndarray:
+        """The partial instance map as drawn, without the disks made from clicked cells (for calibration)."""
+        return read_annotation_patch(self.path, window, cells_from_points=False).partial
+
 
 def folder_sources(images: Path, annotations: Path, channels: tuple[str, ...] | None = None) -> list[FolderSource]:
     """Pairs ``images/NAME.*`` with ``annotations/NAME.*`` (TIFF/PNG partial-instance maps, or a CSV of points
