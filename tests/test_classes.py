@@ -309,3 +309,38 @@ def test_classified_qupath_points_and_objects_train_a_class_head_from_a_slide(tm
     assert main(["train", "--data", str(slide), "--out", str(out), "--epochs", "1", "--patch", "64", "--batch", "4",
                  "--depth", "2", "--width", "8", "--no-calibrate", "-q"]) == 0
     assert load_checkpoint(out)["classes"] == list(names)
+
+
+def test_a_label_image_with_a_class_table_trains_classes(tmp_path):
+    """``annotations/NAME.tif`` (partial encoding) with ``NAME.csv`` (label,class) beside it: classified objects,
+    and objects missing from the table keep their outline with the class unknown."""
+    from sparseseg.annotations.model import encode_dense
+    from sparseseg.train.data import folder_sources, label_point_sources
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    shutil.copy(DSB / "images" / "he_65c8527c.png", tmp_path / "images")
+    partial = encode_dense(tifffile.imread(DSB / "labels" / "he_65c8527c.tif"))
+    tifffile.imwrite(tmp_path / "annotations" / "he_65c8527c.tif", partial)
+    ids = [int(k) for k in np.unique(partial[partial >= FIRST_OBJECT])]
+    table = {k: ("tumour" if i % 2 else "lymphocyte") for i, k in enumerate(ids[:-5])}  # the last 5: no class
+    with open(tmp_path / "annotations" / "he_65c8527c.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["label", "class"])
+        writer.writerows(table.items())
+    sources = folder_sources(tmp_path / "images", tmp_path / "annotations")
+    assert len(sources) == 1 and sources[0].class_names == ("lymphocyte", "tumour")
+    label_point_sources(sources, 0.5, ("lymphocyte", "tumour"))
+    classes = sources[0].read_annotation((slice(None), slice(None))).classes
+    for k in ids:
+        expected = {"lymphocyte": 1, "tumour": 2}.get(table.get(k, ""), 0)
+        assert (classes[partial == k] == expected).all()
+    assert (classes[partial <= BACKGROUND] == 0).all()
+    out = tmp_path / "typed.pt"
+    assert main(["train", "--images", str(tmp_path / "images"), "--annotations", str(tmp_path / "annotations"),
+                 "--out", str(out), "--epochs", "1", "--patch", "64", "--batch", "4", "--depth", "2", "--width", "8",
+                 "--no-calibrate", "-q"]) == 0
+    assert load_checkpoint(out)["classes"] == ["lymphocyte", "tumour"]
+    (tmp_path / "annotations" / "he_65c8527c.csv").write_text("label,class\nseven,tumour\n")
+    with pytest.raises(InputError, match="line 2"):
+        folder_sources(tmp_path / "images", tmp_path / "annotations")

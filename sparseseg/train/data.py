@@ -60,7 +60,8 @@ class CentreSampler:
 class FolderSource:
     """An image file with a partial-instance annotation file of the same stem (small images, in memory)."""
 
-    def __init__(self, image_path: Path, annotation_path: Path, channels: tuple[str, ...] | None = None):
+    def __init__(self, image_path: Path, annotation_path: Path, channels: tuple[str, ...] | None = None,
+                 class_table: Path | None = None):
         self.name = image_path.stem
         try:
             pixels = tifffile.imread(image_path) if image_path.suffix.lower() in (".tif", ".tiff") \
@@ -95,15 +96,23 @@ class FolderSource:
         self.n_channels = pixels.shape[0]
         self.normalization = percentile_normalization(pixels)
         self.centres = CentreSampler(self.partial > 0, 1)
+        self.label_classes = read_class_table(class_table) if class_table is not None else {}
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self.points.class_names if self.points is not None else ()
+        if self.points is not None:
+            return self.points.class_names
+        return tuple(sorted(set(self.label_classes.values())))
 
     def label_points(self, pixel_size_um: float | None, class_ids: dict[str, int]) -> None:
         """Turn a points annotation into disks and Voronoi edges (``annotations.points``), classes numbered by
         ``class_ids``; the disk radius is POINT_RADIUS_UM at ``pixel_size_um`` (3 px when it is unknown)."""
         if self.points is None:
+            if self.label_classes:  # labels missing from the table: outline known, class unknown
+                lut = np.zeros(int(max(self.partial.max(), max(self.label_classes))) + 1, np.uint8)
+                for label, name in self.label_classes.items():
+                    lut[label] = class_ids[name] + 1
+                self.class_map = lut[self.partial]
             return
         radius = POINT_RADIUS_UM / pixel_size_um if pixel_size_um else POINT_RADIUS_UM / 0.5
         self.partial, classes = point_labels(self.shape, self.points.yx, radius, class_indices(self.points, class_ids),
@@ -199,18 +208,46 @@ class SlideSource:
 
 
 def folder_sources(images: Path, annotations: Path, channels: tuple[str, ...] | None = None) -> list[FolderSource]:
-    """Pairs ``images/NAME.*`` with ``annotations/NAME.*`` (TIFF/PNG partial-instance maps, or a CSV of points
-    ``y,x[,class]``)."""
+    """Pairs ``images/NAME.*`` with ``annotations/NAME.*``: a TIFF/PNG partial-instance map (with, when
+    ``NAME.csv`` sits beside it, its class table ``label,class``), or alone a CSV of points ``y,x[,class]``."""
     images, annotations = Path(images), Path(annotations)
     for folder in (images, annotations):
         if not folder.is_dir():
             raise InputError(folder, "is not a directory")
-    labels = {p.stem: p for p in annotations.iterdir() if p.suffix.lower() in (*_IMAGE_SUFFIXES, ".csv")}
+    files = sorted(p for p in annotations.iterdir() if p.suffix.lower() in (*_IMAGE_SUFFIXES, ".csv"))
+    tables = {p.stem: p for p in files if p.suffix.lower() == ".csv"}
+    labels = {p.stem: p for p in files if p.suffix.lower() != ".csv"}
+    labels.update({stem: path for stem, path in tables.items() if stem not in labels})  # points
     pairs = [(p, labels[p.stem]) for p in sorted(images.iterdir())
              if p.suffix.lower() in _IMAGE_SUFFIXES and p.stem in labels]
     if not pairs:
         raise InputError(images, f"no image has an annotation of the same name in {annotations}")
-    return [FolderSource(image, label, channels) for image, label in pairs]
+    return [FolderSource(image, label, channels, tables.get(image.stem) if label.suffix.lower() != ".csv" else None)
+            for image, label in pairs]
+
+
+def read_class_table(path: Path) -> dict[int, str]:
+    """A label image's class table (CSV ``label,class``): label value -> cell class."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"not a readable class table ({exc})") from None
+    if rows and not {"label", "class"} <= set(rows[0]):
+        raise InputError(path, f"a class table beside a label image needs the columns label,class; got "
+                               f"{','.join(rows[0])}")
+    table = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            label = int(row["label"])
+        except (TypeError, ValueError):
+            raise InputError(path, f"line {line}: label must be a whole number, got {row['label']!r}") from None
+        if label < 2 or not (row["class"] or "").strip():
+            raise InputError(path, f"line {line}: needs an object label (>= 2 in the partial encoding) and a class")
+        table[label] = row["class"].strip()
+    return table
 
 
 @dataclass(frozen=True)
