@@ -344,3 +344,24 @@ def test_a_label_image_with_a_class_table_trains_classes(tmp_path):
     (tmp_path / "annotations" / "he_65c8527c.csv").write_text("label,class\nseven,tumour\n")
     with pytest.raises(InputError, match="line 2"):
         folder_sources(tmp_path / "images", tmp_path / "annotations")
+
+
+def test_a_clicked_cells_disk_never_takes_the_class_of_an_object_elsewhere(tmp_path):
+    """Disks get window-local ids; a classified object far away with the same id must not lend them its class."""
+    import json
+
+    from sparseseg.annotations.store import read_annotation_patch
+
+    image = sorted((BRCA / "images").glob("*.png"))[0]
+    slide = tmp_path / "brca.ome.zarr"
+    assert main(["ingest", str(image), str(slide), "--pixel-size", "0.5", "--tissue", "none", "-q"]) == 0
+    boxes = [[[x, 300], [x + 8, 300], [x + 8, 308], [x, 308], [x, 300]] for x in range(10, 130, 12)]
+    features = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [b]},
+                 "properties": {"classification": {"name": "Tumour"}}} for b in boxes]
+    features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [50.5, 50.5]},
+                     "properties": {}})  # an unclassified click, far from the objects
+    (tmp_path / "a.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    assert main(["annotations", "import", str(slide), str(tmp_path / "a.geojson")]) == 0
+    patch = read_annotation_patch(slide, (slice(0, 120), slice(0, 120)), np.array([0]), 3.0)
+    assert patch.partial[50, 50] >= FIRST_OBJECT  # its disk
+    assert (patch.classes == 0).all()  # no object in this window, and the click has no class

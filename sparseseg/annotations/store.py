@@ -82,7 +82,7 @@ def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice], c
     if f"labels/{FOREGROUND}" in root:
         foreground = root[f"labels/{FOREGROUND}/0"][rows, cols].astype(bool)
     points = np.zeros((0, 2))
-    point_classes = None
+    point_classes = classes = None
     boundary = None
     complete: frozenset[int] = frozenset()
     if TABLES in root:
@@ -98,6 +98,7 @@ def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice], c
         present = set(np.unique(partial).tolist())
         complete = frozenset(int(k) for k in tables["complete"][...] if int(k) in present)
         kinds = tables["point_classes"][...] if "point_classes" in tables else np.full(len(pts), -1)
+        drawn_objects = partial  # the class map reads object ids before disks take (window-local) ids
         if cells_from_points and foreground is None and (pts[:, 2] == 0).any():
             shape = root[f"labels/{ANNOTATIONS}/0"].shape
             disks, disk_classes = _point_cells(pts[pts[:, 2] == 0, :2], kinds[pts[:, 2] == 0], window, shape,
@@ -107,12 +108,12 @@ def read_annotation_patch(slide_path: str | Path, window: tuple[slice, slice], c
             partial = np.where(fill, np.where(disks > BACKGROUND, disks + offset, disks), partial).astype(np.uint32)
             point_classes = disk_classes
         drawn = point_classes is not None  # free points' classes come with their disks
-        classes = None if class_ids is None else _class_map(tables, partial, window, class_ids, point_radius,
+        classes = None if class_ids is None else _class_map(tables, drawn_objects, window, class_ids, point_radius,
                                                             skip_free_points=drawn)
         if classes is not None and drawn:
             classes = np.where(point_classes > 0, point_classes, classes).astype(np.uint8)
     return PatchAnnotation(partial=partial, boundary=boundary, points=points, foreground=foreground,
-                           complete=complete, classes=classes if TABLES in root else None)
+                           complete=complete, classes=classes)
 
 
 #: Points this far (px) around a window take part in its Voronoi edges: beyond a few cell spacings, none matters.
@@ -145,7 +146,7 @@ def _class_map(tables, partial: np.ndarray, window: tuple[slice, slice], class_i
     if len(objects):
         lut = np.zeros(int(max(objects[:, 0].max(), partial.max())) + 1, np.uint8)
         lut[objects[:, 0]] = class_ids[objects[:, 1]] + 1
-        out = lut[np.minimum(partial, len(lut) - 1)] * (partial < len(lut))
+        out = lut[partial]
     pts, kinds = tables["points"][...], tables["point_classes"][...]
     rows, cols = window
     near = (kinds >= 0) & ~(skip_free_points & (pts[:, 2] == 0)) & (pts[:, 0] >= rows.start - radius) & (pts[:, 0] < rows.stop + radius) & \
