@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 #: The per-object array in a label group with classes: (objects + 1, K) float32 mean class probabilities (row k:
 #: object k), its ``classes`` attribute the class names.
 OBJECT_CLASSES = "object_classes"
@@ -15,6 +17,15 @@ KNOWN_COLOURS = {
 }
 #: Colours of other classes, in order (distinct from the known ones).
 PALETTE = ((0, 160, 255), (255, 120, 0), (0, 200, 120), (240, 60, 200), (120, 120, 255), (180, 140, 0))
+
+
+def most_probable_class(probabilities: np.ndarray) -> np.ndarray:
+    """uint8 per label id: 1 + the most probable class of each object (rows of mean class probabilities, row k
+    object k), 0 for row 0 (background)."""
+    ids = np.zeros(len(probabilities), np.uint8)
+    if len(probabilities) > 1:
+        ids[1:] = probabilities[1:].argmax(1) + 1
+    return ids
 
 
 def class_colours(names: tuple[str, ...] | list[str]) -> list[tuple[int, int, int]]:

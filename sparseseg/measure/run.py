@@ -25,7 +25,7 @@ from sparseseg.measure.accuracy import accumulate, accuracy_tables
 from sparseseg.measure.objects import MeasureInputs, measure_objects
 from sparseseg.tiling.blocks import array_tiles
 from sparseseg.measure.regions import parse_regions, region_table, stain_columns
-from sparseseg.classes import class_colours
+from sparseseg.classes import class_colours, most_probable_class
 from sparseseg.measure.report import (accuracy_curve, class_overlay_crop, densest_window, density_heatmap, overlay_crop,
                                       thumbnail_with_labels, write_report)
 
@@ -64,11 +64,8 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
         raise InputError(None, f"--match-um must be a positive number of micrometres, got {match_um}")
     with writer_lock(slide, "measure"), staged_outputs(out) as staging:
         summary = _measure(slide, info, label_array, labels, regions, truth, staging, block, margin, progress, report,
-                           intensities, threads, select_channels(channels, info.channel_names, slide))
-        if points is not None:
-            summary["point_accuracy"] = point_accuracy(staging, points, match_um / info.pixel_size_um[0])
-            (staging / "metrics.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "_attrs"},
-                                                             indent=2, default=float))
+                           intensities, threads, select_channels(channels, info.channel_names, slide), points,
+                           match_um / info.pixel_size_um[0])
         if "report" in summary:
             summary["report"] = str(out / Path(summary["report"]).name)
         if isinstance(label_array, zarr.Array) and (slide / "labels" / labels).is_dir():
@@ -80,7 +77,7 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
 
 def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: str | None, out: Path, block: int,
              margin: int, progress: bool, report: bool, intensities: bool, threads: int,
-             channels: tuple[int, ...] | None) -> dict:
+             channels: tuple[int, ...] | None, points: PointSet | None = None, match_px: float = 6.0) -> dict:
     """Everything ``measure_slide`` writes, into the folder ``out``."""
     shape = tuple(info.shape[1:])
     image = zarr.open_group(slide, mode="r")["0"]
@@ -125,6 +122,8 @@ def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: s
         summary["accuracy"] = accuracy_summary
         if report:
             accuracy_curve(accuracy, out / "accuracy.png")
+    if points is not None:
+        summary["point_accuracy"] = point_accuracy(out, points, match_px)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     if report:
         _figures(slide, info, label_array, per_region, region_set, out, classes, probabilities)
@@ -192,8 +191,8 @@ def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_se
                  out / "overlay.png")
     density_heatmap(per_region, region_set, out / "density.png")
     if classes:
-        class_of = np.concatenate([[0], probabilities[1:].argmax(1)]) if len(probabilities) > 1 else np.zeros(1, int)
         class_overlay_crop(np.asarray(info.levels[0][(slice(None), *window)]), np.asarray(label_array[window]),
-                           class_of, class_colours(classes), out / "class_overlay.png")
+                           np.maximum(most_probable_class(probabilities).astype(np.int64) - 1, 0),
+                           class_colours(classes), out / "class_overlay.png")
         for name in classes:  # e.g. lymphocytes per mm2 in each region: the TIL density
             density_heatmap(per_region, region_set, out / f"density_{name}.png", f"{name}_density_per_mm2", name)

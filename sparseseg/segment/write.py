@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseseg.classes import OBJECT_CLASSES, class_colours
+from sparseseg.classes import OBJECT_CLASSES, class_colours, most_probable_class
 from sparseseg.io.labels import write_label_pyramid
 from sparseseg.model.grid import level0_to_model_indices
 from sparseseg.segment.plan import BlockJob
@@ -116,9 +116,7 @@ def write_class_pyramid(slide: Path, name: str, labels: LabelComposer, names: tu
                         probabilities: np.ndarray, scheduler) -> None:
     """``labels/<name>_classes``: every object's pixels hold its class (1 + index), with NGFF image-label colours
     and properties, so napari and neuroglancer colour cells by type."""
-    lut = np.zeros(len(probabilities), np.uint8)
-    if len(probabilities) > 1:
-        lut[1:] = probabilities[1:].argmax(1) + 1
+    lut = most_probable_class(probabilities)
     colours = [{"label-value": i + 1, "rgba": [*rgb, 255]} for i, rgb in enumerate(class_colours(names))]
     properties = [{"label-value": 0, "class": "background"}] + \
         [{"label-value": i + 1, "class": n} for i, n in enumerate(names)]
