@@ -97,6 +97,8 @@ def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: s
     if "region" not in objects:
         objects["region"] = pd.Series(dtype=np.int64)
         objects["area_um2"] = pd.Series(dtype=np.float64)
+    if classes and "class" not in objects:  # no object at all: the table has no class column to read
+        objects["class"] = pd.Series(dtype=object)
     per_region = region_table(objects, region_set, classes)
     per_region.to_parquet(out / "regions.parquet", index=False)
     per_region.to_csv(out / "regions.csv", index=False)
