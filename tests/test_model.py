@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import DSB
 
-from sparseseg.infer.predictor import Predictor
+from sparseseg.infer.predictor import Predictor, hardware_has_bf16, resolve_precision
 from sparseseg.infer.tiles import TileGrid
 from sparseseg.infer.windows import NetworkFields
 from sparseseg.model import UNet, UNetConfig, split_outputs
+from sparseseg.model.inference import InferenceUNet
 from sparseseg.model.normalize import Normalization
 from sparseseg.model.receptive_field import empirical_halo
 from sparseseg.tiling.blocks import BlockGrid
@@ -52,12 +53,14 @@ def test_empirical_receptive_field_is_within_the_analytic_halo(config):
     assert measured > model.halo // 2  # the analytic bound is not absurdly loose
 
 
-@pytest.mark.parametrize("config,block,shape", [(CONFIGS[0], 64, (173, 259)), (CONFIGS[1], 96, (260, 347)),
-                                                (CONFIGS[2], 128, (201, 130))])
-def test_tiled_prediction_equals_whole_image_prediction_bitwise(config, block, shape):
+@pytest.mark.parametrize("config,block,shape,precision", [(CONFIGS[0], 64, (173, 259), "fp32"),
+                                                          (CONFIGS[1], 96, (260, 347), "fp32"),
+                                                          (CONFIGS[2], 128, (201, 130), "fp32"),
+                                                          (CONFIGS[1], 96, (260, 347), "bf16")])
+def test_tiled_prediction_equals_whole_image_prediction_bitwise(config, block, shape, precision):
     torch.manual_seed(1)
     model = trained_a_little(UNet(config))
-    predictor = Predictor(network=model)
+    predictor = Predictor(network=model, precision=precision)
     pixels = iio.imread(DSB / "images" / ("fluo_0402a81e.png" if config.in_channels == 1 else "he_65c8527c.png"))
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     image = np.zeros((config.in_channels, *shape), np.float32)
@@ -128,3 +131,41 @@ def test_test_time_augmentation_is_equivariant_and_tiled_equals_whole():
     part = NetworkFields(predictor, shape, lambda w: big[(slice(None), *w)], tile=tile)
     assert torch.equal(torch.from_numpy(part.compute([part.load(window)])[0]),
                        torch.from_numpy(whole[(slice(None), *window)]))
+
+
+INFERENCE_CONFIGS = CONFIGS + [UNetConfig(in_channels=3, depth=2, width=8, convs_per_block=3, classes=3),
+                               UNetConfig(in_channels=1, depth=0, width=8, boundary_head=True),
+                               UNetConfig(in_channels=3, depth=3, width=8, norm="none", boundary_head=True)]
+
+
+@pytest.mark.parametrize("config", INFERENCE_CONFIGS)
+def test_the_inference_network_computes_the_eager_network_and_bf16_stays_close(config):
+    """Folded norms, matrix-product 1x1 convs and the concatenation-free up blocks are the same function as the
+    trained network (to float rounding) for every architecture option; bf16 stays within its precision."""
+    torch.manual_seed(3)
+    model = trained_a_little(UNet(config))
+    x = torch.rand(2, config.in_channels, 8 * model.downsampling, 5 * model.downsampling) * 2
+    with torch.no_grad():
+        eager = model(x)
+        fused = InferenceUNet(model)(x)
+        bf16 = InferenceUNet(model, "bf16")(x)
+    scale = float(eager.abs().max())
+    assert fused.shape == bf16.shape == eager.shape and fused.dtype == bf16.dtype == torch.float32
+    assert float((fused - eager).abs().max()) <= 1e-5 * scale
+    assert 0 < float((bf16 - eager).abs().max()) <= 0.05 * scale
+    if model.downsampling > 1:
+        with pytest.raises(ValueError, match="multiple of"):
+            InferenceUNet(model)(x[..., :-1])
+
+
+def test_predictor_precision_auto_follows_the_hardware_and_rejects_unknown_names():
+    assert resolve_precision("auto", "cpu") == ("bf16" if hardware_has_bf16("cpu") else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", "cpu")
+    torch.manual_seed(4)
+    model = trained_a_little(UNet(CONFIGS[1]))
+    image = np.random.default_rng(0).random((3, 64, 64), np.float32)
+    eager = Predictor(network=model, fused=False).forward(image)
+    np.testing.assert_allclose(Predictor(network=model).forward(image), eager, atol=1e-5)
+    assert np.abs(Predictor(network=model, precision="bf16").forward(image) - eager).max() > 0

@@ -6,7 +6,7 @@ and the tests, so "load a checkpoint, normalise, predict, derive instances" is w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 from sparseseg.infer.windows import NetworkFields
 from sparseseg.instances.dynamics import InstanceParams, flows_to_labels
 from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint
+from sparseseg.model.inference import PRECISIONS, InferenceUNet
 from sparseseg.model.normalize import Normalization, percentile_normalization
 from sparseseg.model.unet import UNet, class_logits
 
@@ -33,6 +34,26 @@ def instance_params(stored: dict[str, Any] | None, overrides: dict[str, Any] | N
     return InstanceParams(**values)
 
 
+def hardware_has_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively (AVX512-BF16 or AMX on a CPU; a GPU that reports it)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``precision`` ("fp32", "bf16" or "auto": bf16 only where the hardware has it) for ``device``."""
+    if precision == "auto":
+        return "bf16" if hardware_has_bf16(device) else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r}")
+    return precision
+
+
 @dataclass
 class Predictor:
     """``network`` (eval mode, on ``device``) with what inference needs from its checkpoint."""
@@ -44,11 +65,16 @@ class Predictor:
     channels: tuple[str, ...] | None = None   # channel names the network was trained on, when recorded
     class_names: tuple[str, ...] = ()         # cell classes of the class head (empty: no class head)
     tta: bool = False                         # average the fields over the 8 flips / 90-degree rotations
+    precision: str = "fp32"                   # "fp32" or "bf16" (weights and activations; see model.inference)
+    fused: bool = True                        # run the rearranged inference network (False: the eager one)
+    _inference: InferenceUNet | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | dict, device: str | None = None,
-                        params: dict[str, Any] | None = None, tta: bool = False) -> Predictor:
-        """Load ``path`` (weights only, no code executed); ``params`` override the stored instance parameters."""
+                        params: dict[str, Any] | None = None, tta: bool = False, precision: str = "fp32"
+                        ) -> Predictor:
+        """Load ``path`` (weights only, no code executed); ``params`` override the stored instance parameters;
+        ``precision`` "auto" is bf16 where ``device`` computes it natively, else fp32."""
         state = load_checkpoint(path) if not isinstance(path, dict) else path
         device = device or default_device()
         if device.startswith("cuda"):  # one algorithm per shape, no TF32: tiles give the same bits every time
@@ -58,7 +84,8 @@ class Predictor:
         channels = state.get("channels")
         return cls(network=network, device=device, params=instance_params(state.get("instance_params"), params),
                    pixel_size_um=state.get("pixel_size_um"), channels=tuple(channels) if channels else None,
-                   class_names=tuple(state.get("classes") or ()), tta=tta)
+                   class_names=tuple(state.get("classes") or ()), tta=tta,
+                   precision=resolve_precision(precision, device))
 
     @property
     def halo(self) -> int:
@@ -92,9 +119,17 @@ class Predictor:
         out = out.cpu().numpy()
         return out[0] if single else out
 
+    def _network_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's float32 output for a batch: the inference network (built once) or the eager one."""
+        if not self.fused and self.precision == "fp32":
+            return self.network(x.contiguous(memory_format=torch.channels_last)).float()
+        if self._inference is None:
+            self._inference = InferenceUNet(self.network, self.precision)
+        return self._inference(x)
+
     def _fields(self, x: torch.Tensor) -> torch.Tensor:
         """Distance, flow and class probabilities of a batch, as the network gives them."""
-        raw = self.network(x.contiguous(memory_format=torch.channels_last)).float()
+        raw = self._network_output(x)
         logits = class_logits(raw, self.network.config)
         return raw[:, :3] if logits is None else torch.cat([raw[:, :3], torch.softmax(logits, 1)], 1)
 
