@@ -59,9 +59,9 @@ def options(**values) -> SegmentOptions:
     return SegmentOptions(**{"block": BLOCK, "tile": TILE, "progress": False, **values})
 
 
-def whole_image_labels(slide, model_path) -> tuple[np.ndarray, np.ndarray]:
+def whole_image_labels(slide, model_path, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     info = open_omezarr_slide(slide)
-    predictor = Predictor.from_checkpoint(model_path, device="cpu")
+    predictor = Predictor.from_checkpoint(model_path, device="cpu", precision=precision)
     normalization = slide_normalization(info.levels)
     pixels = np.asarray(info.levels[0])
     return predictor.fields(pixels, normalization, TILE), predictor.instances(pixels, normalization, tile=TILE)
@@ -103,6 +103,22 @@ def test_segment_equals_whole_image_segmentation(reference, fluo_model):
     assert trimmed[0] > 0 and (result.trimmed_objects, result.trimmed_pixels) == trimmed
     assert root["labels/cells"].attrs["sparseseg"]["trimmed_pieces"] == {"objects": trimmed[0], "pixels": trimmed[1]}
     assert not [p for p in (slide / "labels").iterdir() if p.name.startswith(".cells")]
+
+
+def test_bf16_segment_equals_the_whole_image_in_bf16(slide, fluo_model):
+    """--precision bf16: every tile runs the same bfloat16 kernels, so blocks still stitch to the whole image's
+    labels (computed in bf16 too); the run records its precision."""
+    result = segment_slide(slide, fluo_model, options(workers=1, threads=1, precision="bf16"))
+    tiled = zarr.open_group(slide, mode="r")["labels/cells/0"][...]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the network's bits depend on the thread count (docs/segment.md)
+    try:
+        _, whole = whole_image_labels(slide, fluo_model, precision="bf16")
+    finally:
+        torch.set_num_threads(threads)
+    assert result.n_objects == int(tiled.max()) > 150
+    assert_same_objects(whole, tiled)
+    assert zarr.open_group(slide, mode="r")["labels/cells"].attrs["sparseseg"]["precision"] == "bf16"
 
 
 def test_killing_a_worker_mid_run_gives_identical_labels(slide, fluo_model, reference):

@@ -9,8 +9,10 @@ at most two blocks are held ahead, so memory stays flat. Each finished block's r
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +22,21 @@ from sparseseg.segment.records import BlockRecord, block_record_path, read_block
 from sparseseg.segment.stitch import block_record, resolve_candidates
 from sparseseg.segment.worker import slide_fields
 from sparseseg.tiling.blocks import Block
+
+
+@dataclass
+class PipelineSeconds:
+    """Where this worker process's pass-1 pipeline spent its time (summed over its groups; for benchmarks): the
+    network waiting for a read, running, and waiting for the previous block's instances."""
+
+    read_wait: float = 0.0
+    forward: float = 0.0
+    instances_wait: float = 0.0
+    blocks: int = 0
+
+
+#: This process's totals (``bench/gpu.py`` collects them from every worker with ``client.run``).
+PIPELINE_SECONDS = PipelineSeconds()
 
 
 def run_block_group(job: BlockJob, blocks: list[Block], skips: frozenset, fields: FieldSource | None = None
@@ -65,11 +82,19 @@ def _pipeline(job: BlockJob, blocks: list[Block], fields: FieldSource):
         read_ahead()
         while reads:
             block, future = reads.popleft()
+            start = time.perf_counter()
             prepared = future.result()
             read_ahead()
+            ready = time.perf_counter()
             output = fields.compute([prepared])[0]
+            computed = time.perf_counter()
             if finishing is not None:
-                yield finishing.result()
+                finished = finishing.result()
+                PIPELINE_SECONDS.instances_wait += time.perf_counter() - computed
+                yield finished
+            PIPELINE_SECONDS.read_wait += ready - start
+            PIPELINE_SECONDS.forward += computed - ready
+            PIPELINE_SECONDS.blocks += 1
             finishing = post.submit(_finish, job, block, output, fields, prepared.tiles_run)
         if finishing is not None:
             yield finishing.result()

@@ -12,6 +12,7 @@ from sparseseg.io.labels import check_label_name
 
 #: What to do with an object that reaches the edge of its block's label context.
 LARGE_OBJECT_POLICIES = ("grow", "drop", "error")
+PRECISION_CHOICES = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class SegmentOptions:
     channels: tuple[str, ...] | None = None
     fill_missing: bool = False   # read image chunks missing on disk as the fill value (default: refuse the slide)
     tta: bool = False            # test-time augmentation: fields averaged over the 8 flips / rotations (8x the work)
+    precision: str = "fp32"      # network arithmetic: fp32, bf16, or auto (bf16 where the worker's hardware has it)
     progress: bool = True
 
     def __post_init__(self):
@@ -63,6 +65,8 @@ class SegmentOptions:
             raise InputError(None, "--workers and --scheduler exclude each other")
         if self.device not in (None, "cpu", "cuda"):
             raise InputError(None, f"--device must be cpu or cuda, got {self.device!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise InputError(None, f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.large_objects not in LARGE_OBJECT_POLICIES:
             raise InputError(None, f"--large-objects must be one of {', '.join(LARGE_OBJECT_POLICIES)}, "
                                    f"got {self.large_objects!r}")

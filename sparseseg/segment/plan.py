@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from sparseseg.errors import InputError
-from sparseseg.infer.predictor import instance_params
+from sparseseg.infer.predictor import default_device, instance_params, resolve_precision
 from sparseseg.infer.tiles import DEFAULT_TILE
 from sparseseg.instances.dynamics import InstanceParams
 from sparseseg.io.labels import coarse_label_level
@@ -57,6 +57,7 @@ class BlockJob:
     max_object_px: int = 2**31                    # model-grid extent beyond which a large object is not grown
     class_names: tuple[str, ...] = ()             # cell classes of the model's class head (empty: none)
     tta: bool = False                             # fields averaged over the 8 flips / rotations of each tile
+    precision: str = "fp32"                       # network arithmetic, fp32 or bf16 (auto resolved when planned)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -147,16 +148,20 @@ def plan_segment(slide: str | Path, model: str | Path | None, options: SegmentOp
     levels = info.levels if channels is None else tuple(level[list(channels)] for level in info.levels)
     normalization = slide_normalization(levels, source=slide)  # once per slide, never per block
     params = instance_params(state.get("instance_params"), options.params)
+    # decided once for the run (not per worker): every block must run the same arithmetic to stitch exactly
+    precision = resolve_precision(options.precision, options.device or default_device())
     pixel_um = (model_um or (slide_um[0] if slide_um else 0.5))
     max_object_px = max(1, int(math.ceil(options.max_object_um / pixel_um)))
     fingerprint = _fingerprint(model=str(model.resolve()), mtime=model.stat().st_mtime_ns, block=options.block,
                                margin=margin, scale=scale, params=asdict(params), channels=channels,
                                normalization=asdict(normalization), large=options.large_objects,
-                               max_object_px=max_object_px, tile=options.tile, records=RECORD_FORMAT, tta=options.tta)
+                               max_object_px=max_object_px, tile=options.tile, records=RECORD_FORMAT, tta=options.tta,
+                               precision=precision)
     job = BlockJob(slide=str(slide), checkpoint=str(model.resolve()), checkpoint_mtime_ns=model.stat().st_mtime_ns,
                    grid=grid, normalization=normalization, params=params, work=str(slide / "labels" / f".{options.name}.work"),
                    channels=channels, scale=scale, source_shape=source_shape, device=options.device,
                    threads=options.threads, batch=options.batch, tile=options.tile, large_objects=options.large_objects,
-                   max_object_px=max_object_px, class_names=tuple(state.get("classes") or ()), tta=options.tta)
+                   max_object_px=max_object_px, class_names=tuple(state.get("classes") or ()), tta=options.tta,
+                   precision=precision)
     return SegmentPlan(slide=slide, final=final, work=Path(job.work), job=job, skips=tissue_skips(slide, grid),
                        fingerprint=fingerprint, halo=halo, max_object_um=options.max_object_um)

@@ -222,6 +222,7 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
                                 "trimmed_pieces": {"objects": int(trimmed_objects), "pixels": int(trimmed_pixels)},
                                 "scale": plan.job.scale, "model": str(model_path(plan)),
                                 "block": plan.grid.block, "margin": plan.grid.margin, "halo": plan.halo,
+                                "precision": plan.job.precision, "tta": plan.job.tta,
                                 "params": {k: getattr(plan.job.params, k) for k in plan.job.params.__dataclass_fields__},
                                 "timings_s": timings}
     return SegmentResult(labels=plan.final, n_objects=total, n_blocks=len(records), skipped_blocks=len(plan.skips),

@@ -18,9 +18,10 @@ from sparseseg.tiling.blocks import Window
 
 
 @lru_cache(maxsize=4)
-def cached_predictor(checkpoint: str, mtime_ns: int, device: str, tta: bool = False) -> Predictor:
+def cached_predictor(checkpoint: str, mtime_ns: int, device: str, tta: bool = False, precision: str = "fp32"
+                     ) -> Predictor:
     """The checkpoint's predictor, loaded once per worker process and device (never per block)."""
-    return Predictor.from_checkpoint(checkpoint, device=device, tta=tta)
+    return Predictor.from_checkpoint(checkpoint, device=device, tta=tta, precision=precision)
 
 
 def worker_predictor(job: BlockJob) -> Predictor:
@@ -29,7 +30,8 @@ def worker_predictor(job: BlockJob) -> Predictor:
         torch.set_num_threads(job.threads)
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():  # a local worker started by sparseseg, or the nanny's 1
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    return cached_predictor(job.checkpoint, job.checkpoint_mtime_ns, job.device or default_device(), job.tta)
+    return cached_predictor(job.checkpoint, job.checkpoint_mtime_ns, job.device or default_device(), job.tta,
+                            job.precision)
 
 
 class SlideReader:
