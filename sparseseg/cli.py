@@ -187,7 +187,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     summary = measure_slide(args.slide, labels=args.labels, regions=args.regions, truth=args.truth, out=args.out,
                             margin=args.margin, progress=not args.quiet, report=not args.no_report,
                             intensities=not args.no_intensities, threads=args.threads, channels=args.channels,
-                            truth_points=args.truth_points, match_um=args.match_um)
+                            truth_points=args.truth_points, match_um=args.match_um, fill_missing=args.fill_missing)
     density = summary["density_per_mm2"]
     print(f"{summary['cells']} cells, {summary['tissue_area_mm2']:.4f} mm2 of tissue, "
           f"{density:.4f} cells/mm2" if density is not None else f"{summary['cells']} cells")
@@ -211,7 +211,7 @@ def _cmd_export_geojson(args: argparse.Namespace) -> int:
 
     count = export_slide_geojson(Path(args.slide), args.labels, Path(args.out), classification=args.classification,
                                  margin=args.margin, object_type=args.object_type, measurements=args.measurements,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, fill_missing=args.fill_missing)
     print(f"wrote {count} detections to {args.out}")
     return 0
 
@@ -413,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=non_negative_int, default=64, metavar="PX",
                    help="join the parts of a disconnected object lying within PX of the same tile seam (default "
                    "64); connected objects of any size are always measured whole")
+    p.add_argument("--fill-missing", action="store_true",
+                   help="read image and label chunks missing on disk as their fill value (default: refuse a damaged "
+                        "copy)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_measure)
 
@@ -425,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default="cells", metavar="NAME_OR_FILE", help="label group or label image file")
     p.add_argument("--out", required=True, metavar="F", help="cells.geojson or cells.geojson.gz")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (a regular file only)")
+    p.add_argument("--fill-missing", action="store_true",
+                   help="read label chunks missing on disk as background (default: refuse a damaged copy)")
     p.add_argument("--classification", default="Nucleus",
                    help="QuPath class of the detections (default Nucleus; a segmentation with cell classes gives each "
                         "detection its own)")

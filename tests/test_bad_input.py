@@ -61,6 +61,8 @@ def work(tmp_path_factory, fluo_model, fluo_training_folders) -> Path:
     # a copy of the slide with a chunk missing (a damaged copy) and one with a corrupt chunk
     shutil.copytree(root / "slide.ome.zarr", root / "missing.ome.zarr")
     (root / "missing.ome.zarr" / "0" / "0" / "1" / "1").unlink()
+    shutil.copytree(root / "slide.ome.zarr", root / "missing-label.ome.zarr")
+    (root / "missing-label.ome.zarr" / "labels" / "cells" / "0" / "1" / "1").unlink()  # background or not: stored
     shutil.copytree(root / "slide.ome.zarr", root / "corrupt.ome.zarr")
     (root / "corrupt.ome.zarr" / "0" / "0" / "1" / "1").write_bytes(b"\x00" * 100)
 
@@ -173,6 +175,9 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
     ("view-port", ["view", "{w}/" + S, "--port", "70000", "--no-browser"], "--port"),
     ("export-onto-existing", ["export", "geojson", "{w}/" + S, "--out", "{w}/notes.txt"], "--overwrite"),
     ("export-onto-device", ["export", "geojson", "{w}/" + S, "--out", "/dev/null", "--overwrite"], "regular file"),
+    ("measure-missing-label-chunk", ["measure", "{w}/missing-label.ome.zarr", "--out", "{w}/m"], "missing 1 of"),
+    ("export-missing-label-chunk", ["export", "geojson", "{w}/missing-label.ome.zarr", "--out", "{w}/c.geojson"],
+     "missing 1 of"),
     ("calibrate-model-missing", ["calibrate", "--model", "{w}/nope.pt", "--images", "{w}/images", "--annotations",
                                  "{w}/annotations"], "nope.pt"),
 ]
@@ -229,3 +234,16 @@ def test_concurrent_segments_on_one_slide_never_corrupt_each_other(work, tmp_pat
         debris = [p.name for p in (slide / "labels").iterdir() if p.name.startswith(".") and p.name not in
                   (".zattrs", ".zgroup")]
         assert not debris and not (slide / ".sparseseg.lock").exists()
+
+
+def test_missing_label_chunks_are_accepted_as_background_only_when_asked(work, tmp_path):
+    """Labels are written with every chunk stored, so a missing one is damage: refused above; --fill-missing reads
+    it as background and measures fewer cells than the intact slide (what used to happen silently)."""
+    intact, damaged = tmp_path / "intact", tmp_path / "damaged"
+    assert main(["measure", str(work / "slide.ome.zarr"), "--out", str(intact), "-q", "--no-report"]) == 0
+    assert main(["measure", str(work / "missing-label.ome.zarr"), "--out", str(damaged), "-q", "--no-report",
+                 "--fill-missing"]) == 0
+    cells = [json.loads((folder / "metrics.json").read_text())["cells"] for folder in (intact, damaged)]
+    assert cells[0] > cells[1] > 0
+    level = zarr.open_group(work / "slide.ome.zarr", mode="r")["labels/cells/0"]
+    assert level.nchunks_initialized == level.nchunks  # background chunks are stored too

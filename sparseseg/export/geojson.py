@@ -201,9 +201,10 @@ def check_output_file(out: Path, overwrite: bool = False) -> Path:
 
 def export_slide_geojson(slide: Path, labels: str, out: Path, classification: str = "Nucleus",
                          margin: int = 64, object_type: str = "detection", measurements: Path | None = None,
-                         overwrite: bool = False) -> int:
+                         overwrite: bool = False, fill_missing: bool = False) -> int:
     """``export_geojson`` of a slide's label group (or a label image file of its level-0 size), with the
-    measurements of ``sparseseg measure``'s object table when given."""
+    measurements of ``sparseseg measure``'s object table when given; label chunks missing on disk are refused
+    unless ``fill_missing``."""
     out = check_output_file(out, overwrite)
     table = None
     if measurements is not None:
@@ -214,7 +215,7 @@ def export_slide_geojson(slide: Path, labels: str, out: Path, classification: st
         except Exception as exc:  # not a Parquet table, or one without an id column
             raise InputError(measurements, f"not an object table of `sparseseg measure` ({exc})") from None
     info = open_omezarr_slide(Path(slide))
-    label_array = resolve_labels(Path(slide), labels, tuple(info.shape[1:]))
+    label_array = resolve_labels(Path(slide), labels, tuple(info.shape[1:]), fill_missing)
     names, probabilities = object_classes(Path(slide), labels, label_array)
     with writer_lock(out, "export geojson", inside=False):
         remove_leftovers(out)

@@ -63,6 +63,11 @@ def coarse_label_level(group: zarr.Group, max_px: int) -> tuple[np.ndarray, int]
     return group[str(level)][...], 2**level
 
 
+#: Array attribute of label levels written with every chunk stored (background chunks too): a chunk missing on disk
+#: is then damage, never "all background", and readers refuse it (``resolve_labels``).
+EVERY_CHUNK_STORED = "sparseseg_every_chunk_stored"
+
+
 def write_label_levels(group: zarr.Group, version: str, name: str, shapes: list[tuple[int, int]], chunk: int,
                        pixel_size_um: tuple[float, float] | None,
                        level0_block: Callable[[tuple[slice, slice]], np.ndarray], dtype: np.dtype, method: str,
@@ -72,7 +77,7 @@ def write_label_levels(group: zarr.Group, version: str, name: str, shapes: list[
     with the same shapes, chunks and physical scales as the image. ``compute``: dask's scheduler (and pool)."""
     arrays = []
     for level, shape in enumerate(shapes):
-        target = create_level_array(group, str(level), shape, (chunk, chunk), dtype, ("y", "x"))
+        target = create_level_array(group, str(level), shape, (chunk, chunk), dtype, ("y", "x"), write_empty=True)
         if level == 0:
             chunks = da.core.normalize_chunks((chunk, chunk), shape)
             source = da.map_blocks(_block_from_callable, dask.delayed(level0_block, pure=True), chunks=chunks,
@@ -80,6 +85,7 @@ def write_label_levels(group: zarr.Group, version: str, name: str, shapes: list[
         else:
             source = downsample_nearest_2x(da.from_zarr(arrays[-1], chunks=(2 * chunk, 2 * chunk)))
         da.store(source.rechunk(target.chunks), target, lock=False, **({"scheduler": "threads"} | compute))
+        target.attrs[EVERY_CHUNK_STORED] = True
         arrays.append(target)
     write_image_metadata(group, version, name=name, n_levels=len(shapes), pixel_size_um=pixel_size_um,
                          level_factors=level_factors(shapes), omero=None, channel_axis=False,
@@ -138,8 +144,11 @@ def open_label_image(path: Path) -> da.Array:
     return labels
 
 
-def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int]):
-    """A label group of the slide (its level 0) or a label image file of level-0 size."""
+def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int], fill_missing: bool = False):
+    """A label group of the slide (its level 0) or a label image file of level-0 size.
+
+    A label level written with every chunk stored that now misses chunks (a damaged or partial copy) is
+    refused unless ``fill_missing`` (then they read as background, 0)."""
     group_path = slide / "labels" / name_or_file
     if group_path.is_dir():
         try:
@@ -147,6 +156,12 @@ def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int]):
         except KeyError:
             raise InputError(group_path, "is not a label pyramid (it has no level 0)") from None
         where = group_path
+        if labels.attrs.get(EVERY_CHUNK_STORED) and not fill_missing:
+            stored, expected = labels.nchunks_initialized, labels.nchunks
+            if stored < expected:
+                raise InputError(group_path, f"label level 0 is missing {expected - stored} of its {expected} chunks "
+                                             "(a damaged or partial copy): they would read as background; re-copy "
+                                             "it, or pass --fill-missing to accept that")
     else:
         where = Path(name_or_file)
         if not where.exists():

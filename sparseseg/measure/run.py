@@ -36,7 +36,7 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
                   out: str | Path | None = None, block: int = 2048, margin: int = 64, progress: bool = True,
                   report: bool = True, intensities: bool = True, threads: int = 2,
                   channels: tuple[str, ...] | None = None, truth_points: str | Path | None = None,
-                  match_um: float = 3.0) -> dict:
+                  match_um: float = 3.0, fill_missing: bool = False) -> dict:
     """Write objects.parquet, regions.parquet/.csv, metrics.json, [accuracy*.csv], report.html to ``out``.
 
     ``report=False`` skips the figures and report.html (batch runs that only need the tables);
@@ -44,12 +44,13 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     ``threads`` tiles are measured at once. ``channels``: the image channels whose means the table holds
     (OME names or indices; default every channel of the slide). ``truth_points``: a CSV of annotated cells
     (``y,x[,class]``, level-0 pixels), against which the objects' centroids are matched one-to-one within
-    ``match_um``: detection F, and with classes the F of each class (point_accuracy.csv).
+    ``match_um``: detection F, and with classes the F of each class (point_accuracy.csv). ``fill_missing``: read
+    image and label chunks missing on disk as their fill value instead of refusing the slide.
     """
     if threads < 1:
         raise InputError(None, f"--threads must be at least 1, got {threads}")
     slide = Path(slide)
-    info = open_omezarr_slide(slide)
+    info = open_omezarr_slide(slide, fill_missing=fill_missing)
     shape = tuple(info.shape[1:])
     if info.pixel_size_um is None:
         raise InputError(slide, "records no pixel size; re-ingest it with --pixel-size UM")
@@ -58,7 +59,7 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
         raise InputError(out, "is a file; --out names the folder for the tables and the report")
     if not out.absolute().parent.is_dir():
         raise InputError(out, f"folder {out.absolute().parent} does not exist")
-    label_array = resolve_labels(slide, labels, shape)
+    label_array = resolve_labels(slide, labels, shape, fill_missing)
     points = read_points_csv(Path(truth_points), shape) if truth_points is not None else None
     if not (math.isfinite(match_um) and match_um > 0):
         raise InputError(None, f"--match-um must be a positive number of micrometres, got {match_um}")
