@@ -57,6 +57,8 @@ def work(tmp_path_factory, fluo_model, fluo_training_folders) -> Path:
                            ("nan", {"type": "Polygon", "coordinates": [[[1, 1], [float("nan"), 2], [2, 2], [1, 1]]]})):
         (root / f"{name}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
             {"type": "Feature", "geometry": geometry, "properties": {"classification": {"name": "Nucleus"}}}]}))
+    for name, (data, _) in HOSTILE_GEOJSON.items():
+        (root / f"{name}.geojson").write_text(json.dumps(data))
     tifffile.imwrite(root / "small-labels.tif", np.zeros((10, 10), np.uint16))
     # a copy of the slide with a chunk missing (a damaged copy) and one with a corrupt chunk
     shutil.copytree(root / "slide.ome.zarr", root / "missing.ome.zarr")
@@ -87,6 +89,35 @@ def work(tmp_path_factory, fluo_model, fluo_training_folders) -> Path:
 
 
 S, M = "slide.ome.zarr", "model.pt"
+
+
+def _feature(geometry, properties=None) -> dict:
+    return {"type": "Feature", "geometry": geometry, "properties": {} if properties is None else properties}
+
+
+_SQUARE = [[[10, 10], [40, 10], [40, 40], [10, 40], [10, 10]]]
+HOSTILE_GEOJSON = {  # name: (GeoJSON, text of the one error line)
+    "list-empty": ([], "holds no feature"),
+    "collection-empty": ({"type": "FeatureCollection", "features": []}, "holds no feature"),
+    "features-string": ({"type": "FeatureCollection", "features": "abc"}, '"features" must be a list'),
+    "features-null": ({"type": "FeatureCollection", "features": None}, '"features" must be a list'),
+    "feature-not-object": ({"type": "FeatureCollection", "features": [5]}, "not a GeoJSON Feature"),
+    "bool-coordinates": ({"type": "FeatureCollection", "features": [_feature(
+        {"type": "Polygon", "coordinates": [[[True, 1], [5, 2], [2, 9], [True, 1]]]})]}, "2 or 3 numbers"),
+    "string-coordinates": ({"type": "FeatureCollection", "features": [_feature(
+        {"type": "Polygon", "coordinates": [[["1", "1"], ["5", "2"], ["2", "9"], ["1", "1"]]]})]}, "2 or 3 numbers"),
+    "flat-coordinates": ({"type": "FeatureCollection", "features": [_feature(
+        {"type": "Polygon", "coordinates": [1, 2, 3]})]}, "nested lists of numbers"),
+    "point-one-number": ([_feature({"type": "Point", "coordinates": [5]})], "2 or 3 numbers"),
+    "unknown-geometry": ([_feature({"type": "Hexagon", "coordinates": [1, 2]})], "unknown geometry type"),
+    "collection-without-geometries": ([_feature({"type": "GeometryCollection"})], '"geometries" list'),
+    "properties-string": ([_feature({"type": "Point", "coordinates": [5, 5]}, "x")], '"properties" must be'),
+    "classification-number": ([_feature({"type": "Point", "coordinates": [5, 5]}, {"classification": 5})],
+                              '"classification" must be'),
+    "classification-name-list": ([_feature({"type": "Polygon", "coordinates": _SQUARE},
+                                           {"classification": {"name": ["a"]}})], '"classification" must be'),
+}
+
 CASES = [  # (id, argv with {w} for the workspace, text the one error line must contain)
     ("ingest-missing-source", ["ingest", "{w}/nope.tif", "{w}/x.ome.zarr"], "nope.tif"),
     ("ingest-text-file", ["ingest", "{w}/notes.txt", "{w}/x.ome.zarr"], "notes.txt"),
@@ -180,7 +211,8 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
      "missing 1 of"),
     ("calibrate-model-missing", ["calibrate", "--model", "{w}/nope.pt", "--images", "{w}/images", "--annotations",
                                  "{w}/annotations"], "nope.pt"),
-]
+] + [(f"annotations-geojson-{name}", ["annotations", "import", "{w}/" + S, f"{{w}}/{name}.geojson"], text)
+     for name, (_, text) in HOSTILE_GEOJSON.items()]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -247,3 +279,17 @@ def test_missing_label_chunks_are_accepted_as_background_only_when_asked(work, t
     assert cells[0] > cells[1] > 0
     level = zarr.open_group(work / "slide.ome.zarr", mode="r")["labels/cells/0"]
     assert level.nchunks_initialized == level.nchunks  # background chunks are stored too
+
+
+def test_a_self_intersecting_polygon_is_repaired_with_a_warning_naming_it(work, tmp_path, caplog):
+    """A bow-tie outline is imported as its repaired (valid) polygon, and the user is told which feature it was."""
+    slide = tmp_path / "slide.ome.zarr"
+    shutil.copytree(work / "slide.ome.zarr", slide)
+    bowtie = tmp_path / "bowtie.geojson"
+    bowtie.write_text(json.dumps([_feature({"type": "Polygon",
+                                            "coordinates": [[[10, 10], [50, 50], [50, 10], [10, 50], [10, 10]]]},
+                                           {"name": "bow tie"})]))
+    assert main(["annotations", "import", str(slide), str(bowtie)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("bowtie.geojson" in m and "feature 0 (bow tie): repaired an invalid polygon (Self-intersection" in m
+               for m in warnings), warnings

@@ -108,12 +108,69 @@ def load_features(path: Path) -> list[dict]:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not a readable GeoJSON file ({exc})") from None
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        return list(data.get("features", []))
-    if isinstance(data, dict) and data.get("type") == "Feature":
-        return [data]
-    if isinstance(data, list) and all(isinstance(f, dict) and f.get("type") == "Feature" for f in data):
-        return data
-    raise InputError(path, "GeoJSON must be a FeatureCollection, a Feature or a list of Features")
+        features = data.get("features")
+        if not isinstance(features, list):
+            raise InputError(path, f"\"features\" must be a list of Features, got {json.dumps(features)[:60]}")
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        features = [data]
+    elif isinstance(data, list):
+        features = data
+    else:
+        raise InputError(path, "GeoJSON must be a FeatureCollection, a Feature or a list of Features")
+    if not features:
+        raise InputError(path, "holds no feature: nothing to import")
+    for index, feature in enumerate(features):
+        check_feature(feature, f"feature {index}", path)
+    return features
+
+
+def _check_coordinates(value, depth: int, label: str, path: Path) -> None:
+    """Nested lists ``depth`` deep ending in positions: lists of 2 or 3 numbers (never booleans or strings)."""
+    if not isinstance(value, list):
+        raise InputError(path, f"{label}: coordinates must be nested lists of numbers, got {json.dumps(value)[:60]}")
+    if depth == 0:
+        if len(value) not in (2, 3) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                for v in value):
+            raise InputError(path, f"{label}: a position must be 2 or 3 numbers, got {json.dumps(value)[:60]}")
+        return
+    for item in value:
+        _check_coordinates(item, depth - 1, label, path)
+
+
+#: Nesting depth of each geometry type's coordinates above its positions.
+_COORDINATE_DEPTH = {"Point": 0, "MultiPoint": 1, "LineString": 1, "MultiLineString": 2, "Polygon": 2,
+                     "MultiPolygon": 3}
+
+
+def check_feature(feature, label: str, path: Path) -> None:
+    """The members a Feature must have, with their JSON types: one error line naming the feature otherwise."""
+    if not isinstance(feature, dict) or feature.get("type") != "Feature":
+        raise InputError(path, f"{label}: not a GeoJSON Feature ({json.dumps(feature)[:60]})")
+    props = feature.get("properties")
+    if props is not None and not isinstance(props, dict):
+        raise InputError(path, f"{label}: \"properties\" must be an object, got {json.dumps(props)[:60]}")
+    cls = (props or {}).get("classification")
+    if cls is not None and not isinstance(cls, str) and not (isinstance(cls, dict)
+                                                              and isinstance(cls.get("name"), (str, type(None)))):
+        raise InputError(path, f"{label}: \"classification\" must be a name or an object with a \"name\" "
+                               f"string, got {json.dumps(cls)[:60]}")
+    if isinstance(feature.get("geometry"), dict):  # a missing one is reported where it is read, with the name
+        _check_geometry(feature["geometry"], label, path)
+
+
+def _check_geometry(geometry, label: str, path: Path) -> None:
+    kind = geometry.get("type") if isinstance(geometry, dict) else None
+    if kind == "GeometryCollection":
+        parts = geometry.get("geometries")
+        if not isinstance(parts, list):
+            raise InputError(path, f"{label}: a GeometryCollection needs a \"geometries\" list")
+        for part in parts:
+            _check_geometry(part, label, path)
+        return
+    if kind not in _COORDINATE_DEPTH:
+        raise InputError(path, f"{label}: unknown geometry type {json.dumps(kind)[:40]} (use one of "
+                               f"{', '.join(_COORDINATE_DEPTH)}, GeometryCollection)")
+    _check_coordinates(geometry.get("coordinates"), _COORDINATE_DEPTH[kind], label, path)
 
 
 def _class_name(feature: dict) -> str | None:
@@ -160,7 +217,7 @@ def _polygonal(geometry, label: str, path: Path):
     if not parts:
         raise InputError(path, f"{label}: self-intersecting polygon that cannot be repaired "
                                f"({shapely.is_valid_reason(geometry)})")
-    log.info("%s: repaired an invalid polygon (%s)", label, shapely.is_valid_reason(geometry))
+    log.warning("%s: %s: repaired an invalid polygon (%s)", path, label, shapely.is_valid_reason(geometry))
     return shapely.union_all(parts)
 
 
