@@ -65,6 +65,16 @@ def work(tmp_path_factory, fluo_model, fluo_training_folders) -> Path:
     (root / "missing.ome.zarr" / "0" / "0" / "1" / "1").unlink()
     shutil.copytree(root / "slide.ome.zarr", root / "missing-label.ome.zarr")
     (root / "missing-label.ome.zarr" / "labels" / "cells" / "0" / "1" / "1").unlink()  # background or not: stored
+    for name in ("datasets-string", "empty-level"):  # hostile metadata: a string for datasets, an empty level
+        shutil.copytree(root / "slide.ome.zarr", root / f"{name}.ome.zarr")
+        group = zarr.open_group(root / f"{name}.ome.zarr", mode="r+")
+        multiscales = group.attrs["multiscales"]
+        if name == "datasets-string":
+            multiscales[0]["datasets"] = "0"
+        else:
+            group.create_array("e", shape=(1, 0, 347), chunks=(1, 1, 128), dtype=np.uint8, fill_value=0)
+            multiscales[0]["datasets"][0]["path"] = "e"
+        group.attrs["multiscales"] = multiscales
     shutil.copytree(root / "slide.ome.zarr", root / "corrupt.ome.zarr")
     (root / "corrupt.ome.zarr" / "0" / "0" / "1" / "1").write_bytes(b"\x00" * 100)
 
@@ -137,6 +147,9 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
     ("ingest-unwritable", ["ingest", "{w}/fluo.tif", "/proc/sparseseg-x.ome.zarr"], "/proc"),
     ("info-missing", ["info", "{w}/nope.ome.zarr"], "nope.ome.zarr"),
     ("info-not-a-slide", ["info", "{w}/folder"], "folder"),
+    ("info-datasets-string", ["info", "{w}/datasets-string.ome.zarr"], "'datasets' must be"),
+    ("segment-empty-level", ["segment", "{w}/empty-level.ome.zarr", "--model", "{w}/" + M], "is empty"),
+    ("ingest-datasets-string", ["ingest", "{w}/datasets-string.ome.zarr", "{w}/x.ome.zarr"], "'datasets' must be"),
     ("annotations-null-geometry", ["annotations", "import", "{w}/" + S, "{w}/null.geojson"], "has no geometry"),
     ("annotations-nan-coordinate", ["annotations", "import", "{w}/" + S, "{w}/nan.geojson"], "NaN"),
     ("annotations-wrong-shape", ["annotations", "import", "{w}/" + S, "{w}/small-labels.tif"], "small-labels.tif"),

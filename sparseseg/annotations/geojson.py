@@ -167,7 +167,7 @@ def _check_geometry(geometry, label: str, path: Path) -> None:
         for part in parts:
             _check_geometry(part, label, path)
         return
-    if kind not in _COORDINATE_DEPTH:
+    if not isinstance(kind, str) or kind not in _COORDINATE_DEPTH:
         raise InputError(path, f"{label}: unknown geometry type {json.dumps(kind)[:40]} (use one of "
                                f"{', '.join(_COORDINATE_DEPTH)}, GeometryCollection)")
     _check_coordinates(geometry.get("coordinates"), _COORDINATE_DEPTH[kind], label, path)

@@ -37,11 +37,12 @@ def unit_to_um(unit: str | None) -> float | None:
 def read_ome_attrs(group: zarr.Group) -> tuple[str, dict[str, Any]]:
     """(NGFF version, the OME attributes dict) of a group; 0.5 nests them under 'ome'."""
     attrs = dict(group.attrs)
-    if "ome" in attrs:
+    if isinstance(attrs.get("ome"), dict):
         return str(attrs["ome"].get("version", "0.5")), dict(attrs["ome"])
     version = "0.4"
-    if attrs.get("multiscales"):
-        version = str(attrs["multiscales"][0].get("version", "0.4"))
+    multiscales = attrs.get("multiscales")
+    if isinstance(multiscales, list) and multiscales and isinstance(multiscales[0], dict):
+        version = str(multiscales[0].get("version", "0.4"))
     return version, attrs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dask.array as da
@@ -20,10 +21,36 @@ def _open_group(path: Path) -> zarr.Group:
 
 
 def dataset_scale(dataset: dict) -> list[float] | None:
-    for transform in dataset.get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            return [float(v) for v in transform["scale"]]
+    """The dataset's scale transform; None where it has none or a malformed one (the pixel size is then unknown)."""
+    transforms = dataset.get("coordinateTransformations", [])
+    for transform in transforms if isinstance(transforms, list) else []:
+        if isinstance(transform, dict) and transform.get("type") == "scale":
+            scale = transform.get("scale")
+            if isinstance(scale, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in scale):
+                return [float(v) for v in scale]
     return None
+
+
+def _multiscale(path: Path, attrs: dict) -> tuple[dict, list[str], list[str]]:
+    """(the first multiscale, its axis names, its dataset paths), each member of the right JSON type, or one error."""
+    multiscales = attrs.get("multiscales")
+    if not multiscales:
+        raise InputError(path, "zarr group has no 'multiscales' metadata: not an OME-Zarr image")
+    if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
+        raise InputError(path, f"'multiscales' must be a list of objects, got {json.dumps(multiscales)[:60]}")
+    ms = multiscales[0]
+    raw_axes = ms.get("axes", ["t", "c", "z", "y", "x"])
+    axes = [a.get("name") if isinstance(a, dict) else a for a in raw_axes] if isinstance(raw_axes, list) else None
+    if axes is None or not all(isinstance(a, str) for a in axes):
+        raise InputError(path, f"multiscales 'axes' must be a list of names or objects with a 'name', got "
+                               f"{json.dumps(raw_axes)[:60]}")
+    datasets = ms.get("datasets")
+    if not isinstance(datasets, list) or not datasets or not all(
+            isinstance(d, dict) and isinstance(d.get("path"), str) and d["path"] for d in datasets):
+        raise InputError(path, f"multiscales 'datasets' must be a non-empty list of objects with a 'path', got "
+                               f"{json.dumps(datasets)[:60]}")
+    return ms, axes, [d["path"] for d in datasets]
 
 
 def check_complete(path: Path, name: str, array: zarr.Array) -> None:
@@ -42,24 +69,24 @@ def open_omezarr_slide(path: Path, chunk: int = 1024, fill_missing: bool = False
     """
     group = _open_group(path)
     version, attrs = read_ome_attrs(group)
-    multiscales = attrs.get("multiscales")
-    if not multiscales:
-        raise InputError(path, "zarr group has no 'multiscales' metadata: not an OME-Zarr image")
-    ms = multiscales[0]
-    axes = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", ["t", "c", "z", "y", "x"])]
+    ms, axes, paths = _multiscale(path, attrs)
     if axes[-2:] != ["y", "x"]:
         raise InputError(path, f"unsupported axes {axes}: sparseseg reads 2D images ending in (y, x)")
     levels = []
-    for dataset in ms["datasets"]:
+    for dataset_path in paths:
         try:
-            array = group[dataset["path"]]
+            array = group[dataset_path]
         except KeyError:
-            raise InputError(path, f"multiscales names dataset {dataset['path']!r}, which is missing") from None
+            raise InputError(path, f"multiscales names dataset {dataset_path!r}, which is missing") from None
+        if not isinstance(array, zarr.Array):
+            raise InputError(path, f"multiscales dataset {dataset_path!r} is a group, not an array")
+        if 0 in array.shape:
+            raise InputError(path, f"dataset {dataset_path!r} is empty (shape {array.shape})")
         if not fill_missing:
-            check_complete(path, dataset["path"], array)
+            check_complete(path, dataset_path, array)
         arr = da.from_zarr(array)
         if arr.ndim != len(axes):
-            raise InputError(path, f"dataset {dataset['path']!r} has {arr.ndim} dims but axes are {axes}")
+            raise InputError(path, f"dataset {dataset_path!r} has {arr.ndim} dims but axes are {axes}")
         index: list = []
         for name, size in zip(axes[:-2], arr.shape[:-2]):
             if name == "c":
@@ -69,6 +96,8 @@ def open_omezarr_slide(path: Path, chunk: int = 1024, fill_missing: bool = False
             else:
                 raise InputError(path, f"axis {name!r} has size {size}: sparseseg segments 2D images only")
         arr = arr[tuple(index)]
+        if arr.ndim not in (2, 3):
+            raise InputError(path, f"dataset {dataset_path!r}: axes {axes} leave more than one channel axis, y and x")
         arr = arr[None] if arr.ndim == 2 else arr
         levels.append(arr.rechunk((arr.shape[0], chunk, chunk)))
     pixel_size = None
@@ -79,8 +108,9 @@ def open_omezarr_slide(path: Path, chunk: int = 1024, fill_missing: bool = False
         if None not in factors:
             pixel_size = (scale[-2] * factors[0], scale[-1] * factors[1])
     names = default_channel_names(levels[0].shape[0])
-    omero_channels = attrs.get("omero", {}).get("channels", [])
-    if len(omero_channels) == len(names):
-        names = tuple(str(c.get("label", n)) for c, n in zip(omero_channels, names))
+    omero = attrs.get("omero")
+    omero_channels = omero.get("channels") if isinstance(omero, dict) else None
+    if isinstance(omero_channels, list) and len(omero_channels) == len(names):  # malformed: default names
+        names = tuple(str(c.get("label", n)) if isinstance(c, dict) else n for c, n in zip(omero_channels, names))
     return Slide(path=path, source_format=f"ome-zarr-{version}", levels=tuple(levels),
                  pixel_size_um=pixel_size, channel_names=names)
