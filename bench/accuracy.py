@@ -16,6 +16,7 @@ instance parameters and with the defaults (``--distance-threshold 0 ...``), to s
     python bench/accuracy.py --dataset monuseg --settings 100% 10% --minutes 30
     python bench/accuracy.py --dataset monuseg --settings 5% --minutes 10 --init sparseseg/data/models/nuclei_he.pt
     python bench/accuracy.py --dataset monuseg --zero-shot sparseseg/data/models/nuclei_he.pt
+    python bench/accuracy.py --dataset monuseg --zero-shot sparseseg/data/models/nuclei_he.pt --segment-args "--precision bf16"
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def run(command: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def evaluate(model: Path, held_out, pixel_size: float, work: Path, log: Path, threads: int | None) -> dict:
+def evaluate(model: Path, held_out, pixel_size: float, work: Path, log: Path, threads: int | None,
+             segment_args: tuple[str, ...] = ()) -> dict:
     """Ingest + segment each held-out image (calibrated and default instance parameters); pooled metrics."""
     defaults = InstanceParams()
     default_flags = ["--distance-threshold", str(defaults.distance_threshold), "--flow-error-threshold",
@@ -108,7 +110,7 @@ def evaluate(model: Path, held_out, pixel_size: float, work: Path, log: Path, th
         for variant, flags in (("calibrated", []), ("defaults", default_flags)):
             extra = ["--threads", str(threads)] if threads else []
             seconds += run(SPARSESEG + ["segment", str(slide), "--model", str(model), "--name", variant, "-q"]
-                           + flags + extra, log)
+                           + flags + extra + list(segment_args), log)
             labels = zarr.open_group(slide, mode="r")[f"labels/{variant}/0"][...]
             results[variant].append(accumulate(truth, labels))
     out = {"segment_s": seconds / 2 / max(1, len(held_out))}
@@ -150,6 +152,7 @@ def main() -> None:
     parser.add_argument("--zero-shot", type=Path, metavar="MODEL", help="evaluate MODEL on every image, no training")
     parser.add_argument("--threads", type=int, help="torch threads for segment (default: all cores)")
     parser.add_argument("--train-args", default="", help="extra `sparseseg train` arguments (recipe experiments)")
+    parser.add_argument("--segment-args", default="", help="extra `sparseseg segment` arguments (e.g. --precision bf16)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sparseseg-bench/accuracy"))
     parser.add_argument("--json", type=Path, help="append each result as a JSON line here")
     args = parser.parse_args()
@@ -161,8 +164,9 @@ def main() -> None:
     if args.zero_shot:
         work = args.workdir / f"{args.dataset}-zero-shot"
         work.mkdir(parents=True, exist_ok=True)
-        scores = evaluate(args.zero_shot, train_pairs + held_out, pixel_size, work, work / "log.txt", args.threads)
-        rows.append({"dataset": args.dataset, "setting": "zero-shot", "model": str(args.zero_shot), **scores})
+        scores = evaluate(args.zero_shot, train_pairs + held_out, pixel_size, work, work / "log.txt", args.threads,
+                          tuple(args.segment_args.split()))
+        rows.append({"dataset": args.dataset, "setting": "zero-shot", "segment_args": args.segment_args, "model": str(args.zero_shot), **scores})
     for setting in [] if args.zero_shot else args.settings:
         work = args.workdir / f"{args.dataset}-{setting.replace('%', 'pct')}{'-init' if args.init else ''}"
         shutil.rmtree(work, ignore_errors=True)
@@ -177,7 +181,8 @@ def main() -> None:
                                "--pixel-size", str(pixel_size), "--minutes", str(args.minutes), "--out", str(model),
                                "-q"] + (["--init", str(args.init)] if args.init else []) + args.train_args.split()
         train_s = run(command, work / "log.txt")
-        scores = evaluate(model, held_out, pixel_size, work, work / "log.txt", args.threads)
+        scores = evaluate(model, held_out, pixel_size, work, work / "log.txt", args.threads,
+                          tuple(args.segment_args.split()))
         from sparseseg.model.checkpoint import load_checkpoint
 
         state = load_checkpoint(model)

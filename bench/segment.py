@@ -8,7 +8,11 @@ RSS per worker at 1x and 4x; (4) wall time 4x / 1x; (5) throughput in megapixels
 The slides tile the CC0 CMU-1 region (JPEG-tiled TIFF, then `sparseseg ingest` with the model's
 pixel size, so no resampling is timed); the model is the committed DSB nuclei checkpoint (or --model).
 
+`--save-labels F.npy` keeps the 1x labels; `--compare-labels F.npy` prints how many objects of the saved run are
+found again identically (same pixel set) and F1@0.5 / F1@0.9 against them (another version or precision).
+
     python bench/segment.py [--edge 8192] [--block 2048] [--tile 1024] [--model MODEL.pt] [--workers 2] [--threads 1]
+                            [--precision fp32|bf16] [--only-1x] [--save-labels F.npy] [--compare-labels F.npy]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import zarr
 
@@ -30,6 +35,7 @@ from ingest import write_mosaic  # noqa: E402  (the ingest benchmark's real-cont
 from sparseseg.cluster import worker_environment  # noqa: E402
 from sparseseg.infer.tiles import DEFAULT_TILE  # noqa: E402
 from sparseseg.ingest import ingest  # noqa: E402
+from sparseseg.metrics.matching import matching  # noqa: E402
 from sparseseg.model.checkpoint import load_checkpoint  # noqa: E402
 from sparseseg.segment import SegmentOptions, segment_slide  # noqa: E402
 from sparseseg.segment.plan import BlockJob, plan_segment  # noqa: E402
@@ -77,7 +83,7 @@ def forward_only_seconds(client, slide: Path, model: Path, options: SegmentOptio
 
 
 def run(edge: int, workdir: Path, model: Path, block: int, margin: int, workers: int, threads: int,
-        forward: bool = False, tile: int = DEFAULT_TILE) -> dict:
+        forward: bool = False, tile: int = DEFAULT_TILE, precision: str = "fp32") -> dict:
     from distributed import Client, LocalCluster
 
     source = workdir / f"mosaic-{edge}.tif"
@@ -86,11 +92,12 @@ def run(edge: int, workdir: Path, model: Path, block: int, margin: int, workers:
     slide = workdir / f"slide-{edge}.ome.zarr"
     if not slide.exists():  # recorded at the model's pixel size: the bench times the pipeline, not resampling
         ingest(source, slide, pixel_size_um=load_checkpoint(model)["pixel_size_um"])
-    shutil.rmtree(slide / "labels" / "cells", ignore_errors=True)
+    for group in ("cells", "cells_classes"):  # a previous run's labels and class pyramid
+        shutil.rmtree(slide / "labels" / group, ignore_errors=True)
     with worker_environment():  # as sparseseg's own local clusters (sparseseg.cluster)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
-        options = SegmentOptions(block=block, margin=margin, threads=threads, tile=tile,
+        options = SegmentOptions(block=block, margin=margin, threads=threads, tile=tile, precision=precision,
                                  scheduler=cluster.scheduler_address, progress=False)
         start = time.perf_counter()
         result = segment_slide(slide, model, options)
@@ -105,6 +112,23 @@ def run(edge: int, workdir: Path, model: Path, block: int, margin: int, workers:
             "large_windows": result.large_windows}
 
 
+def identical_objects(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """(objects of ``before`` that are exactly one object of ``after``, objects of ``before``)."""
+    pairs, counts = np.unique(np.stack([before.ravel(), after.ravel()]), axis=1, return_counts=True)
+    sizes_before = np.bincount(before.ravel())
+    sizes_after = np.bincount(after.ravel())
+    same = (pairs[0] > 0) & (pairs[1] > 0) & (counts == sizes_before[pairs[0]]) & (counts == sizes_after[pairs[1]])
+    return int(same.sum()), int(np.count_nonzero(sizes_before[1:]))
+
+
+def compare_labels(saved: Path, labels: np.ndarray) -> str:
+    before = np.load(saved)
+    same, total = identical_objects(before, labels)
+    scores = {s.threshold: s.f1 for s in matching(before, labels, thresholds=(0.5, 0.9))}
+    return (f"labels against {saved.name}: {same} of {total} objects identical ({same / max(total, 1):.4f}), "
+            f"F1@0.5 {scores[0.5]:.4f}, F1@0.9 {scores[0.9]:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edge", type=int, default=8192)
@@ -115,11 +139,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sparseseg-bench/segment"))
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="segment --precision")
     parser.add_argument("--only-1x", action="store_true", help="measure (1) and (2) only, at 1x")
+    parser.add_argument("--save-labels", type=Path, help="keep the 1x labels in this .npy file")
+    parser.add_argument("--compare-labels", type=Path, help="compare the 1x labels with those of a saved run")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     small = run(args.edge, args.workdir, args.model, args.block, args.margin, args.workers, args.threads, forward=True,
-                tile=args.tile)
+                tile=args.tile, precision=args.precision)
+    if args.save_labels or args.compare_labels:
+        labels = zarr.open_group(args.workdir / f"slide-{args.edge}.ome.zarr", mode="r")["labels/cells/0"][...]
+        if args.save_labels:
+            np.save(args.save_labels, labels)
+        if args.compare_labels:
+            print(compare_labels(args.compare_labels, labels))
     forward = small["forward"]
     large_line = (f"grown windows: {small['large']} objects grown, {small['large_windows']} windows, "
                   f"{small['large_pixels'] / 1e6:.2f} Mpx labelled again, {small['large_tiles']} more network tiles "
@@ -132,7 +165,7 @@ def main() -> None:
         print(large_line)
         return
     large = run(2 * args.edge, args.workdir, args.model, args.block, args.margin, args.workers, args.threads,
-                tile=args.tile)
+                tile=args.tile, precision=args.precision)
     mpx = args.edge**2 / 1e6
     print(f"1x {args.edge}^2: segment {small['wall']:.1f} s, {small['objects']} objects, "
           f"{small['blocks']} blocks ({small['skipped']} without tissue); passes {small['timings']}")
