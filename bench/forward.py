@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from sparseseg.infer.predictor import Predictor
-from sparseseg.infer.tiles import DEFAULT_TILE
 from sparseseg.model.inference import InferenceUNet
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "sparseseg" / "data" / "models" / "nuclei_he.pt"
@@ -63,7 +62,7 @@ def flops_per_pixel(network) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--tiles", type=int, nargs="+", default=[512, 768, DEFAULT_TILE])
+    parser.add_argument("--tiles", type=int, nargs="+", default=[512, 768, 1024])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import write_mosaic  # noqa: E402  (the ingest benchmark's real-content mosaic)
 
 from sparseseg.cluster import worker_environment  # noqa: E402
-from sparseseg.infer.tiles import DEFAULT_TILE  # noqa: E402
+from sparseseg.infer.tiles import SLIDE_TILE  # noqa: E402
 from sparseseg.ingest import ingest  # noqa: E402
 from sparseseg.metrics.matching import matching  # noqa: E402
 from sparseseg.model.checkpoint import load_checkpoint  # noqa: E402
@@ -83,7 +83,7 @@ def forward_only_seconds(client, slide: Path, model: Path, options: SegmentOptio
 
 
 def run(edge: int, workdir: Path, model: Path, block: int, margin: int, workers: int, threads: int,
-        forward: bool = False, tile: int = DEFAULT_TILE, precision: str = "fp32") -> dict:
+        forward: bool = False, tile: int = SLIDE_TILE, precision: str = "fp32") -> dict:
     from distributed import Client, LocalCluster
 
     source = workdir / f"mosaic-{edge}.tif"
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--edge", type=int, default=8192)
     parser.add_argument("--block", type=int, default=2048)
     parser.add_argument("--margin", type=int, default=48)
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="network tile edge (segment --tile)")
+    parser.add_argument("--tile", type=int, default=SLIDE_TILE, help="network tile edge (segment --tile)")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sparseseg-bench/segment"))
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sparseseg import __version__
 from sparseseg.errors import InputError
-from sparseseg.infer.tiles import DEFAULT_TILE
+from sparseseg.infer.tiles import SLIDE_TILE
 
 log = logging.getLogger("sparseseg")
 
@@ -370,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--scheduler keep their own setting)")
     p.add_argument("--batch", type=positive_int, metavar="N",
                    help="tiles per network forward (default 1 on CPU; as many as fit 16 Mpx on a GPU)")
-    p.add_argument("--tile", type=positive_int, default=DEFAULT_TILE, metavar="PX",
-                   help=f"edge of the fixed tiles the network runs on (default {DEFAULT_TILE}; a multiple of the "
+    p.add_argument("--tile", type=positive_int, default=SLIDE_TILE, metavar="PX",
+                   help=f"edge of the fixed tiles the network runs on (default {SLIDE_TILE}; a multiple of the "
                         "downsampling factor, larger than twice the network halo); any --block gives the same labels")
     p.add_argument("--channels", type=names, metavar="NAME[,NAME]",
                    help="slide channels fed to the model, by OME name or index (e.g. DAPI for a nuclei model)")

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Default tile edge (px of network input). The halo overhead is (tile / stride)^2; see docs/segment.md.
+#: Default tile edge (px of network input) for whole images in memory (calibration, validation): few tiles.
+#: The halo overhead is (tile / stride)^2; see docs/segment.md.
 DEFAULT_TILE = 1024
+#: `segment`'s default on slides: one-thread 512 px tiles stay in cache and run 1.4x faster per output pixel than
+#: 1024 px ones despite more halo (bench/forward.py, docs/benchmarks.md).
+SLIDE_TILE = 512
 
 
 def round_up(n: int, factor: int) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparseseg.errors import InputError
-from sparseseg.infer.tiles import DEFAULT_TILE
+from sparseseg.infer.tiles import SLIDE_TILE
 from sparseseg.io.labels import check_label_name
 
 #: What to do with an object that reaches the edge of its block's label context.
@@ -39,7 +39,7 @@ class SegmentOptions:
     device: str | None = None
     threads: int | None = None
     batch: int | None = None
-    tile: int = DEFAULT_TILE
+    tile: int = SLIDE_TILE
     resume: bool = False
     overwrite: bool = False
     large_objects: str = "grow"

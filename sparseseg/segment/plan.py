@@ -19,7 +19,7 @@ import zarr
 
 from sparseseg.errors import InputError
 from sparseseg.infer.predictor import default_device, instance_params, resolve_precision
-from sparseseg.infer.tiles import DEFAULT_TILE
+from sparseseg.infer.tiles import SLIDE_TILE
 from sparseseg.instances.dynamics import InstanceParams
 from sparseseg.io.labels import coarse_label_level
 from sparseseg.io.omezarr import open_omezarr_slide
@@ -52,7 +52,7 @@ class BlockJob:
     device: str | None = None                     # None: CUDA where the worker sees a GPU
     threads: int | None = None                    # None: the worker's own setting
     batch: int | None = None                      # tiles per forward (None: 1 on CPU, several on a GPU)
-    tile: int = DEFAULT_TILE                      # edge of the fixed tiles the network runs on
+    tile: int = SLIDE_TILE                        # edge of the fixed tiles the network runs on
     large_objects: str = "grow"
     max_object_px: int = 2**31                    # model-grid extent beyond which a large object is not grown
     class_names: tuple[str, ...] = ()             # cell classes of the model's class head (empty: none)
