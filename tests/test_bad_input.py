@@ -75,6 +75,11 @@ def work(tmp_path_factory, fluo_model, fluo_training_folders) -> Path:
             group.create_array("e", shape=(1, 0, 347), chunks=(1, 1, 128), dtype=np.uint8, fill_value=0)
             multiscales[0]["datasets"][0]["path"] = "e"
         group.attrs["multiscales"] = multiscales
+    # a table measured on the slide's labels, and a copy of the slide segmented again (other labels)
+    assert main(["measure", str(root / "slide.ome.zarr"), "--out", str(root / "measured"), "-q", "--no-report"]) == 0
+    shutil.copytree(root / "slide.ome.zarr", root / "resegmented.ome.zarr")
+    assert main(["segment", str(root / "resegmented.ome.zarr"), "--model", str(root / "model.pt"), "--block", "128",
+                 "--overwrite", "-q"]) == 0
     shutil.copytree(root / "slide.ome.zarr", root / "corrupt.ome.zarr")
     (root / "corrupt.ome.zarr" / "0" / "0" / "1" / "1").write_bytes(b"\x00" * 100)
 
@@ -222,6 +227,9 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
     ("measure-missing-label-chunk", ["measure", "{w}/missing-label.ome.zarr", "--out", "{w}/m"], "missing 1 of"),
     ("export-missing-label-chunk", ["export", "geojson", "{w}/missing-label.ome.zarr", "--out", "{w}/c.geojson"],
      "missing 1 of"),
+    ("export-measurements-of-other-labels", ["export", "geojson", "{w}/resegmented.ome.zarr", "--measurements",
+                                             "{w}/measured/objects.parquet", "--out", "{w}/c.geojson"],
+     "measured on other labels"),
     ("calibrate-model-missing", ["calibrate", "--model", "{w}/nope.pt", "--images", "{w}/images", "--annotations",
                                  "{w}/annotations"], "nope.pt"),
 ] + [(f"annotations-geojson-{name}", ["annotations", "import", "{w}/" + S, f"{{w}}/{name}.geojson"], text)

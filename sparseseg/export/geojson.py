@@ -26,7 +26,7 @@ from sparseseg.geometry.polygons import mask_to_polygon
 from sparseseg.files.atomic import remove_leftovers, staged_file
 from sparseseg.files.lock import writer_lock
 from sparseseg.classes import class_colours
-from sparseseg.io.labels import label_source, object_classes, resolve_labels
+from sparseseg.io.labels import LABELS_RUN_KEY, label_source, labels_run_id, object_classes, resolve_labels
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.tiling.blocks import array_tiles
 from sparseseg.tiling.pixels import bounding_boxes, object_pixels
@@ -82,7 +82,9 @@ class MeasurementTable:
     def __init__(self, path: Path):
         import pyarrow.parquet as pq
 
-        names = pq.read_schema(path).names
+        schema = pq.read_schema(path)
+        names = schema.names
+        self.labels_run_id = (schema.metadata or {}).get(LABELS_RUN_KEY.encode(), b"").decode() or None
         wanted = [c for c in names if c in QUPATH_MEASUREMENTS or c.startswith("mean_")] + \
             [c for c in ("area_um2", "perimeter_um") if c in names]
         table = pq.read_table(path, columns=["id", *dict.fromkeys(wanted)]).to_pandas().sort_values("id")
@@ -216,6 +218,11 @@ def export_slide_geojson(slide: Path, labels: str, out: Path, classification: st
             raise InputError(measurements, f"not an object table of `sparseseg measure` ({exc})") from None
     info = open_omezarr_slide(Path(slide))
     label_array = resolve_labels(Path(slide), labels, tuple(info.shape[1:]), fill_missing)
+    run_id = labels_run_id(Path(slide), labels)
+    if table is not None and table.labels_run_id and run_id and table.labels_run_id != run_id:
+        raise InputError(measurements, f"was measured on other labels (segment run {table.labels_run_id[:8]}), not on "
+                                       f"{label_source(Path(slide), labels)} (run {run_id[:8]}): its areas would go "
+                                       "to other cells; run `sparseseg measure` on these labels")
     names, probabilities = object_classes(Path(slide), labels, label_array)
     with writer_lock(out, "export geojson", inside=False):
         remove_leftovers(out)

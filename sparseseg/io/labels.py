@@ -178,6 +178,24 @@ def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int], fill_
     return labels
 
 
+#: Parquet schema metadata key of an object table: the segment run id of the labels it was measured on.
+LABELS_RUN_KEY = "sparseseg_labels_run_id"
+
+
+def labels_run_id(slide: Path, name_or_file: str) -> str | None:
+    """The id of the segment run that wrote a slide's label group (None for files and older or foreign labels):
+    tables measured on the labels record it, so a table is never joined to other labels."""
+    group_path = slide / "labels" / name_or_file
+    if not group_path.is_dir():
+        return None
+    try:
+        attrs = dict(zarr.open_group(group_path, mode="r").attrs).get("sparseseg")
+    except Exception:  # not a zarr group: resolve_labels reports it
+        return None
+    run_id = attrs.get("run_id") if isinstance(attrs, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
 def label_source(slide: Path, name_or_file: str) -> str:
     """The path errors about the labels name: the label group's folder, or the file."""
     group_path = slide / "labels" / name_or_file

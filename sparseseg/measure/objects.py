@@ -216,13 +216,14 @@ def _measure_all_assembled(inputs: MeasureInputs, complete: list[tuple[SeamPiece
 
 
 def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin: int = 64, assign_region=None,
-                    progress=None, threads: int = 2) -> int:
+                    progress=None, threads: int = 2, metadata: dict[str, str] | None = None) -> int:
     """Stream the per-object table to ``out`` (Parquet); returns the number of objects.
 
     Connected objects of any size are measured whole. ``margin``: the parts of a disconnected
     object are joined when they lie within this many px of the same tile seam; otherwise the id
     would appear twice, which is an error. ``assign_region(columns) -> array of region ids`` adds
-    a ``region`` column. ``threads`` tiles are read and measured at once.
+    a ``region`` column. ``threads`` tiles are read and measured at once. ``metadata``: key-value pairs stored
+    in the Parquet schema (the labels' segment run id).
     """
     shape = tuple(inputs.labels.shape)
     writer = None
@@ -241,7 +242,7 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
             columns["region"] = assign_region(columns).astype(np.int64)
         table = pa.table(columns)
         if writer is None:
-            writer = pq.ParquetWriter(tmp, table.schema)
+            writer = pq.ParquetWriter(tmp, table.schema.with_metadata(metadata or {}))
         writer.write_table(table.cast(writer.schema))
         total += table.num_rows
 
@@ -274,7 +275,7 @@ def measure_objects(inputs: MeasureInputs, out: Path, block: int = 2048, margin:
             writer = None
             _check_unique_ids(tmp, inputs.source, margin)
         else:  # no object at all: still write a valid (empty) table
-            pq.write_table(pa.table({"id": pa.array([], pa.uint32())}), tmp)
+            pq.write_table(pa.table({"id": pa.array([], pa.uint32())}).replace_schema_metadata(metadata or {}), tmp)
     except BaseException:
         if writer is not None:
             writer.close()

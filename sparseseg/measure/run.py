@@ -17,7 +17,7 @@ from sparseseg.annotations.points import PointSet, read_points_csv
 from sparseseg.errors import InputError
 from sparseseg.metrics.points import class_counts, detection_counts
 from sparseseg.files.atomic import staged_outputs
-from sparseseg.io.labels import label_source, object_classes, resolve_labels
+from sparseseg.io.labels import LABELS_RUN_KEY, label_source, labels_run_id, object_classes, resolve_labels
 from sparseseg.files.lock import writer_lock
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.io.slide import select_channels
@@ -92,7 +92,9 @@ def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: s
     region_set = parse_regions(regions, slide, shape, info.pixel_size_um[0])
     n_blocks = len(array_tiles(label_array, block))
     with tqdm(total=n_blocks, desc="measure", disable=not progress, dynamic_ncols=True) as bar:
+        run_id = labels_run_id(slide, labels)
         n_objects = measure_objects(inputs, out / "objects.parquet", block=block, margin=margin,
+                                    metadata={LABELS_RUN_KEY: run_id} if run_id else None,
                                     assign_region=region_set.assign_frame, progress=bar, threads=threads)
     objects = _region_columns(out / "objects.parquet")
     if "region" not in objects:

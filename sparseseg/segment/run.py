@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,6 +224,7 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
                                 "scale": plan.job.scale, "model": str(model_path(plan)),
                                 "block": plan.grid.block, "margin": plan.grid.margin, "halo": plan.halo,
                                 "precision": plan.job.precision, "tta": plan.job.tta,
+                                "run_id": uuid.uuid4().hex,  # tables measured on these labels carry it
                                 "params": {k: getattr(plan.job.params, k) for k in plan.job.params.__dataclass_fields__},
                                 "timings_s": timings}
     return SegmentResult(labels=plan.final, n_objects=total, n_blocks=len(records), skipped_blocks=len(plan.skips),
