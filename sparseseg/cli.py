@@ -216,6 +216,19 @@ def _cmd_export_geojson(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    from sparseseg.model.registry import resolve_model
+    from sparseseg.suggest import SuggestOptions, suggest
+
+    options = SuggestOptions(regions=args.regions, size_um=args.size, min_tissue=args.min_tissue, workers=args.workers,
+                             scheduler=args.scheduler, device=args.device, overwrite=args.overwrite)
+    proposals = suggest(args.slides, resolve_model(args.model), Path(args.out), options)
+    print(f"wrote {len(proposals)} regions to annotate next to {args.out} (one GeoJSON per slide, index.html): "
+          + ", ".join(f"#{c.rank} {Path(c.slide).name} y {c.y} x {c.x} score {c.score:.3f}" for c in proposals[:5])
+          + (" ..." if len(proposals) > 5 else ""))
+    return 0
+
+
 def _cmd_view(args: argparse.Namespace) -> int:
     import time
     import webbrowser
@@ -442,6 +455,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outline the parts of a disconnected object lying within PX of the same tile seam as one "
                    "feature (default 64); connected objects of any size are always exported whole")
     p.set_defaults(func=_cmd_export_geojson)
+
+    p = sub.add_parser("suggest", help="propose the regions whose annotation should help the model most",
+                       description="Score squares of --size um over the slides (tissue, not yet annotated) by the "
+                       "model's doubt (mirror-image disagreement, flow error, distance near the threshold, class "
+                       "doubt), keep the best of diverse tissue, and write them as QuPath annotations of class "
+                       "'Annotate next' (DIR/<slide>.geojson) with thumbnails (DIR/index.html).")
+    p.add_argument("slides", type=Path, nargs="+", metavar="SLIDE", help="SLIDE.ome.zarr, or a folder of them")
+    p.add_argument("--model", metavar="MODEL.pt|NAME", default=None, help="a checkpoint or a bundled model's name "
+                   "(default nuclei_he)")
+    p.add_argument("--regions", type=positive_int, default=10, metavar="N", help="regions to propose (default 10)")
+    p.add_argument("--size", type=positive_float, default=100.0, metavar="UM", help="square edge (default 100 um)")
+    p.add_argument("--min-tissue", type=finite_float, default=0.5, metavar="F",
+                   help="fraction of a square that must be tissue (default 0.5)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (new, or --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier suggest output folder")
+    p.add_argument("--workers", type=positive_int, default=None, help="local Dask workers (default 2)")
+    p.add_argument("--scheduler", default=None, metavar="ADDR", help="an existing Dask scheduler")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
+    p.set_defaults(func=_cmd_suggest)
 
     p = sub.add_parser("view", help="look at a slide and its labels in neuroglancer (served on 127.0.0.1)",
                        description="Serve the slide (read-only) and neuroglancer's web client on 127.0.0.1 and open "

@@ -35,7 +35,7 @@ from sparseseg.geometry.polygons import polygon_window, rasterize_polygon
 
 log = logging.getLogger(__name__)
 
-ROLES = ("object", "background", "foreground", "boundary", "point", "ignore")
+ROLES = ("object", "background", "foreground", "boundary", "point", "ignore", "complete")
 DEFAULT_CLASS_ROLES = {
     "background": "background", "glass": "background", "bg": "background",
     "foreground": "foreground", "fg": "foreground",
@@ -44,6 +44,8 @@ DEFAULT_CLASS_ROLES = {
     "boundary": "boundary", "edge": "boundary", "contour": "boundary",
     "point": "point", "seed": "point", "centroid": "point",
     "region*": "ignore", "ignore*": "ignore", "region": "ignore", "ignore": "ignore",
+    # a `sparseseg suggest` proposal: all of it is known, background under the objects drawn inside
+    "annotate next": "complete", "complete": "complete", "complete region": "complete",
 }
 _POLYGONAL = {"Polygon", "MultiPolygon"}
 _LINEAR = {"LineString", "MultiLineString"}
@@ -57,7 +59,7 @@ class Piece:
     window: tuple[slice, slice]
     values: np.ndarray
     source: str
-
+    fill: bool = False  # a completely annotated region: background wherever no other feature lies
 
 @dataclass
 class SlideAnnotations:
@@ -77,7 +79,8 @@ class SlideAnnotations:
         rows, cols = window
         out = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint32)
         claimed_twice = np.zeros(out.shape, bool)
-        for piece in self.pieces:
+        regions = [piece for piece in self.pieces if piece.fill]
+        for piece in [piece for piece in self.pieces if not piece.fill] + regions:
             r0, r1 = max(rows.start, piece.window[0].start), min(rows.stop, piece.window[0].stop)
             c0, c1 = max(cols.start, piece.window[1].start), min(cols.stop, piece.window[1].stop)
             if r0 >= r1 or c0 >= c1:
@@ -85,6 +88,9 @@ class SlideAnnotations:
             src = piece.values[r0 - piece.window[0].start: r1 - piece.window[0].start,
                                c0 - piece.window[1].start: c1 - piece.window[1].start]
             dst = out[r0 - rows.start: r1 - rows.start, c0 - cols.start: c1 - cols.start]
+            if piece.fill:  # under everything drawn (after it): only pixels no feature covers become background
+                dst[(src > 0) & (dst == 0)] = BACKGROUND
+                continue
             covered = src > 0
             clash = covered & (dst > 0) & (dst != src)
             fg_bg = clash & ((dst == BACKGROUND) != (src == BACKGROUND))
@@ -203,7 +209,7 @@ def _role(feature: dict, geometry_type: str, class_roles: dict[str, str], label:
     if role is None:
         raise InputError(path, f"{label}: unknown class {name!r} on a {geometry_type} (a cell class needs a point or "
                                f"a polygon); map it with --class-map '{name}=ROLE' (ROLE one of {', '.join(ROLES)})")
-    if (role in ("object", "background", "foreground") and geometry_type not in _POLYGONAL) or \
+    if (role in ("object", "background", "foreground", "complete") and geometry_type not in _POLYGONAL) or \
             (role == "boundary" and geometry_type not in _LINEAR) or (role == "point" and geometry_type not in _POINTS):
         raise InputError(path, f"{label}: class {name!r} means {role} but the geometry is a {geometry_type}")
     return role, ""
@@ -280,14 +286,14 @@ def read_qupath_geojson(path: str | Path, image_shape: tuple[int, int],
     next_id = FIRST_OBJECT
     # background first, then objects: ids follow the feature order
     for label, role, geometry, cell_class in sorted(parsed, key=lambda item: item[1] != "background"):
-        if role not in ("object", "background", "foreground"):
+        if role not in ("object", "background", "foreground", "complete"):
             continue
         window = polygon_window(geometry, result.shape)
         mask = rasterize_polygon(geometry, window)
         if not mask.any():
             log.warning("%s covers no pixel centre; skipped", label)
             continue
-        if role == "background":
+        if role in ("background", "complete"):
             values = mask.astype(np.uint32) * BACKGROUND
         elif role == "object":
             values = mask.astype(np.uint32) * next_id
@@ -302,7 +308,7 @@ def read_qupath_geojson(path: str | Path, image_shape: tuple[int, int],
             components, n = _split_stroke(mask, cuts)
             values = np.where(components > 0, components.astype(np.uint32) + (next_id - 1), 0).astype(np.uint32)
             next_id += n
-        result.pieces.append(Piece(window=window, values=values, source=f"{path}: {label}"))
+        result.pieces.append(Piece(window=window, values=values, source=f"{path}: {label}", fill=role == "complete"))
     result.n_objects = next_id - FIRST_OBJECT
 
     points = []

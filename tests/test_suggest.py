@@ -1,0 +1,91 @@
+"""`sparseseg suggest`: where to annotate next, and the QuPath round trip of its proposals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from conftest import OME_TIFF
+
+from sparseseg.cli import main
+from sparseseg.ingest import ingest
+from sparseseg.suggest import Candidate, diverse_best, rank_candidates
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    """The committed CC0 CMU region (2967 x 2220, 0.499 um/px) with its tissue mask."""
+    folder = tmp_path_factory.mktemp("suggest")
+    return ingest(OME_TIFF, folder / "cmu.ome.zarr")
+
+
+def squares(geojson: dict) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of each proposal."""
+    out = []
+    for feature in geojson["features"]:
+        ring = np.asarray(feature["geometry"]["coordinates"][0])
+        out.append((int(ring[:, 1].min()), int(ring[:, 1].max()), int(ring[:, 0].min()), int(ring[:, 0].max())))
+    return out
+
+
+def test_suggest_proposes_ranked_squares_in_tissue_and_imports_back_as_fully_known_regions(slide, tmp_path):
+    out = tmp_path / "next"
+    assert main(["suggest", str(slide), "--regions", "3", "--size", "100", "--out", str(out), "--workers", "1"]) == 0
+    geojson = json.loads((out / "cmu.geojson").read_text())
+    props = [f["properties"] for f in geojson["features"]]
+    assert [p["measurements"]["rank"] for p in props] == [1, 2, 3]
+    scores = [p["measurements"]["score"] for p in props]
+    assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
+    assert all(p["classification"]["name"] == "Annotate next" and p["objectType"] == "annotation" for p in props)
+    boxes = squares(geojson)
+    edge = round(100 / 0.499)
+    assert len(set(boxes)) == 3 and all(y1 - y0 == edge and x1 - x0 == edge for y0, y1, x0, x1 in boxes)
+    tissue = zarr.open_group(slide, mode="r")["labels/tissue/0"][...]
+    assert all(tissue[y0:y1, x0:x1].mean() >= 0.5 for y0, y1, x0, x1 in boxes)
+    html = (out / "index.html").read_text()
+    assert all(f"thumbnails/cmu_{rank:03d}.png" in html and (out / f"thumbnails/cmu_{rank:03d}.png").is_file()
+               for rank in range(1, 4))
+    # QuPath round trip: the user draws one nucleus inside proposal #1 and exports everything
+    y0, y1, x0, x1 = boxes[0]
+    nucleus = [[x0 + 10, y0 + 10], [x0 + 30, y0 + 10], [x0 + 30, y0 + 28], [x0 + 10, y0 + 28], [x0 + 10, y0 + 10]]
+    geojson["features"].append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [nucleus]},
+                                "properties": {"objectType": "annotation", "classification": {"name": "Nucleus"}}})
+    drawn = tmp_path / "drawn.geojson"
+    drawn.write_text(json.dumps(geojson))
+    assert main(["annotations", "import", str(slide), str(drawn)]) == 0
+    known = zarr.open_group(slide, mode="r")["labels/annotations/0"][...]
+    inside = np.zeros(known.shape, bool)
+    for b0, b1, c0, c1 in boxes:
+        inside[b0:b1, c0:c1] = True
+    assert (known[inside] > 0).all() and (known[~inside] == 0).all()  # the whole square is known, nothing else
+    assert np.unique(known[y0 + 12:y0 + 26, x0 + 12:x0 + 28]).tolist() == [2]  # the drawn object
+    assert set(np.unique(known[inside]).tolist()) == {1, 2}  # the rest of the squares: background
+    # suggested again (replacing the first output), nothing already annotated is proposed
+    assert main(["suggest", str(slide), "--regions", "3", "--size", "100", "--out", str(out), "--workers", "1",
+                 "--overwrite"]) == 0
+    for b0, b1, c0, c1 in squares(json.loads((out / "cmu.geojson").read_text())):
+        assert not inside[b0:b1, c0:c1].any()
+
+
+def _candidate(components: tuple[float, float, float, float], descriptor) -> Candidate:
+    keys = ("disagreement", "flow_error", "near_threshold", "class_doubt")
+    return Candidate("s", 0, 0, 10, dict(zip(keys, components)), np.asarray(descriptor, float), 1)
+
+
+def test_the_score_ranks_doubt_and_the_proposals_cover_diverse_tissue():
+    """The candidate with the most doubt on every component scores highest; with two kinds of tissue, the two
+    proposals come one from each even when the two best scores are of one kind."""
+    rng = np.random.default_rng(0)
+    kind_a = [_candidate(tuple(rng.random(4) * 0.5 + 0.5), [0.0, 0.0] + rng.normal(0, 0.01, 2)) for _ in range(30)]
+    kind_b = [_candidate(tuple(rng.random(4) * 0.5), [5.0, 5.0] + rng.normal(0, 0.01, 2)) for _ in range(30)]
+    top = _candidate((2.0, 2.0, 2.0, 2.0), [0.0, 0.0])
+    candidates = kind_a + kind_b + [top]
+    rank_candidates(candidates)
+    assert max(candidates, key=lambda c: c.score) is top and top.score == 1.0
+    best_two = sorted(candidates, key=lambda c: -c.score)[:2]
+    assert all(c.descriptor[0] < 1 for c in best_two)  # both of kind a: plain ranking would not diversify
+    chosen = diverse_best(candidates, 2)
+    assert [c.rank for c in chosen] == [1, 2] and chosen[0] is top
+    assert {c.descriptor[0] > 1 for c in chosen} == {False, True}
