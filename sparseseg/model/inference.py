@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparseseg.model.unet import ResidualBlock, UNet
+from sparseseg.model.unet import ResidualBlock, UNet, check_input_shape
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -185,9 +185,7 @@ class InferenceUNet(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 output (N, outputs, H, W) of a (N, C, H, W) input."""
-        factor = self.downsampling
-        if x.shape[-2] % factor or x.shape[-1] % factor:
-            raise ValueError(f"input {tuple(x.shape[-2:])} must be a multiple of {factor} (the downsampling factor)")
+        check_input_shape(x, self.downsampling)
         x = _channels_last(x.to(self.dtype))
         x = _nchw(F.linear(_nhwc(x), self.stem_weight, self.stem_bias))
         skips = []

@@ -156,6 +156,12 @@ class ResidualBlock(nn.Module):
         return self.skip(x) + y
 
 
+def check_input_shape(x: torch.Tensor, factor: int) -> None:
+    """Refuse an input whose height or width is not a multiple of the downsampling ``factor``."""
+    if x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(f"input {tuple(x.shape[-2:])} must be a multiple of {factor} (the downsampling factor)")
+
+
 class UNet(nn.Module):
     """Input (N, C, H, W) with H, W multiples of ``config.downsampling``; output (N, ``config.outputs``, H, W)."""
 
@@ -183,9 +189,7 @@ class UNet(nn.Module):
         return self.config.downsampling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        factor = self.downsampling
-        if x.shape[-2] % factor or x.shape[-1] % factor:
-            raise ValueError(f"input {tuple(x.shape[-2:])} must be a multiple of {factor} (the downsampling factor)")
+        check_input_shape(x, self.downsampling)
         x = self.stem(x)
         skips = []
         for block in self.down:
