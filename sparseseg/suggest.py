@@ -247,8 +247,8 @@ def proposals_geojson(proposals: list[Candidate], pixel_size_um: float) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
-def _thumbnail(slide: Path, c: Candidate) -> np.ndarray:
-    level0 = open_omezarr_slide(slide, fill_missing=True).levels[0]
+def _thumbnail(level0, c: Candidate) -> np.ndarray:
+    """The proposal's pixels as an 8-bit image (1st-99.5th percentile stretch)."""
     crop = np.asarray(level0[:, c.y:c.y + c.edge, c.x:c.x + c.edge].compute(scheduler="synchronous"))
     crop = crop.astype(np.float32)
     low, high = np.percentile(crop, 1), np.percentile(crop, 99.5)
@@ -314,10 +314,11 @@ def suggest(slides: list[Path], model: Path, out: Path, options: SuggestOptions 
         for slide in slides:
             mine = [c for c in proposals if c.slide == str(slide)]
             stem = slide.name.split(".")[0]
+            level0 = open_omezarr_slide(slide, fill_missing=True).levels[0]
             (tmp / f"{stem}.geojson").write_text(json.dumps(proposals_geojson(mine, meta[str(slide)]), indent=1))
             for c in mine:
                 name = f"thumbnails/{stem}_{c.rank:03d}.png"
-                iio.imwrite(tmp / name, _thumbnail(slide, c))
+                iio.imwrite(tmp / name, _thumbnail(level0, c))
                 thumbs.append((c, name))
         (tmp / "index.html").write_text(_index_html(sorted(thumbs, key=lambda t: t[0].rank)))
     return proposals
