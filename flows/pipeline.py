@@ -158,3 +158,71 @@ def process_archive(input_dir: str, output_dir: str, model: str, cluster: str | 
     create_table_artifact(key="process-archive", table=rows,
                           description=f"sparseseg {__version__}: {len(rows)} slides from {input_dir}")
     return rows
+
+
+@task(task_run_name="import {drawn}")
+def import_task(slide: str, drawn: str) -> dict:
+    from sparseseg.annotations.importer import import_annotations
+
+    return import_annotations(slide, drawn, overwrite=True)  # the export holds every earlier round's squares too
+
+
+@task(task_run_name="suggest {out}")
+def suggest_task(slides: list[str], model: str, out: str, regions: int, size_um: float) -> list[dict]:
+    from sparseseg.suggest import SuggestOptions, suggest
+
+    proposals = suggest([Path(s) for s in slides], Path(model), Path(out),
+                        SuggestOptions(regions=regions, size_um=size_um, overwrite=True))
+    return [{"slide": c.slide, "rank": c.rank, "y": c.y, "x": c.x, "score": c.score} for c in proposals]
+
+
+@task(task_run_name="score {slide}")
+def score_task(slide: str, model: str, truth: str, out: str, cluster: str | None, block: int) -> dict:
+    from sparseseg.measure.run import measure_slide
+    from sparseseg.segment import SegmentOptions, segment_slide
+
+    with dask_client(_spec(cluster)) as client:
+        segment_slide(slide, model, SegmentOptions(name="active-learning", block=block, overwrite=True,
+                                                   scheduler=client.scheduler.address, progress=False))
+    summary = measure_slide(slide, labels="active-learning", truth=truth, out=out, progress=False, report=False)
+    return {k: summary["accuracy"][k] for k in ("f1@0.5", "aji")}
+
+
+@flow(name="active-learning-round")
+def active_learning_round(slides: list[str], model: str, workdir: str, round_number: int,
+                          drawn: list[str] | None = None, minutes: float = 5.0, regions: int = 10,
+                          size_um: float = 100.0, evaluation: dict[str, str] | None = None,
+                          cluster: str | None = None, block: int = 2048) -> dict:
+    """One round of the annotate -> train loop, the human step between rounds.
+
+    Round 0 only scores ``model`` and proposes regions. Round n > 0 imports ``drawn`` (QuPath exports, one
+    per slide of ``slides``, in order: the proposals with the cells drawn inside them). It then fine-tunes
+    the previous round's model on the annotated slides for ``minutes``, scores it (``evaluation``: slide ->
+    truth label image, through segment + measure) and proposes the next ``regions``. Everything a round
+    makes is kept in ``workdir/round_<n>``: model.pt, proposals/ (GeoJSON per slide, index.html), round.json
+    with the scores and the gain over the previous round.
+    """
+    logger = get_run_logger()
+    root = Path(workdir)
+    folder = root / f"round_{round_number}"
+    (folder / "scores").mkdir(parents=True, exist_ok=True)
+    current = model
+    if round_number > 0:
+        previous = json.loads((root / f"round_{round_number - 1}" / "round.json").read_text())
+        if not drawn or len(drawn) != len(slides):
+            raise ValueError("a round after 0 needs one drawn GeoJSON per slide (the exported proposals)")
+        for slide, path in zip(slides, drawn):
+            import_task(slide, path)
+        current = train_model(str(folder / "model.pt"), data=list(slides), init=previous["model"], minutes=minutes)
+    scores = {slide: score_task(slide, current, truth, str(folder / "scores" / Path(slide).name.split(".")[0]),
+                                cluster, block)
+              for slide, truth in (evaluation or {}).items()}
+    mean = {k: sum(s[k] for s in scores.values()) / len(scores) for k in ("f1@0.5", "aji")} if scores else {}
+    record = {"round": round_number, "model": current, "scores": scores, "mean": mean,
+              "proposals": suggest_task(list(slides), current, str(folder / "proposals"), regions, size_um)}
+    if round_number > 0 and mean and previous.get("mean"):
+        record["gain"] = {k: mean[k] - previous["mean"][k] for k in mean}
+        logger.info("round %d: F1@0.5 %.3f (%+.3f), AJI %.3f (%+.3f)", round_number, mean["f1@0.5"],
+                    record["gain"]["f1@0.5"], mean["aji"], record["gain"]["aji"])
+    (folder / "round.json").write_text(json.dumps(record, indent=1))
+    return record

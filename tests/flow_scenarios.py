@@ -9,7 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.pipeline import ingest_slide, process_archive, process_slide, train_model  # noqa: E402
+from flows.pipeline import (active_learning_round, ingest_slide, process_archive, process_slide,  # noqa: E402
+                            train_model)
 
 MODEL = ROOT / "sparseseg" / "data" / "models" / "nuclei_he.pt"
 
@@ -28,7 +29,26 @@ def main(work: Path) -> None:
     for run in ("archive_first", "archive_second"):
         results[run] = process_archive(str(archive), str(work / "out"), str(MODEL), cluster=str(threads),
                                        regions="grid:50um")
+    results["active_learning"] = active_learning(work)
     print("RESULTS " + json.dumps(results, default=str))
+
+
+def active_learning(work: Path) -> list[dict]:
+    """Round 0 (score, propose), the simulated human (a nucleus drawn in proposal #1), round 1 (import, tune)."""
+    slide = ingest_slide(str(work / "archive" / "he_65c8527c.tif"), str(work / "al.ome.zarr"))
+    truth = str(ROOT / "tests" / "data" / "dsb2018" / "labels" / "he_65c8527c.tif")
+    common = dict(regions=2, size_um=30.0, evaluation={slide: truth}, block=256)
+    first = active_learning_round([slide], str(MODEL), str(work / "al"), 0, **common)
+    proposals = json.loads((work / "al" / "round_0" / "proposals" / "al.geojson").read_text())
+    x, y = proposals["features"][0]["geometry"]["coordinates"][0][0]
+    nucleus = [[x + 20, y + 20], [x + 32, y + 20], [x + 32, y + 31], [x + 20, y + 31], [x + 20, y + 20]]
+    proposals["features"].append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [nucleus]},
+                                  "properties": {"objectType": "annotation", "classification": {"name": "Nucleus"}}})
+    drawn = work / "drawn.geojson"
+    drawn.write_text(json.dumps(proposals))
+    second = active_learning_round([slide], str(MODEL), str(work / "al"), 1, drawn=[str(drawn)], minutes=0.05,
+                                   **common)
+    return [first, second]
 
 
 if __name__ == "__main__":

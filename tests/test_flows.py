@@ -66,6 +66,15 @@ def test_flows_run_on_the_ephemeral_api(tmp_path):
         out = Path(row["output"])
         assert (out / "measure" / "report.html").is_file() and (out / "cells.geojson.gz").is_file()
         assert (out / ".sparseseg-complete.json").is_file()
+    # the active-learning loop: round 0 proposes, round 1 learns from what was drawn and proposes elsewhere
+    first, second = results["active_learning"]
+    assert len(first["proposals"]) == len(second["proposals"]) == 2 and "gain" in second
+    assert 0 < first["mean"]["f1@0.5"] <= 1 and set(second["gain"]) == {"f1@0.5", "aji"}
+    assert first["model"].endswith("nuclei_he.pt") and Path(second["model"]).is_file()
+    assert second["model"].endswith("round_1/model.pt")
+    drawn = [(p["y"], p["x"]) for p in first["proposals"]]
+    assert not {(p["y"], p["x"]) for p in second["proposals"]} & set(drawn)  # annotated squares are not proposed
+    assert (tmp_path / "al" / "round_1" / "proposals" / "index.html").is_file()
 
 
 def _free_port() -> int:
