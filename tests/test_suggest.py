@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -89,3 +90,26 @@ def test_the_score_ranks_doubt_and_the_proposals_cover_diverse_tissue():
     chosen = diverse_best(candidates, 2)
     assert [c.rank for c in chosen] == [1, 2] and chosen[0] is top
     assert {c.descriptor[0] > 1 for c in chosen} == {False, True}
+
+
+def test_suggest_over_an_archive_folder_is_repeatable_and_qupath_shaped(slide, tmp_path):
+    """A folder of two slides: proposals across both, every feature a closed QuPath annotation polygon in the slide,
+    and a second run with the same model gives the same proposals."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for name in ("a", "b"):
+        shutil.copytree(slide, archive / f"{name}.ome.zarr", ignore=shutil.ignore_patterns("annotations"))
+    runs = []
+    for out in (tmp_path / "first", tmp_path / "second"):
+        assert main(["suggest", str(archive), "--regions", "4", "--size", "150", "--out", str(out)]) == 0
+        runs.append({name: json.loads((out / f"{name}.geojson").read_text()) for name in ("a", "b")})
+    assert runs[0] == runs[1]
+    features = runs[0]["a"]["features"] + runs[0]["b"]["features"]
+    assert sorted(f["properties"]["measurements"]["rank"] for f in features) == [1, 2, 3, 4]
+    shape = zarr.open_group(slide, mode="r")["0"].shape[1:]
+    for feature in features:
+        assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+        ring = feature["geometry"]["coordinates"][0]
+        assert len(ring) == 5 and ring[0] == ring[-1]
+        assert all(0 <= x <= shape[1] and 0 <= y <= shape[0] for x, y in ring)
+        assert set(feature["properties"]) >= {"objectType", "classification", "measurements", "name"}
