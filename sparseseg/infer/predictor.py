@@ -66,7 +66,8 @@ class Predictor:
     class_names: tuple[str, ...] = ()         # cell classes of the class head (empty: no class head)
     tta: bool = False                         # average the fields over the 8 flips / 90-degree rotations
     precision: str = "fp32"                   # "fp32" or "bf16" (weights and activations; see model.inference)
-    fused: bool = True                        # run the rearranged inference network (False: the eager one)
+    fused: bool = True                        # run the rearranged inference network (False: the eager one, fp32 only)
+    # built from the network's weights at the first forward: a Predictor serves a network that no longer trains
     _inference: InferenceUNet | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
