@@ -60,6 +60,13 @@ def work(tmp_path_factory, fluo_model, fluo_training_folders) -> Path:
     for name, (data, _) in HOSTILE_GEOJSON.items():
         (root / f"{name}.geojson").write_text(json.dumps(data))
     tifffile.imwrite(root / "small-labels.tif", np.zeros((10, 10), np.uint16))
+    for name, width, height, layout in (("lie-tiled", 60000, 60000, {"tile": (64, 64)}),
+                                        ("lie-strips", 60000, 60000, {"rowsperstrip": 16}),
+                                        ("width-zero", 0, 64, {})):  # headers that declare what is not there
+        tifffile.imwrite(root / f"{name}.tif", np.full((128, 128), 7, np.uint8), **layout)
+        with tifffile.TiffFile(root / f"{name}.tif", mode="r+b") as tif:
+            tif.pages[0].tags["ImageWidth"].overwrite(width)
+            tif.pages[0].tags["ImageLength"].overwrite(height)
     # a copy of the slide with a chunk missing (a damaged copy) and one with a corrupt chunk
     shutil.copytree(root / "slide.ome.zarr", root / "missing.ome.zarr")
     (root / "missing.ome.zarr" / "0" / "0" / "1" / "1").unlink()
@@ -148,6 +155,11 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
     ("ingest-overwrite-other-folder", ["ingest", "{w}/fluo.tif", "{w}/annotations", "--overwrite"],
      "not a slide written by"),
     ("ingest-missing-parent", ["ingest", "{w}/fluo.tif", "{w}/no/such/x.ome.zarr"], "does not exist"),
+    ("ingest-tiff-declares-60000-px-in-4-tiles", ["ingest", "{w}/lie-tiled.tif", "{w}/x.ome.zarr"],
+     "tables list only 4"),
+    ("ingest-tiff-declares-60000-px-in-8-strips", ["ingest", "{w}/lie-strips.tif", "{w}/x.ome.zarr"],
+     "strips tables list only 8"),
+    ("ingest-tiff-width-zero", ["ingest", "{w}/width-zero.tif", "{w}/x.ome.zarr"], "ImageWidth 0"),
     ("ingest-missing-chunk", ["ingest", "{w}/missing.ome.zarr", "{w}/x.ome.zarr"], "missing 1 of"),
     ("ingest-unwritable", ["ingest", "{w}/fluo.tif", "/proc/sparseseg-x.ome.zarr"], "/proc"),
     ("info-missing", ["info", "{w}/nope.ome.zarr"], "nope.ome.zarr"),
@@ -324,3 +336,12 @@ def test_a_self_intersecting_polygon_is_repaired_with_a_warning_naming_it(work, 
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("bowtie.geojson" in m and "feature 0 (bow tie): repaired an invalid polygon (Self-intersection" in m
                for m in warnings), warnings
+
+
+def test_a_declared_size_lie_is_refused_at_once(work):
+    """A header declaring 60000 x 60000 px over a few tiles or strips used to run for minutes (and write a 616 MB
+    partial folder); it is refused from the header alone."""
+    for name in ("lie-tiled", "lie-strips"):
+        start = time.perf_counter()
+        assert main(["ingest", str(work / f"{name}.tif"), str(work / "lie.ome.zarr"), "-q"]) == 2
+        assert time.perf_counter() - start < 5 and not (work / "lie.ome.zarr").exists()

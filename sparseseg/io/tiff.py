@@ -54,13 +54,28 @@ class TiffLevel:
         return ("TiffLevel", self.path, self.series, self.level, self.mtime_ns)
 
 
+def _check_declared_size(path: Path, page) -> None:
+    """Refuse a page that declares no pixels, or more tiles/strips than its tables list (a forged or damaged
+    header: reading it would allocate and write the declared size from almost nothing)."""
+    if 0 in (page.imagewidth, page.imagelength):
+        raise InputError(path, f"declares an empty image (ImageWidth {page.imagewidth}, ImageLength "
+                               f"{page.imagelength})")
+    declared = int(np.prod(page.chunked)) if page.chunked else 0
+    if len(page.dataoffsets) < declared:
+        kind = "tiles" if page.is_tiled else "strips"
+        raise InputError(path, f"declares a {page.imagewidth} x {page.imagelength} px image in {declared} {kind}, "
+                               f"but its {kind} tables list only {len(page.dataoffsets)} (a damaged or forged header)")
+
+
 def _check_not_truncated(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> None:
-    """Refuse files whose tile/strip data runs past the end of the file (interrupted copies)."""
+    """Refuse files whose declared size their tile/strip tables do not back (forged or damaged headers), and files
+    whose data runs past their end (interrupted copies): before anything is allocated or written."""
     size = os.path.getsize(path)
     for level in series.levels:
         for page in level.pages:
             if page is None:
                 continue
+            _check_declared_size(path, page)
             ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
             if not ends and page.shape and np.prod(page.shape) > 0:
                 raise InputError(path, "truncated or corrupt TIFF: a page has no image data")
@@ -135,6 +150,12 @@ def open_tiff_slide(path: Path, chunk: int = 1024) -> Slide:
     except (tifffile.TiffFileError, ValueError, OSError, EOFError) as exc:
         raise InputError(path, f"cannot read TIFF ({exc})") from None
     with tif:
+        try:
+            first = tif.pages.first
+        except IndexError:  # no page at all: reported below as no readable series
+            first = None
+        if isinstance(first, tifffile.TiffPage):  # before the series are built from what it declares
+            _check_declared_size(path, first)
         if not tif.series:
             raise InputError(path, "truncated or corrupt TIFF: no readable image series")
         series = tif.series[0]
