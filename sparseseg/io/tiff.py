@@ -75,7 +75,8 @@ def _check_not_truncated(path: Path, tif: tifffile.TiffFile, series: tifffile.Ti
         for page in level.pages:
             if page is None:
                 continue
-            _check_declared_size(path, page)
+            if isinstance(page, tifffile.TiffPage):  # a TiffFrame shares its key page's header
+                _check_declared_size(path, page)
             ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
             if not ends and page.shape and np.prod(page.shape) > 0:
                 raise InputError(path, "truncated or corrupt TIFF: a page has no image data")
