@@ -25,12 +25,13 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import zarr
 from scipy import ndimage as ndi
 from scipy.cluster.vq import kmeans2
 from scipy.stats import rankdata
@@ -95,7 +96,6 @@ class Candidate:
     objects: int
     score: float = 0.0
     rank: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def expand_slides(paths: list[Path]) -> list[Path]:
@@ -113,13 +113,11 @@ def expand_slides(paths: list[Path]) -> list[Path]:
     return slides
 
 
-def _known_fraction(slide: Path, name: str, windows: list[tuple[int, int, int]], shape) -> np.ndarray | None:
+def _known_fraction(slide: Path, name: str, windows: list[tuple[int, int, int]]) -> np.ndarray | None:
     """Per window (y, x, edge), the fraction of pixels of label group ``name`` that are non-zero (None if absent)."""
     group_path = slide / "labels" / name
     if not group_path.is_dir():
         return None
-    import zarr
-
     coarse, factor = coarse_label_level(zarr.open_group(group_path, mode="r"), 2048)
     out = np.zeros(len(windows))
     for i, (y, x, edge) in enumerate(windows):
@@ -133,10 +131,10 @@ def candidate_grid(slide: Path, shape: tuple[int, int], edge: int, min_tissue: f
     origins = [(y, x) for y in range(0, shape[0] - edge + 1, edge) for x in range(0, shape[1] - edge + 1, edge)]
     windows = [(y, x, edge) for y, x in origins]
     keep = np.ones(len(origins), bool)
-    tissue = _known_fraction(slide, "tissue", windows, shape)
+    tissue = _known_fraction(slide, "tissue", windows)
     if tissue is not None:
         keep &= tissue >= min_tissue
-    annotated = _known_fraction(slide, "annotations", windows, shape)
+    annotated = _known_fraction(slide, "annotations", windows)
     if annotated is not None:
         keep &= annotated == 0
     return [o for o, k in zip(origins, keep) if k]
