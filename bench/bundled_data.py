@@ -15,7 +15,11 @@
 
 - With ``--brca``: the 80 BRCA-M2C `train` images (BSD-3-Clause, 20x) with one classified point per cell
   (lymphocyte / stromal / tumour) as ``annotations/brca_<name>.csv``: the points and classes of the
-  bundled model v2 (docs/models.md).
+  bundled model v2 (docs/models.md). With ``--pseudo MODEL``, each image's points are filtered through
+  MODEL's objects instead (``sparseseg.annotations.points.point_filtered_labels``): an object holding exactly
+  one point becomes a whole object of that point's class, the other points disks, the rest background or unknown.
+  With ``--clusters``, each point gets the extent of its colour cluster instead (Qu et al. 2019;
+  ``sparseseg.annotations.points.cluster_labels``), never a complete object.
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ from skimage.measure import regionprops
 from skimage.segmentation import watershed
 from skimage.transform import resize
 
-from sparseseg.annotations.model import BACKGROUND, encode_dense
+from sparseseg.annotations.model import BACKGROUND, FIRST_OBJECT, encode_dense
+from sparseseg.annotations.points import POINT_RADIUS_UM, cluster_labels, point_filtered_labels, read_points_csv
+from sparseseg.infer.predictor import Predictor
 from sparseseg.metrics.sizes import median_diameter_px
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+CLUSTER_REACH_UM = 6.0  # distance to a click beyond which the k-means feature saturates (a large nucleus' radius)
 CMU = ROOT / "sparseseg" / "data" / "cmu_small_region.svs"
 
 
@@ -94,6 +101,36 @@ def cmu_pseudo_annotation(pixels: np.ndarray, pixel_size_um: float) -> np.ndarra
     return partial
 
 
+def write_pseudo_labels(predictor: Predictor, image: np.ndarray, points_csv: Path, stem: Path,
+                        pixel_size: float) -> str:
+    """Point-filtered pseudo-labels of one image (``stem``.tif + its class table ``stem``.csv); says how many
+    clicked cells became whole objects."""
+    points = read_points_csv(points_csv, image.shape[:2])
+    objects = predictor.instances(np.moveaxis(image, -1, 0))
+    pseudo = point_filtered_labels(objects, points.yx, POINT_RADIUS_UM / pixel_size)
+    tifffile.imwrite(stem.parent / f"{stem.name}.tif", pseudo.partial)
+    write_class_table(stem.parent / f"{stem.name}.csv",
+                      {k: points.classes[i] for k, i in pseudo.point_of.items() if points.classes[i]})
+    return f"{len(pseudo.complete)} / {len(points.yx)}"
+
+
+def write_cluster_labels(image: np.ndarray, points_csv: Path, stem: Path, pixel_size: float) -> None:
+    """Colour-cluster labels of one image (``stem``.tif) and its class table (``stem``.csv)."""
+    points = read_points_csv(points_csv, image.shape[:2])
+    partial = cluster_labels(image, points.yx, POINT_RADIUS_UM / pixel_size, CLUSTER_REACH_UM / pixel_size)
+    tifffile.imwrite(stem.parent / f"{stem.name}.tif", partial)
+    write_class_table(stem.parent / f"{stem.name}.csv",
+                      {FIRST_OBJECT + i: c for i, c in enumerate(points.classes) if c})
+
+
+def write_class_table(path: Path, classes: dict[int, str]) -> None:
+    """A label image's class table: ``label,class`` rows."""
+    with open(path, "w", newline="") as fh:
+        table = csv.writer(fh)
+        table.writerow(["label", "class"])
+        table.writerows(sorted(classes.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -103,11 +140,16 @@ def main() -> None:
     parser.add_argument("--no-fluo", action="store_true", help="no inverted fluorescence images")
     parser.add_argument("--brca", action="store_true",
                         help="add the BRCA-M2C train images with their classified points (CSV; BSD-3-Clause)")
+    parser.add_argument("--pseudo", type=Path, default=None, metavar="MODEL",
+                        help="with --brca: point-filtered pseudo-labels of MODEL instead of disks + Voronoi edges")
+    parser.add_argument("--clusters", action="store_true",
+                        help="with --brca: Qu et al.'s colour-cluster labels instead of disks + Voronoi edges")
     args = parser.parse_args()
     images, annotations = args.out / "images", args.out / "annotations"
     images.mkdir(parents=True, exist_ok=True)
     annotations.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
+    predictor = Predictor.from_checkpoint(args.pseudo, device="cpu") if args.pseudo else None
     target_px = args.diameter_um / args.pixel_size
     count = 0
     he_rows = list(csv.DictReader(open(SHARED / "dsb2018" / "brightfield_or_he" / "index.csv")))
@@ -142,7 +184,17 @@ def main() -> None:
         for row in csv.DictReader(open(brca / "index.csv")):
             if row["split"] == "train" and abs(float(row["microns_per_pixel"]) - args.pixel_size) < 0.02:
                 (images / f"brca_{row['name']}.png").write_bytes((brca / "images" / f"{row['name']}.png").read_bytes())
-                (annotations / f"brca_{row['name']}.csv").write_text((brca / "points" / f"{row['name']}.csv").read_text())
+                points = brca / "points" / f"{row['name']}.csv"
+                if args.clusters:
+                    write_cluster_labels(iio.imread(brca / "images" / f"{row['name']}.png")[..., :3], points,
+                                         annotations / f"brca_{row['name']}", args.pixel_size)
+                elif args.pseudo is None:
+                    (annotations / f"brca_{row['name']}.csv").write_text(points.read_text())
+                else:
+                    image = iio.imread(brca / "images" / f"{row['name']}.png")[..., :3]
+                    kept = write_pseudo_labels(predictor, image, points, annotations / f"brca_{row['name']}",
+                                               args.pixel_size)
+                    print(f"brca_{row['name']}: {kept} of the clicked cells kept as the model's objects")
                 count += 1
     print(f"{count} training images in {args.out} at {args.pixel_size} um/px (median nucleus {args.diameter_um} um)")
 

@@ -9,13 +9,21 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 import tifffile
 import torch
 import zarr
 from conftest import DATA, DSB
 
 from sparseseg.annotations.model import BACKGROUND, FIRST_OBJECT, PatchAnnotation
-from sparseseg.annotations.points import PointSet, class_indices, point_labels, read_points_csv
+from sparseseg.annotations.points import (
+    PointSet,
+    class_indices,
+    cluster_labels,
+    point_filtered_labels,
+    point_labels,
+    read_points_csv,
+)
 from sparseseg.annotations.targets import compute_targets
 from sparseseg.cli import main
 from sparseseg.errors import InputError
@@ -24,6 +32,7 @@ from sparseseg.instances.dynamics import flows_to_labels
 from sparseseg.ingest import ingest
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.losses import class_loss
+from sparseseg.metrics.points import TypedCounts, class_counts, typed_counts
 from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from sparseseg.model.normalize import slide_normalization
 from sparseseg.model.unet import with_class_head
@@ -49,6 +58,66 @@ def test_points_become_disks_voronoi_background_and_classes():
     targets = compute_targets(PatchAnnotation(partial=partial, classes=classes))
     assert targets.classes[10, 10] == 1 and targets.classes[10, 40] == 0 and targets.classes[45, 25] == -1
     assert not targets.valid.any()  # a disk is no outline: nothing enters the valid distance set
+
+
+def test_point_filtered_pseudo_labels_keep_objects_holding_one_click():
+    objects = np.zeros((60, 60), np.uint32)
+    objects[5:15, 5:15] = 1     # one click: kept whole
+    objects[5:15, 30:50] = 2    # two clicks: a merge, left unknown with a disk per click
+    objects[40:50, 40:50] = 3   # no click: unknown (a missed annotation or a false object)
+    clicks = np.array([[10.0, 10.0], [10.0, 34.0], [10.0, 46.0], [45.0, 10.0]])  # the last in no object
+    pseudo = point_filtered_labels(objects, clicks, radius_px=2)
+    kept = pseudo.partial[10, 10]
+    assert pseudo.complete == {kept} and pseudo.point_of[kept] == 0
+    assert (pseudo.partial == kept).sum() == 100 and (pseudo.partial[4, 5:15] == BACKGROUND).all()
+    # every other click is a small disk of its own, never on background
+    disks = {int(pseudo.partial[int(y), int(x)]) for y, x in clicks[1:]}
+    assert len(disks) == 3 and min(disks) >= FIRST_OBJECT and kept not in disks
+    assert {pseudo.point_of[d] for d in disks} == {1, 2, 3}
+    assert (pseudo.partial == pseudo.partial[10, 34]).sum() == 13
+    # the merged object's other pixels and the unclicked object stay unknown, with a margin
+    assert pseudo.partial[10, 40] == 0 and (pseudo.partial[40:50, 40:50] == 0).all() and pseudo.partial[39, 45] == 0
+    # background far from every click and object; unknown around a leftover click (no outline claimed)
+    assert pseudo.partial[30, 25] == BACKGROUND and pseudo.partial[45, 14] == 0
+    targets = compute_targets(PatchAnnotation(partial=pseudo.partial))
+    assert targets.valid[10, 10] and not targets.valid[10, 34]  # the kept object has exact distances, disks do not
+
+
+def test_cluster_labels_give_clicked_nuclei_their_extent_and_split_touching_ones():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:80, :80]
+    image = np.full((80, 80, 3), (230.0, 190.0, 210.0))
+    centres = [(15, 15), (15, 60), (55, 30), (55, 41)]  # the last two touch
+    nuclei = np.zeros((80, 80), np.int64)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        nuclei[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = k
+    image[nuclei > 0] = (90.0, 40.0, 120.0)
+    image += rng.normal(0, 8, image.shape)
+    clicks = np.array(centres, np.float64) + rng.uniform(-1.5, 1.5, (4, 2))
+    partial = cluster_labels(image, clicks, radius_px=2, reach_px=12)
+    ids = [int(partial[int(y), int(x)]) for y, x in clicks]
+    assert len(set(ids)) == 4 and min(ids) >= FIRST_OBJECT
+    for k, obj in enumerate(ids, start=1):
+        mask = partial == obj
+        assert (mask & (nuclei == k)).sum() >= 0.8 * (nuclei == k).sum()  # far more than the click's disk
+        assert not (mask & (nuclei == 0)).any()                          # no background pixel
+        assert (mask & (nuclei > 0) & (nuclei != k)).sum() < 0.15 * (nuclei == k).sum()  # Voronoi split
+    far = ndi.distance_transform_edt(nuclei == 0) > 4
+    assert (partial[far] == BACKGROUND).mean() > 0.9 and not (partial[nuclei > 0] == BACKGROUND).any()
+
+
+def test_hovernet_typed_f_pairs_regardless_of_class_and_charges_typing_errors_twice():
+    truth = np.array([[0, 0], [0, 20], [0, 40], [0, 60], [30, 0]], float)
+    truth_class = np.array(["a", "a", "b", "b", "a"])
+    predicted = np.array([[1, 0], [0, 21], [1, 40], [0, 61], [60, 60]], float)  # the last one unpaired
+    predicted_class = np.array(["a", "b", "b", "b", "b"])
+    counts = typed_counts(predicted, predicted_class, truth, truth_class, ("a", "b"), radius=3)
+    assert counts["a"] == TypedCounts(tp=1, fp=0, fn=1, fp_d=0, fn_d=1)
+    assert counts["b"] == TypedCounts(tp=2, fp=1, fn=0, fp_d=1, fn_d=0)
+    assert counts["a"].f1 == pytest.approx(2 / (2 + 2 + 1)) and counts["b"].f1 == pytest.approx(4 / (4 + 2 + 1))
+    # the per-class F that matches each class's cells alone does not see the typing error the same way
+    plain = class_counts(predicted, predicted_class, truth, truth_class, ("a", "b"), radius=3)
+    assert plain["a"].f1 > counts["a"].f1 and plain["b"].f1 > counts["b"].f1
 
 
 def test_points_csv_is_read_and_bad_rows_are_refused_with_the_line(tmp_path):
@@ -239,6 +308,15 @@ def test_measure_and_geojson_carry_each_objects_class(typed_model, tmp_path):
     table = pd.read_csv(tmp_path / "m3" / "point_accuracy.csv").set_index("class")
     assert table.loc["all", "tp"] == n - 3 and table.loc[list(CLASSES), "fp"].sum() == 3 + 2
     assert table.loc[list(CLASSES), "tp"].sum() == n - 5 and scored["mean_class_f1"] < 1
+    # HoVer-Net's F_c charges the 2 relabelled pairs twice as much as the 3 missing points
+    relabelled = set(truth.iloc[2:4, 2]) | {by_id[i] for i in objects["id"].iloc[5:7]}
+    assert any(scored["hovernet_f_c"][c] < scored["class_f1"][c] for c in relabelled)
+    for c in CLASSES:
+        if c in relabelled:
+            assert scored["hovernet_f_c"][c] <= scored["class_f1"][c]
+        else:  # no typing error: both charge the same missing points
+            assert scored["hovernet_f_c"][c] == pytest.approx(scored["class_f1"][c])
+        assert table.loc[c, "hovernet_f_c"] == pytest.approx(scored["hovernet_f_c"][c])
     # a class table that no longer matches the labels is refused, naming it
     group = zarr.open_group(slide / "labels" / "cells", mode="r+")
     group["object_classes"].resize((3, 3))

@@ -22,6 +22,7 @@ from sparseseg.errors import InputError
 
 #: Disk radius of a point, in um: inside even a small lymphocyte nucleus (about 5 um across).
 POINT_RADIUS_UM = 1.5
+_CROSS = ndi.generate_binary_structure(2, 1)
 #: Voronoi edges closer than this to a point (in disk radii) are left unknown: two touching nuclei
 #: share an edge that is not background.
 EDGE_CLEARANCE = 2.0
@@ -100,3 +101,106 @@ def point_labels(shape: tuple[int, int], yx: np.ndarray, radius_px: float, class
         ids = (np.asarray(classes, np.int64) + 1).astype(np.uint8)
         class_map[disk] = np.concatenate([[0], ids])[nearest[disk]]
     return partial, class_map
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """A partial instance map made from a model's objects and clicked cells, and each object's point index."""
+
+    partial: np.ndarray        # uint32: 0 unknown, 1 background, >= 2 objects
+    point_of: dict[int, int]   # object id -> index of the point it holds
+    complete: frozenset        # ids of the model's objects kept whole (they held exactly one point)
+
+
+def point_filtered_labels(objects: np.ndarray, yx: np.ndarray, radius_px: float, margin_px: float = 2.0
+                          ) -> PseudoLabels:
+    """Point-filtered pseudo-labels (LACSS's idea): a model's object holding exactly one click becomes a
+    complete object ringed by background; every other click becomes a disk of ``radius_px``; pixels outside
+    every object and at least ``margin_px`` from any object that was not kept, and ``3 * radius_px`` from any
+    disk, are background (the clicks mark every cell, so what no model object and no click covers is
+    background); the rest is unknown. ``objects``: uint labels (H, W), 0 background."""
+    objects = np.asarray(objects)
+    yx = np.asarray(yx, np.float64).reshape(-1, 2)
+    h, w = objects.shape
+    rows = np.clip(yx[:, 0].astype(np.int64), 0, h - 1)
+    cols = np.clip(yx[:, 1].astype(np.int64), 0, w - 1)
+    under = objects[rows, cols].astype(np.int64)
+    counts = np.bincount(under, minlength=int(objects.max()) + 1)
+    single = (under > 0) & (counts[under] == 1)
+    partial = np.zeros((h, w), np.uint32)
+    point_of: dict[int, int] = {}
+    kept = np.zeros(counts.shape, np.int64)
+    for i in np.flatnonzero(single):
+        kept[under[i]] = FIRST_OBJECT + len(point_of)
+        point_of[int(kept[under[i]])] = int(i)
+    complete = frozenset(point_of)
+    loose = np.flatnonzero(~single)
+    seeds = np.zeros((h, w), np.int64)  # 1 + index of the loose click in each pixel
+    seeds[rows[loose], cols[loose]] = loose + 1
+    if len(loose):
+        disk_distance, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    else:  # no click left over: no disk anywhere
+        disk_distance, iy, ix = np.full((h, w), np.inf), np.zeros((h, w), np.int64), np.zeros((h, w), np.int64)
+    not_kept = (objects > 0) & (kept[objects] == 0)
+    near_other = ndi.distance_transform_edt(~not_kept) < margin_px
+    partial[(objects == 0) & (disk_distance > 3 * radius_px) & ~near_other] = BACKGROUND
+    partial[objects > 0] = kept[objects[objects > 0]].astype(np.uint32)
+    disk = (disk_distance <= radius_px) & (partial == 0) & (seeds[iy, ix] > 0)
+    first_disk = FIRST_OBJECT + len(point_of)
+    disk_id = np.zeros(len(yx) + 1, np.int64)
+    disk_id[loose + 1] = first_disk + np.arange(len(loose))
+    partial[disk] = disk_id[seeds[iy[disk], ix[disk]]].astype(np.uint32)
+    point_of.update({int(first_disk + k): int(i) for k, i in enumerate(loose)})
+    return PseudoLabels(partial, point_of, complete)
+
+
+def cluster_labels(image: np.ndarray, yx: np.ndarray, radius_px: float, reach_px: float, seed: int = 0
+                   ) -> np.ndarray:
+    """Qu et al.'s cluster labels for clicked cells: a partial instance map whose objects have extents.
+
+    Every pixel is described by its colour and its distance to the nearest click (clipped at ``reach_px``);
+    k-means with three clusters splits the pixels into nucleus (the cluster nearest the clicks), background
+    (the farthest) and unknown (the third). A click's object is the nucleus pixels of its Voronoi cell that
+    connect to its disk (``radius_px``, always foreground); background pixels and the Voronoi edges away
+    from the clicks and outside the nucleus cluster are background (where the edge crosses nucleus pixels,
+    two touching nuclei meet: unknown). ``image``: (H, W, C) or (H, W). Objects are never complete: a cluster's
+    edge is an estimate, so only the interfaces it draws enter the distance targets.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    partial, _ = point_labels(image.shape[:2], yx, radius_px)
+    yx = np.asarray(yx, np.float64).reshape(-1, 2)
+    if not len(yx):
+        return partial
+    h, w = image.shape[:2]
+    pixels = np.asarray(image, np.float64).reshape(h * w, -1)
+    lo, hi = np.percentile(pixels, [1, 99], axis=0)
+    colour = np.clip((pixels - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
+    seeds = np.zeros((h, w), np.int64)
+    seeds[np.clip(yx[:, 0].astype(np.int64), 0, h - 1), np.clip(yx[:, 1].astype(np.int64), 0, w - 1)] = \
+        np.arange(1, len(yx) + 1)
+    distance, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    nearest = seeds[iy, ix]
+    features = np.column_stack([colour, np.minimum(distance, reach_px).ravel() / reach_px])
+    centres, assigned = kmeans2(features, 3, seed=seed, minit="++")
+    order = np.argsort(centres[:, -1])   # by mean distance to the clicks
+    cluster = np.empty(3, np.int64)
+    cluster[order] = np.arange(3)        # 0 nucleus, 1 unknown, 2 background
+    cluster = cluster[assigned].reshape(h, w)
+    disks = partial >= FIRST_OBJECT
+    nucleus = ndi.binary_fill_holes(ndi.binary_opening(cluster == 0, _CROSS)) | disks  # pale centres, no specks
+    edge = np.zeros((h, w), bool)
+    edge[:-1] |= nearest[:-1] != nearest[1:]
+    edge[:, :-1] |= nearest[:, :-1] != nearest[:, 1:]
+    pieces, _ = ndi.label(nucleus & ~edge)
+    # a piece is a click's object when its disk lies in it
+    owner = np.zeros(pieces.max() + 1, np.int64)
+    owner[pieces[disks]] = nearest[disks]
+    owner[0] = 0
+    objects = owner[pieces]
+    out = np.zeros((h, w), np.uint32)
+    out[(cluster == 2) & (distance > EDGE_CLEARANCE * radius_px)] = BACKGROUND
+    out[(partial == BACKGROUND) & ~nucleus] = BACKGROUND  # an edge through touching nuclei is no background
+    out[objects > 0] = (objects[objects > 0] + FIRST_OBJECT - 1).astype(np.uint32)
+    out[disks] = partial[disks]
+    return out

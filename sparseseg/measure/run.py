@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from sparseseg.annotations.points import PointSet, read_points_csv
 from sparseseg.errors import InputError
-from sparseseg.metrics.points import class_counts, detection_counts
+from sparseseg.metrics.points import class_counts, detection_counts, typed_counts
 from sparseseg.files.atomic import staged_outputs
 from sparseseg.io.labels import LABELS_RUN_KEY, label_source, labels_run_id, object_classes, resolve_labels
 from sparseseg.files.lock import writer_lock
@@ -141,8 +141,9 @@ def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: s
 
 
 def point_accuracy(out: Path, points: PointSet, radius_px: float) -> dict:
-    """Detection F of the objects' centroids against annotated cells, and per class when both have classes;
-    written to ``out/point_accuracy.csv``."""
+    """Detection F of the objects' centroids against annotated cells, and per class when both have classes
+    (each class's F, and HoVer-Net's F_c that also charges typing errors); written to
+    ``out/point_accuracy.csv``."""
     names = pq.read_schema(out / "objects.parquet").names
     wanted = ["centroid_y_px", "centroid_x_px"] + (["class"] if "class" in names else [])
     objects = pq.read_table(out / "objects.parquet", columns=wanted).to_pandas() if "centroid_y_px" in names \
@@ -150,11 +151,15 @@ def point_accuracy(out: Path, points: PointSet, radius_px: float) -> dict:
     centroids = objects[["centroid_y_px", "centroid_x_px"]].to_numpy(np.float64)
     rows = [("all", detection_counts(centroids, points.yx, radius_px))]
     truth_classes = np.array(points.classes)
+    typed = {}
     if "class" in objects and points.class_names:
-        rows += list(class_counts(centroids, objects["class"].to_numpy(), points.yx, truth_classes,
-                                  sorted(set(points.class_names) | set(objects["class"])), radius_px).items())
+        names_seen = sorted(set(points.class_names) | set(objects["class"]))
+        rows += list(class_counts(centroids, objects["class"].to_numpy(), points.yx, truth_classes, names_seen,
+                                  radius_px).items())
+        typed = typed_counts(centroids, objects["class"].to_numpy(), points.yx, truth_classes, names_seen, radius_px)
     table = pd.DataFrame([{"class": name, "tp": c.tp, "fp": c.fp, "fn": c.fn, "precision": c.precision,
-                           "recall": c.recall, "f1": c.f1} for name, c in rows])
+                           "recall": c.recall, "f1": c.f1,
+                           "hovernet_f_c": typed[name].f1 if name in typed else np.nan} for name, c in rows])
     table.to_csv(out / "point_accuracy.csv", index=False)
     result = {"match_px": radius_px, "detection_f1": rows[0][1].f1, "precision": rows[0][1].precision,
               "recall": rows[0][1].recall}
@@ -162,6 +167,7 @@ def point_accuracy(out: Path, points: PointSet, radius_px: float) -> dict:
         per_class = {name: c.f1 for name, c in rows[1:] if name in points.class_names}
         result["class_f1"] = per_class
         result["mean_class_f1"] = float(np.mean(list(per_class.values())))
+        result["hovernet_f_c"] = {name: typed[name].f1 for name in per_class}  # Graham et al. 2019's F_c
     return result
 
 
