@@ -512,6 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("distributed").setLevel(logging.ERROR)
         logging.getLogger("pydicom").setLevel(logging.ERROR)
         warnings.simplefilter("ignore")
+        # multiprocessing's resource tracker (its own process, started with these options) reports the
+        # semaphores of a worker killed at shutdown after the error line has been printed
+        if "ignore:resource_tracker:UserWarning" not in sys.warnoptions:
+            sys.warnoptions.append("ignore:resource_tracker:UserWarning")
     command = "sparseseg " + " ".join(filter(None, [args.command, getattr(args, "action", None)]))
     try:
         return args.func(args)

@@ -8,12 +8,16 @@ kind: scheduler   -> an existing Dask scheduler at ``address``
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from sparseseg.errors import InputError
 
@@ -92,12 +96,74 @@ def worker_environment():
     return dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 
+def worker_log_path() -> Path:
+    """A fresh file for the Dask logs of one run (its workers' errors and shutdown noise)."""
+    folder = Path(os.environ.get("SPARSESEG_LOG_DIR") or Path(tempfile.gettempdir()) / "sparseseg-logs")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"dask-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+class LogToFile(WorkerPlugin):
+    """Worker plugin: the worker's Dask logs go to a file, not to the terminal the user reads."""
+
+    name = "sparseseg-log-to-file"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def setup(self, worker) -> None:
+        _divert_dask_logs(self.path)
+
+
+def _divert_dask_logs(path: Path) -> list:
+    """Sends the ``distributed`` logger (and asyncio's, which reports its shutdown) to ``path`` only; returns
+    what to restore: (logger, handlers, propagate) for each."""
+    handler = logging.FileHandler(path, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    saved = []
+    for name in ("distributed", "asyncio"):
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate))
+        logger.handlers = [handler]
+        logger.propagate = False
+    return saved
+
+
+@contextmanager
+def _logs_in_file(path: Path):
+    """This process's Dask logs in ``path`` while the cluster lives; an InputError raised meanwhile names it."""
+    saved = _divert_dask_logs(path)
+    try:
+        yield
+    except InputError as exc:
+        if path.is_file() and path.stat().st_size:
+            raise InputError(exc.path, f"{exc.problem} (Dask log: {path})") from exc
+        raise
+    finally:
+        for logger, handlers, propagate in saved:
+            for handler in logger.handlers:
+                handler.close()
+            logger.handlers, logger.propagate = handlers, propagate
+
+
 @contextmanager
 def dask_client(spec: dict[str, Any] | None = None):
-    """A distributed Client for the spec; clusters started here are closed on exit."""
+    """A distributed Client for the spec; clusters started here are closed on exit. The logs of local
+    workers go to a file (``worker_log_path``), named in any error that ends the run."""
+    spec = spec or default_spec()
+    if spec["kind"] in ("local", "local-cuda"):
+        path = worker_log_path()
+        with _logs_in_file(path), _client(spec, path) as client:
+            yield client
+    else:
+        with _client(spec, None) as client:
+            yield client
+
+
+@contextmanager
+def _client(spec: dict[str, Any], log_path: Path | None):
     from distributed import Client, LocalCluster
 
-    spec = spec or default_spec()
     kind = spec["kind"]
     cluster = None
     if kind == "scheduler":
@@ -109,7 +175,8 @@ def dask_client(spec: dict[str, Any] | None = None):
         with worker_environment():
             cluster = LocalCluster(n_workers=int(spec.get("n_workers", 1)),
                                    threads_per_worker=int(spec.get("threads_per_worker", 1)), processes=processes,
-                                   memory_limit=spec.get("memory_limit", "auto"), dashboard_address=None, **extra)
+                                   memory_limit=spec.get("memory_limit", "auto"), dashboard_address=None,
+                                   silence_logs=False, **extra)
         client = Client(cluster, set_as_default=False)
     elif kind == "local-cuda":
         if not cuda_available():
@@ -123,6 +190,8 @@ def dask_client(spec: dict[str, Any] | None = None):
         cluster = slurm_cluster(spec)
         cluster.scale(jobs=int(spec.get("jobs", 1)))
         client = Client(cluster, set_as_default=False)
+    if log_path is not None:
+        client.register_plugin(LogToFile(log_path))
     try:
         yield client
     finally:

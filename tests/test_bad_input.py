@@ -18,7 +18,7 @@ import pytest
 import tifffile
 import torch
 import zarr
-from conftest import DSB
+from conftest import DSB, SVS
 
 from sparseseg.cli import main
 
@@ -279,6 +279,22 @@ def test_a_closed_pipe_is_one_line_not_a_traceback(work):
                             stderr=subprocess.PIPE, text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     reader.wait(timeout=30)
     assert "Traceback" not in writer.stderr and len(writer.stderr.strip().splitlines()) <= 1
+
+
+def test_an_error_inside_a_dask_worker_is_one_line_naming_the_log_that_keeps_the_details(tmp_path):
+    """Dask's worker logging ("Compute Failed" and a traceback) and multiprocessing's shutdown warnings stay in a
+    log file that the one error line names; the terminal gets that line only."""
+    slide = tmp_path / "cmu.ome.zarr"  # large enough that segment plans from a coarser level: level 0 is
+    assert main(["ingest", str(SVS), str(slide), "-q"]) == 0  # first read by a worker
+    (slide / "0" / "0" / "0" / "1").write_bytes(b"garbage" * 20)
+    run = subprocess.run([sys.executable, "-m", "sparseseg.cli", "segment", str(slide), "--workers", "1", "-q"],
+                         stderr=subprocess.PIPE, text=True, timeout=300,
+                         env={**os.environ, "SPARSESEG_LOG_DIR": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"})
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert "cmu.ome.zarr" in lines[0] and "Dask log: " in lines[0]
+    log = Path(lines[0].split("Dask log: ")[1].rstrip(")"))
+    assert log.parent == tmp_path / "logs" and "Compute Failed" in log.read_text()
 
 
 def test_a_killed_export_leaves_no_debris_for_the_next_run(work, tmp_path):
