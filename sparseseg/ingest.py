@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from sparseseg.errors import InputError
+from sparseseg.errors import InputError, write_failure
 from sparseseg import __version__
 from sparseseg.files.atomic import remove_leftovers, staged_directory
 from sparseseg.files.lock import writer_lock
@@ -164,6 +164,8 @@ def ingest(src: str | Path, dst: str | Path, *, ngff: str = "0.4", pixel_size_um
             except InputError:
                 raise
             except Exception as exc:  # decoding errors surface here, mid-stream
+                if write_failure(exc):  # not the source's fault: staged_directory names DST
+                    raise
                 raise InputError(src, f"failed while reading pixel data: {type(exc).__name__}: {exc}") from exc
             if mode != "none":
                 fraction = write_tissue_labels(group, arrays, ngff, mode, slide.pixel_size_um, chunk, pool)

@@ -297,6 +297,36 @@ def test_an_error_inside_a_dask_worker_is_one_line_naming_the_log_that_keeps_the
     assert log.parent == tmp_path / "logs" and "Compute Failed" in log.read_text()
 
 
+def _with_file_size_limit(limit: int):
+    """For a subprocess: writing past ``limit`` bytes fails with EFBIG, as a full disk fails with ENOSPC."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("command", ["ingest", "export", "measure"])
+def test_a_full_disk_names_the_output_and_replaces_nothing(command, work, tmp_path):
+    """Out of room while writing: one line naming the output (not the source), exit 2, the existing output
+    byte-identical and no partial sibling left."""
+    out = tmp_path / {"ingest": "slide.ome.zarr", "export": "cells.geojson", "measure": "measured"}[command]
+    argv = {"ingest": ["ingest", str(SVS), str(out), "-q"],
+            "export": ["export", "geojson", str(work / S), "--overwrite", "--out", str(out)],
+            "measure": ["measure", str(work / S), "-q", "--out", str(out)]}[command]
+    if command == "export":
+        out.write_text("an earlier export")
+    before = _snapshot(tmp_path), _snapshot(work / S)
+    run = subprocess.run([sys.executable, "-m", "sparseseg.cli", *argv], stderr=subprocess.PIPE, text=True, timeout=300,
+                         preexec_fn=_with_file_size_limit(2048), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert lines[0].split(": error: ")[1].startswith(f"{out}: cannot be written: File too large"), lines[0]
+    assert (_snapshot(tmp_path), _snapshot(work / S)) == before
+
+
 def test_a_killed_export_leaves_no_debris_for_the_next_run(work, tmp_path):
     out = tmp_path / "cells.geojson"
     (tmp_path / ".cells.geojson.partial-deadbeef").write_text("half written by a run that was killed")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sparseseg.errors import InputError
+from sparseseg.errors import InputError, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,14 @@ def temporary_sibling(dst: Path, kind: str = "partial") -> Path:
     return dst.with_name(f".{dst.name}.{kind}-{uuid.uuid4().hex[:8]}{''.join(dst.suffixes[-1:])}")
 
 
+def _refuse_if_out_of_room(dst: Path, exc: BaseException) -> None:
+    """A full disk (quota, size limit, read-only) becomes one line naming the output, not the input."""
+    reason = write_failure(exc)
+    if reason:
+        raise InputError(dst, f"cannot be written: {reason} (nothing was kept, nothing existing was replaced)"
+                         ) from exc
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -66,8 +74,9 @@ def staged_directory(dst: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = temporary_sibling(dst)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        _refuse_if_out_of_room(dst, exc)
         raise
     if dst.exists():
         trash = temporary_sibling(dst, "old")
@@ -85,8 +94,9 @@ def staged_file(dst: Path) -> Iterator[Path]:
     tmp = temporary_sibling(dst)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _refuse_if_out_of_room(dst, exc)
         raise
     os.replace(tmp, dst)
 
@@ -100,8 +110,9 @@ def staged_outputs(folder: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _refuse_if_out_of_room(folder, exc)
         raise
     folder.mkdir(exist_ok=True)
     for item in sorted(tmp.iterdir()):
