@@ -235,7 +235,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
     from sparseseg.view import serve
 
-    viewer = serve(args.slide, labels=args.labels, port=args.port)
+    viewer = serve(args.slide, labels=args.labels, port=args.port, fill_missing=args.fill_missing)
     print(f"serving {args.slide} on {viewer.base_url}/data/ (this machine only); Ctrl-C stops")
     print(f"neuroglancer: {viewer.url}", flush=True)
     if not args.no_browser:
@@ -483,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=names, metavar="NAME[,NAME]", help="label groups to show (default: all)")
     p.add_argument("--port", type=port_number, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--no-browser", action="store_true", help="print the URL only")
+    p.add_argument("--fill-missing", action="store_true",
+                   help="show label chunks missing on disk as background (refused by default)")
     p.set_defaults(func=_cmd_view)
 
     p = sub.add_parser("demo", help="run the pipeline on the bundled CC0 demo slide",

@@ -20,6 +20,7 @@ from pathlib import Path
 import zarr
 
 from sparseseg.errors import InputError
+from sparseseg.io.labels import refuse_missing_chunks
 from sparseseg.io.ngff import read_ome_attrs
 from sparseseg.io.omezarr import open_omezarr_slide
 
@@ -117,8 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_POST
 
 
-def serve(slide: str | Path, labels: list[str] | None = None, port: int = 0) -> ViewerServer:
-    """Start serving ``slide`` (and ``labels``, default all its label groups) on 127.0.0.1 in a background thread."""
+def serve(slide: str | Path, labels: list[str] | None = None, port: int = 0, fill_missing: bool = False
+          ) -> ViewerServer:
+    """Start serving ``slide`` (and ``labels``, default all its label groups) on 127.0.0.1 in a background thread.
+    A label level with chunks missing on disk is refused unless ``fill_missing`` (shown as background)."""
     slide = Path(slide).absolute()
     open_omezarr_slide(slide, fill_missing=True)  # an OME-Zarr image, or one clear error
     available = label_groups(slide)
@@ -126,6 +129,10 @@ def serve(slide: str | Path, labels: list[str] | None = None, port: int = 0) -> 
     missing = [name for name in chosen if name not in available]
     if missing:
         raise InputError(slide, f"has no label group {missing[0]!r} (label groups: {', '.join(available) or 'none'})")
+    if not fill_missing:
+        for name in chosen:
+            for level, array in sorted(zarr.open_group(slide / "labels" / name, mode="r").arrays()):
+                refuse_missing_chunks(slide / "labels" / name, array, level)
     import neuroglancer
 
     state: dict = {}

@@ -239,6 +239,7 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
     ("measure-missing-label-chunk", ["measure", "{w}/missing-label.ome.zarr", "--out", "{w}/m"], "missing 1 of"),
     ("export-missing-label-chunk", ["export", "geojson", "{w}/missing-label.ome.zarr", "--out", "{w}/c.geojson"],
      "missing 1 of"),
+    ("view-missing-label-chunk", ["view", "{w}/missing-label.ome.zarr", "--no-browser"], "missing 1 of"),
     ("export-measurements-of-other-labels", ["export", "geojson", "{w}/resegmented.ome.zarr", "--measurements",
                                              "{w}/measured/objects.parquet", "--out", "{w}/c.geojson"],
      "measured on other labels"),

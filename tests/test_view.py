@@ -12,6 +12,7 @@ import pytest
 from conftest import SVS
 
 from sparseseg.cli import main
+from sparseseg.errors import InputError
 from sparseseg.view import serve
 
 
@@ -61,6 +62,19 @@ def test_view_command_prints_the_url(slide):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_view_refuses_a_label_level_with_missing_chunks_unless_told_to_fill_them(slide, tmp_path):
+    damaged = tmp_path / "damaged.ome.zarr"
+    shutil.copytree(slide, damaged)
+    (damaged / "labels" / "tissue" / "1" / "0" / "0").unlink()  # a coarser level: neuroglancer reads them all
+    with pytest.raises(InputError, match="label level 1 is missing 1 of"):
+        serve(damaged)
+    served = serve(damaged, fill_missing=True)
+    try:
+        assert json.loads(get(f"{served.base_url}/state.json"))["layers"][1]["name"] == "tissue"
+    finally:
+        served.close()
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)")

@@ -144,6 +144,17 @@ def open_label_image(path: Path) -> da.Array:
     return labels
 
 
+def refuse_missing_chunks(group_path: Path, level, name: str) -> None:
+    """A label level written with every chunk stored that now misses some (a damaged or partial copy) would
+    read as background there: refused, naming the group and the level."""
+    if level.attrs.get(EVERY_CHUNK_STORED):
+        stored, expected = level.nchunks_initialized, level.nchunks
+        if stored < expected:
+            raise InputError(group_path, f"label level {name} is missing {expected - stored} of its {expected} chunks "
+                                         "(a damaged or partial copy): they would read as background; re-copy "
+                                         "it, or pass --fill-missing to accept that")
+
+
 def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int], fill_missing: bool = False):
     """A label group of the slide (its level 0) or a label image file of level-0 size.
 
@@ -156,12 +167,8 @@ def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int], fill_
         except KeyError:
             raise InputError(group_path, "is not a label pyramid (it has no level 0)") from None
         where = group_path
-        if labels.attrs.get(EVERY_CHUNK_STORED) and not fill_missing:
-            stored, expected = labels.nchunks_initialized, labels.nchunks
-            if stored < expected:
-                raise InputError(group_path, f"label level 0 is missing {expected - stored} of its {expected} chunks "
-                                             "(a damaged or partial copy): they would read as background; re-copy "
-                                             "it, or pass --fill-missing to accept that")
+        if not fill_missing:
+            refuse_missing_chunks(group_path, labels, "0")
     else:
         where = Path(name_or_file)
         if not where.exists():
