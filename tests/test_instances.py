@@ -56,3 +56,15 @@ def test_the_pieces_cut_away_are_counted_per_object():
     assert sorted(np.unique(final).tolist()) == [0, 1, 2] and (final == 1).sum() == 36
     lost = trimmed_pixels(clusters, final)
     assert lost[0] == 0 and lost[1] == 10 and lost[2] == 0 and lost[3] == 0
+
+
+def test_an_object_whose_largest_piece_is_below_the_size_floor_is_dropped():
+    """A cluster above ``min_size`` in total whose largest piece is below it leaves no speck behind."""
+    clusters = np.zeros((20, 30), np.int64)
+    clusters[2:5, 2:5] = 1      # 9 px piece
+    clusters[10:13, 2:5] = 1    # 9 px piece: 18 px in all
+    clusters[10:16, 15:21] = 2  # 36 px
+    zero_flow = np.zeros((2, *clusters.shape), np.float32)
+    final = finalize_clusters(clusters, zero_flow, InstanceParams(min_size=12, flow_error_threshold=10.0))
+    assert sorted(np.unique(final).tolist()) == [0, 2]
+    assert (finalize_clusters(clusters, zero_flow, InstanceParams(min_size=9, flow_error_threshold=10.0)) == 1).sum() == 9

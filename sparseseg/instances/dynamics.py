@@ -271,7 +271,7 @@ def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstancePa
     A cluster whose recomputed flow disagrees with the prediction (flow error QC) or that is too
     small is dropped; of the rest, only the largest 4-connected piece stays (the other pieces,
     slivers of trajectories that ended in a neighbour's cluster, become background, so every
-    object is one piece and one polygon). Each object depends on its own cluster's pixels only,
+    object is one piece and one polygon), and is dropped too when that piece is below the size floor. Each object depends on its own cluster's pixels only,
     so a cluster computed exactly in a block gives exactly the whole image's object.
     """
     if errors is None:  # the flow error of each cluster (given when several thresholds are tried on one set)
@@ -280,8 +280,10 @@ def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstancePa
     keep = np.ones(sizes.size, bool)
     keep[0] = False
     keep[[k for k, e in errors.items() if e > params.flow_error_threshold or sizes[k] < params.min_size]] = False
-    labels = np.where(keep[clusters], clusters, 0).astype(np.uint32)
-    return largest_pieces(labels)
+    labels = largest_pieces(np.where(keep[clusters], clusters, 0).astype(np.uint32))
+    left = np.bincount(labels.ravel(), minlength=sizes.size)
+    too_small = (left > 0) & (left < params.min_size)  # a piece below the size floor is no object either
+    return np.where(too_small[labels], 0, labels).astype(np.uint32) if too_small.any() else labels
 
 
 def largest_pieces(labels: np.ndarray) -> np.ndarray:
