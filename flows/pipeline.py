@@ -214,7 +214,7 @@ def active_learning_round(slides: list[str], model: str, workdir: str, round_num
         for slide, path in zip(slides, drawn):
             import_task(slide, path)
         current = train_model(str(folder / "model.pt"), data=list(slides), init=previous["model"], minutes=minutes)
-    scores = {slide: score_task(slide, current, truth, str(folder / "scores" / Path(slide).name.split(".")[0]),
+    scores = {slide: score_task(slide, current, truth, str(folder / "scores" / slide_stem(Path(slide))),
                                 cluster, block)
               for slide, truth in (evaluation or {}).items()}
     mean = {k: sum(s[k] for s in scores.values()) / len(scores) for k in ("f1@0.5", "aji")} if scores else {}

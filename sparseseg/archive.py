@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseseg import __version__
-
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn")
+from sparseseg.io.names import SLIDE_SUFFIXES, slide_stem  # noqa: F401  (slide_stem: the flows name outputs by it)
 MARKER = ".sparseseg-complete.json"
 
 
@@ -26,14 +25,6 @@ def discover_slides(input_dir: str | Path) -> list[Path]:
              if (p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
              or (p.is_dir() and p.name.endswith((".ome.zarr", ".zarr")))]
     return sorted(found)
-
-
-def slide_stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif") + SLIDE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def fingerprint(slide: Path, model: Path, params: dict[str, Any]) -> str:

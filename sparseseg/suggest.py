@@ -39,6 +39,7 @@ from scipy.stats import rankdata
 from sparseseg.cluster import dask_client, workers_spec
 from sparseseg.errors import InputError
 from sparseseg.files.atomic import staged_directory
+from sparseseg.io.names import slide_stem
 from sparseseg.infer.predictor import Predictor
 from sparseseg.instances.dynamics import flow_errors, flows_to_labels
 from sparseseg.io.labels import coarse_label_level
@@ -311,7 +312,7 @@ def suggest(slides: list[Path], model: Path, out: Path, options: SuggestOptions 
         thumbs = []
         for slide in slides:
             mine = [c for c in proposals if c.slide == str(slide)]
-            stem = slide.name.split(".")[0]
+            stem = slide_stem(slide)  # dots inside a name stay: two slides never share an output
             level0 = open_omezarr_slide(slide, fill_missing=True).levels[0]
             (tmp / f"{stem}.geojson").write_text(json.dumps(proposals_geojson(mine, meta[str(slide)]), indent=1))
             for c in mine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,10 @@ def test_info_reports_levels_pixel_size_and_labels(tmp_path, capsys):
     assert "0: shape (3, 2967, 2220) chunks (3, 512, 512)" in out
     assert "3: shape (3, 371, 278)" in out and "pixel 3.992 x 3.992 um" in out
     assert "tissue: uint8 (2967, 2220), 4 levels" in out
+
+
+def test_slide_names_keep_their_inner_dots_so_two_slides_never_share_an_output():
+    from sparseseg.io.names import slide_stem
+
+    names = ["TCGA-A7_0.9824.ome.zarr", "TCGA-A7_0.9825.ome.zarr", "case.1.svs", "case.2.ome.tif", "plain.zarr"]
+    assert [slide_stem(Path(n)) for n in names] == ["TCGA-A7_0.9824", "TCGA-A7_0.9825", "case.1", "case.2", "plain"]

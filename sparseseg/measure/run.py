@@ -17,6 +17,7 @@ from sparseseg.annotations.points import PointSet, read_points_csv
 from sparseseg.errors import InputError
 from sparseseg.metrics.points import class_counts, detection_counts, typed_counts
 from sparseseg.files.atomic import staged_outputs
+from sparseseg.io.names import slide_stem
 from sparseseg.io.labels import LABELS_RUN_KEY, label_source, labels_run_id, object_classes, resolve_labels
 from sparseseg.files.lock import writer_lock
 from sparseseg.io.omezarr import open_omezarr_slide
@@ -54,7 +55,7 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     shape = tuple(info.shape[1:])
     if info.pixel_size_um is None:
         raise InputError(slide, "records no pixel size; re-ingest it with --pixel-size UM")
-    out = Path(out) if out else slide.parent / f"{slide.name.split('.')[0]}-measure"
+    out = Path(out) if out else slide.parent / f"{slide_stem(slide)}-measure"
     if out.exists() and not out.is_dir():
         raise InputError(out, "is a file; --out names the folder for the tables and the report")
     if not out.absolute().parent.is_dir():
