@@ -51,6 +51,35 @@ def detections(slide: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple[st
     return centroids, names, classes
 
 
+def score(model: Path, split: str = "val", threads: int | None = None, extra: list[str] = (), verbose: bool = False
+          ) -> tuple[PointCounts, dict, float]:
+    """(detection counts, {class: counts}, segment seconds per image) of ``model`` on a BRCA-M2C split."""
+    work = Path(tempfile.mkdtemp(prefix="brca-"))
+    log = work / "log.txt"
+    index = [r for r in csv.DictReader(open(ROOT / "index.csv")) if r["split"] == split]
+    detection, per_class, seconds = PointCounts(), {}, 0.0
+    for row in index:
+        name, pixel = row["name"], float(row["microns_per_pixel"])
+        slide = work / f"{name[:12]}.ome.zarr"
+        run(SPARSESEG + ["ingest", str(ROOT / "images" / f"{name}.png"), str(slide), "--pixel-size", str(pixel),
+                         "--tissue", "none", "-q"], log)
+        seconds += run(SPARSESEG + ["segment", str(slide), "--model", str(model), "-q"]
+                       + (["--threads", str(threads)] if threads else []) + list(extra), log)
+        centroids, names, classes = detections(slide, "cells")
+        truth, truth_class = read_points(ROOT / "points" / f"{name}.csv")
+        radius = RADIUS_UM / pixel
+        counts = detection_counts(centroids, truth, radius)
+        detection = detection + counts
+        if classes:
+            for c, k in class_counts(centroids, names, truth, truth_class, classes, radius).items():
+                per_class[c] = per_class.get(c, PointCounts()) + k
+        if verbose:
+            print(f"{name[:23]}: {len(truth)} points, {len(centroids)} cells, detection F {counts.f1:.3f}", flush=True)
+        shutil.rmtree(slide, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return detection, per_class, seconds / max(1, len(index))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
@@ -58,37 +87,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `segment` flags (last)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="brca-"))
-    log = work / "log.txt"
-    index = [r for r in csv.DictReader(open(ROOT / "index.csv")) if r["split"] == args.split]
-    detection, per_class, seconds, classes = PointCounts(), {}, 0.0, ()
-    for row in index:
-        name, pixel = row["name"], float(row["microns_per_pixel"])
-        slide = work / f"{name[:12]}.ome.zarr"
-        run(SPARSESEG + ["ingest", str(ROOT / "images" / f"{name}.png"), str(slide), "--pixel-size", str(pixel),
-                         "--tissue", "none", "-q"], log)
-        extra = (["--threads", str(args.threads)] if args.threads else []) + args.extra
-        seconds += run(SPARSESEG + ["segment", str(slide), "--model", str(args.model), "-q"] + extra, log)
-        centroids, names, classes = detections(slide, "cells")
-        truth, truth_class = read_points(ROOT / "points" / f"{name}.csv")
-        radius = RADIUS_UM / pixel
-        counts = detection_counts(centroids, truth, radius)
-        detection = detection + counts
-        line = f"{name[:23]}: {len(truth)} points, {len(centroids)} cells, detection F {counts.f1:.3f}"
-        if classes:
-            for c, k in class_counts(centroids, names, truth, truth_class, classes, radius).items():
-                per_class[c] = per_class.get(c, PointCounts()) + k
-        print(line, flush=True)
-        shutil.rmtree(slide, ignore_errors=True)
-    print(f"model {args.model} {' '.join(args.extra)}; {len(index)} {args.split} images; segment {seconds / len(index):.1f} s "
-          f"per image")
+    detection, per_class, seconds = score(args.model, args.split, args.threads, args.extra, verbose=True)
+    n = sum(1 for r in csv.DictReader(open(ROOT / "index.csv")) if r["split"] == args.split)
+    print(f"model {args.model} {' '.join(args.extra)}; {n} {args.split} images; segment {seconds:.1f} s per image")
     print(f"detection F {detection.f1:.3f} (precision {detection.precision:.3f}, recall {detection.recall:.3f}; "
           f"within {RADIUS_UM:g} um)")
     if per_class:
         for c, k in per_class.items():
             print(f"  {c}: F {k.f1:.3f} (precision {k.precision:.3f}, recall {k.recall:.3f})")
         print(f"mean per-class F {np.mean([k.f1 for k in per_class.values()]):.3f}")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
