@@ -39,13 +39,18 @@ from skimage.segmentation import watershed
 from skimage.transform import resize
 
 from sparseseg.annotations.model import BACKGROUND, FIRST_OBJECT, encode_dense
-from sparseseg.annotations.points import POINT_RADIUS_UM, cluster_labels, point_filtered_labels, read_points_csv
+from sparseseg.annotations.points import (
+    CLUSTER_REACH_UM,
+    POINT_RADIUS_UM,
+    cluster_labels,
+    point_filtered_labels,
+    read_points_csv,
+)
 from sparseseg.infer.predictor import Predictor
 from sparseseg.metrics.sizes import median_diameter_px
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-CLUSTER_REACH_UM = 6.0  # distance to a click beyond which the k-means feature saturates (a large nucleus' radius)
 CMU = ROOT / "sparseseg" / "data" / "cmu_small_region.svs"
 
 

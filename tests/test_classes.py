@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -118,6 +119,38 @@ def test_hovernet_typed_f_pairs_regardless_of_class_and_charges_typing_errors_tw
     # the per-class F that matches each class's cells alone does not see the typing error the same way
     plain = class_counts(predicted, predicted_class, truth, truth_class, ("a", "b"), radius=3)
     assert plain["a"].f1 > counts["a"].f1 and plain["b"].f1 > counts["b"].f1
+
+
+def test_clusters_encoding_gives_each_clicked_cell_its_extent_and_class(tmp_path):
+    """``--point-encoding clusters``: from a folder of images with point CSVs, each click's object is its colour
+    cluster (much larger than a click's disk) and carries the click's class; slides are refused in one line."""
+    from sparseseg.train.data import SlideSource, folder_sources, label_point_sources
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    image = sorted((BRCA / "images").glob("*.png"))[0]
+    shutil.copy(image, tmp_path / "images" / "cells.png")
+    shutil.copy(BRCA / "points" / f"{image.stem}.csv", tmp_path / "annotations" / "cells.csv")
+    points = read_points_csv(tmp_path / "annotations" / "cells.csv")
+    sizes = {}
+    for encoding in ("voronoi", "clusters"):
+        sources = folder_sources(tmp_path / "images", tmp_path / "annotations")
+        label_point_sources(sources, 0.5, CLASSES, encoding)
+        patch = sources[0].read_annotation((slice(None), slice(None)))
+        ids = patch.partial[points.yx[:, 0].astype(int), points.yx[:, 1].astype(int)]
+        assert (ids >= FIRST_OBJECT).all()
+        sizes[encoding] = np.bincount(patch.partial.ravel())[FIRST_OBJECT:].mean()
+        for i, name in zip(ids, points.classes):
+            assert (patch.classes[patch.partial == i] == CLASSES.index(name) + 1).all()
+    assert sizes["clusters"] > 2 * sizes["voronoi"]
+    slide = tmp_path / "cells.ome.zarr"
+    assert main(["ingest", str(image), str(slide), "--pixel-size", "0.5", "--tissue", "none", "-q"]) == 0
+    clicks = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [float(x), float(y)]},
+               "properties": {"classification": {"name": name}}} for (y, x), name in zip(points.yx[:5], points.classes)]
+    (tmp_path / "clicks.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": clicks}))
+    assert main(["annotations", "import", str(slide), str(tmp_path / "clicks.geojson")]) == 0
+    with pytest.raises(InputError, match="clusters needs the whole image"):
+        label_point_sources([SlideSource(slide)], 0.5, CLASSES, "clusters")
 
 
 def test_points_csv_is_read_and_bad_rows_are_refused_with_the_line(tmp_path):
@@ -254,8 +287,6 @@ def test_a_model_without_classes_removes_the_stale_class_pyramid_on_overwrite(ty
 
 
 def test_measure_and_geojson_carry_each_objects_class(typed_model, tmp_path):
-    import json
-
     import pandas as pd
 
     from sparseseg.export.geojson import export_slide_geojson
@@ -325,8 +356,6 @@ def test_measure_and_geojson_carry_each_objects_class(typed_model, tmp_path):
 
 
 def test_bundled_models_by_name_and_the_default_model(tmp_path, capsys):
-    import json
-
     from sparseseg.model.registry import BUNDLED, resolve_model
 
     assert main(["models", "--json"]) == 0
@@ -348,8 +377,6 @@ def test_bundled_models_by_name_and_the_default_model(tmp_path, capsys):
 def test_classified_qupath_points_and_objects_train_a_class_head_from_a_slide(tmp_path):
     """QuPath GeoJSON: classified points (one click per cell) and a classified polygon become disks + Voronoi
     background and class labels on the slide; `train --data` learns a class head from them."""
-    import json
-
     from sparseseg.annotations.store import read_annotation_patch
     from sparseseg.train.data import SlideSource
 
@@ -426,8 +453,6 @@ def test_a_label_image_with_a_class_table_trains_classes(tmp_path):
 
 def test_a_clicked_cells_disk_never_takes_the_class_of_an_object_elsewhere(tmp_path):
     """Disks get window-local ids; a classified object far away with the same id must not lend them its class."""
-    import json
-
     from sparseseg.annotations.store import read_annotation_patch
 
     image = sorted((BRCA / "images").glob("*.png"))[0]
@@ -453,8 +478,6 @@ def test_a_typed_segmentation_without_any_cell_is_measured_with_zero_counts(tmp_
     slide = ingest(tmp_path / "blank.tif", tmp_path / "blank.ome.zarr", tissue="none")
     assert main(["segment", str(slide), "-q", "--workers", "1"]) == 0
     assert main(["measure", str(slide), "--out", str(tmp_path / "m"), "-q"]) == 0
-    import json
-
     summary = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert summary["cells"] == 0 and set(summary["classes"]) == {"lymphocyte", "stromal", "tumour"}
     assert all(c["cells"] == 0 for c in summary["classes"].values())

@@ -23,6 +23,8 @@ from sparseseg.errors import InputError
 #: Disk radius of a point, in um: inside even a small lymphocyte nucleus (about 5 um across).
 POINT_RADIUS_UM = 1.5
 _CROSS = ndi.generate_binary_structure(2, 1)
+#: Distance to a click (um) beyond which the cluster labels' distance feature saturates: a large nucleus' radius.
+CLUSTER_REACH_UM = 6.0
 #: Voronoi edges closer than this to a point (in disk radii) are left unknown: two touching nuclei
 #: share an edge that is not background.
 EDGE_CLEARANCE = 2.0

@@ -40,9 +40,10 @@ def add_train_arguments(p: argparse.ArgumentParser, positive_int, positive_float
     p.add_argument("--depth", type=positive_int, default=None)
     p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--point-encoding", choices=("voronoi", "disks"), default="voronoi",
+    p.add_argument("--point-encoding", choices=("voronoi", "disks", "clusters"), default="voronoi",
                    help="clicked cells (points) as training labels: a disk each plus the Voronoi edges between them "
-                        "as background (default; Qu et al. 2019), or the disks alone")
+                        "as background (default; Qu et al. 2019), the disks alone, or each click's colour cluster "
+                        "as its cell's extent (image folders only; what the bundled model v3 learnt from)")
     p.add_argument("--class-weight", type=float, default=None, metavar="W",
                    help="weight of the cell-class loss against the instance loss (default 1; classified points or "
                         "objects in the annotations give the model a class head)")

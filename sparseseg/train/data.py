@@ -19,8 +19,16 @@ import zarr
 from scipy import ndimage as ndi
 from skimage.color import hed2rgb, rgb2hed
 
-from sparseseg.annotations.model import PatchAnnotation
-from sparseseg.annotations.points import POINT_RADIUS_UM, PointSet, class_indices, point_labels, read_points_csv
+from sparseseg.annotations.model import FIRST_OBJECT, PatchAnnotation
+from sparseseg.annotations.points import (
+    CLUSTER_REACH_UM,
+    POINT_RADIUS_UM,
+    PointSet,
+    class_indices,
+    cluster_labels,
+    point_labels,
+    read_points_csv,
+)
 from sparseseg.annotations.store import ANNOTATIONS, annotation_class_names, read_annotation_patch
 from sparseseg.annotations.targets import Targets, compute_targets
 from sparseseg.errors import InputError
@@ -114,9 +122,18 @@ class FolderSource:
                     lut[label] = class_ids[name] + 1
                 self.class_map = lut[self.partial]
             return
-        radius = POINT_RADIUS_UM / pixel_size_um if pixel_size_um else POINT_RADIUS_UM / 0.5
-        self.partial, classes = point_labels(self.shape, self.points.yx, radius, class_indices(self.points, class_ids),
-                                             voronoi=getattr(self, "voronoi", True))
+        pixel_um = pixel_size_um or 0.5
+        radius = POINT_RADIUS_UM / pixel_um
+        indices = class_indices(self.points, class_ids)
+        if getattr(self, "point_encoding", "voronoi") == "clusters":  # each click's colour cluster, its class on it
+            self.partial = cluster_labels(np.moveaxis(self.pixels, 0, -1), self.points.yx, radius,
+                                          CLUSTER_REACH_UM / pixel_um)
+            lut = np.zeros(int(self.partial.max()) + 1, np.uint8)
+            lut[FIRST_OBJECT:FIRST_OBJECT + len(indices)] = indices[:len(lut) - FIRST_OBJECT] + 1
+            classes = lut[self.partial]
+        else:
+            self.partial, classes = point_labels(self.shape, self.points.yx, radius, indices,
+                                                 voronoi=getattr(self, "voronoi", True))
         self.class_map = classes if classes.any() else None
         self.centres = CentreSampler(self.partial > 0, 1)
 
@@ -140,8 +157,9 @@ def class_names_of(sources) -> tuple[str, ...]:
     return tuple(sorted({name for s in sources for name in getattr(s, "class_names", ())}))
 
 
-#: How clicked cells become labels: disks and the Voronoi edges between them as background (Qu et al.), or disks.
-POINT_ENCODINGS = ("voronoi", "disks")
+#: How clicked cells become labels: disks and the Voronoi edges between them as background (Qu et al.), disks
+#: alone, or each click's colour cluster as its object's extent (Qu et al.'s cluster labels; image folders only).
+POINT_ENCODINGS = ("voronoi", "disks", "clusters")
 
 
 def label_point_sources(sources, folder_pixel_um: float | None, class_names: tuple[str, ...],
@@ -151,8 +169,12 @@ def label_point_sources(sources, folder_pixel_um: float | None, class_names: tup
         raise InputError(None, f"--point-encoding must be one of {', '.join(POINT_ENCODINGS)}, got {encoding!r}")
     ids = {name: i for i, name in enumerate(class_names)}
     for source in sources:
+        if encoding == "clusters" and getattr(source, "has_points", False):
+            raise InputError(source.path, "--point-encoding clusters needs the whole image of each click: use "
+                                          "image folders (--images/--annotations), or voronoi / disks for slides")
         if hasattr(source, "label_points"):
             source.voronoi = encoding == "voronoi"
+            source.point_encoding = encoding
             source.label_points(source_pixel_size(source, folder_pixel_um), ids)
 
 
@@ -179,7 +201,8 @@ class SlideSource:
         self.normalization = slide_normalization(levels, source=path)
         coarse, factor = coarse_label_level(root[f"labels/{ANNOTATIONS}"], coarse_max_px)
         annotated = coarse > 0
-        if "tables/annotations/points" in root:  # clicked cells are annotated places too
+        self.has_points = "tables/annotations/points" in root
+        if self.has_points:  # clicked cells are annotated places too
             points = root["tables/annotations/points"][...]
             annotated[np.minimum((points[:, 0] // factor).astype(int), annotated.shape[0] - 1),
                       np.minimum((points[:, 1] // factor).astype(int), annotated.shape[1] - 1)] = True
