@@ -47,12 +47,13 @@ def read_points_csv(path: Path, shape: tuple[int, int] | None = None) -> PointSe
     """A points CSV (header ``y,x[,class]``); a point outside ``shape`` or a malformed row is refused."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-            header = rows[0].keys() if rows else []
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(path, f"not a readable points CSV ({exc})") from None
-    if rows and not {"y", "x"} <= set(header):
-        raise InputError(path, f"a points CSV needs the columns y,x[,class]; got {','.join(header)}")
+    if not {"y", "x"} <= set(header):  # checked without rows too: a stray text file is not "no cells"
+        raise InputError(path, f"a points CSV needs the columns y,x[,class]; got {','.join(header) or 'nothing'}")
     yx, classes = [], []
     for line, row in enumerate(rows, start=2):
         try:

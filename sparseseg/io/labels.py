@@ -182,6 +182,8 @@ def resolve_labels(slide: Path, name_or_file: str, shape: tuple[int, int], fill_
     if labels.dtype in (np.uint64, np.int64):
         raise InputError(where, f"{labels.dtype} labels are not supported: sparseseg's labels are uint32 (ids up to "
                                 "4294967295); relabel them")
+    if np.issubdtype(labels.dtype, np.signedinteger) and int(da.asarray(labels).min().compute()) < 0:
+        raise InputError(where, "label image has negative values: labels are 0 (background) and positive ids")
     return labels
 
 
