@@ -127,7 +127,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from sparseseg.train.cli import request_from_args
     from sparseseg.train.request import run_training
 
-    result = run_training(request_from_args(args), progress=not args.quiet)
+    result = run_training(request_from_args(args), progress=not args.quiet, announce=lambda line: print(line, flush=True))
     history = result["history"]
     val = [h["val_loss"] for h in history if "val_loss" in h]
     print(f"wrote {args.out} after {result['step']} steps; validation loss {val[0]:.4f} -> {val[-1]:.4f}"

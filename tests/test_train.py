@@ -146,3 +146,37 @@ def test_checkpoints_of_the_unnormalised_network_still_load(tmp_path):
     assert model.config.norm == "none"
     image = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(model(image), legacy.eval()(image), rtol=0, atol=0)
+
+
+def test_train_starts_from_the_bundled_model_when_the_data_has_its_channels(fluo_training_folders, tmp_path, capsys):
+    """No --init on RGB data: the first line says it fine-tunes the bundled model, whose weights it starts from;
+    `--init none` trains from scratch; data with other channels (fluorescence) trains from scratch and says why."""
+    from sparseseg.annotations.model import encode_dense
+    from sparseseg.cli import main
+    from sparseseg.model.registry import resolve_model
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    shutil.copy(DSB / "images" / "he_65c8527c.png", tmp_path / "images")
+    tifffile.imwrite(tmp_path / "annotations" / "he_65c8527c.tif",
+                     encode_dense(tifffile.imread(DSB / "labels" / "he_65c8527c.tif")))
+    common = ["--images", str(tmp_path / "images"), "--annotations", str(tmp_path / "annotations"), "--epochs", "0.05",
+              "--no-calibrate", "-q", "--pixel-size", "0.5"]
+    bundled = load_checkpoint(resolve_model("nuclei_he"))["state_dict"]
+
+    def distance(out) -> float:
+        """Relative L2 distance of a checkpoint's weights to the bundled model's (shared shapes)."""
+        state = load_checkpoint(out)["state_dict"]
+        keys = [k for k, v in bundled.items() if v.is_floating_point() and k in state and state[k].shape == v.shape]
+        diff = torch.cat([(state[k] - bundled[k]).flatten() for k in keys])
+        return float(diff.norm() / torch.cat([bundled[k].flatten() for k in keys]).norm())
+
+    assert main(["train", *common, "--out", str(tmp_path / "tuned.pt")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("starting from the bundled model nuclei_he")
+    assert main(["train", *common, "--out", str(tmp_path / "scratch.pt"), "--init", "none"]) == 0
+    assert "bundled" not in capsys.readouterr().out
+    assert distance(tmp_path / "tuned.pt") < 0.2 < distance(tmp_path / "scratch.pt")
+    assert main(["train", "--images", fluo_training_folders["images"], "--annotations",
+                 fluo_training_folders["annotations"], "--epochs", "0.02", "--no-calibrate", "-q", "--out",
+                 str(tmp_path / "fluo.pt")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("training from scratch (no bundled model takes")

@@ -17,8 +17,10 @@ def add_train_arguments(p: argparse.ArgumentParser, positive_int, positive_float
                    help="folder of partial-instance maps (TIFF/PNG) with the images' file stems")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL.pt", help="checkpoint to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint")
-    p.add_argument("--init", metavar="MODEL.pt|NAME",
-                   help="start from this checkpoint or bundled model (transfer learning; `sparseseg models`)")
+    p.add_argument("--init", metavar="MODEL.pt|NAME|none",
+                   help="start from this checkpoint or bundled model (transfer learning; `sparseseg models`); default: "
+                        "the bundled model when the data has its channels and no --depth/--width is asked, "
+                        "'none' trains from scratch")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     p.add_argument("--loss", choices=("sketchpose", "eikonal", "masked"), default="sketchpose")
     budget = p.add_mutually_exclusive_group()
@@ -74,8 +76,11 @@ def request_from_args(args: argparse.Namespace):
     model = UNetConfig()
     model = replace(model, **{k: getattr(args, k) for k in ("depth", "width") if getattr(args, k) is not None})
     command = "sparseseg " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
-    init = resolve_model(args.init) if args.init else None
+    scratch = args.init is not None and args.init.lower() == "none"
+    init = resolve_model(args.init) if args.init and not scratch else None
+    bundled_init = args.init is None and not args.resume and args.depth is None and args.width is None
     return TrainRequest(data=data, out=args.out, model=model, config=config, init=init, resume=args.resume,
                         overwrite=args.overwrite, minutes=args.minutes, epochs=args.epochs, workers=args.workers,
                         scheduler=args.scheduler, pixel_size_um=args.pixel_size,
-                        model_pixel_size_um=args.train_pixel_size, calibrate=not args.no_calibrate, command=command)
+                        model_pixel_size_um=args.train_pixel_size, calibrate=not args.no_calibrate, command=command,
+                        bundled_init=bundled_init)

@@ -66,6 +66,7 @@ class TrainRequest:
     model_pixel_size_um: float | None = None  # to train at (--train-pixel-size); else ``prepared`` decides
     calibrate: bool = True
     command: str = ""          # the call that made it, recorded in the checkpoint
+    bundled_init: bool = False  # no init given: start from the bundled model when the data's channels are its own
 
     def __post_init__(self):
         if self.minutes is not None and self.epochs is not None:
@@ -103,10 +104,13 @@ class TrainRequest:
             raise InputError(out, f"folder {out.parent} is not writable")
 
     def prepared(self, sources: list) -> TrainRequest:
-        """The request with what the data decides: input channels, steps of the budget, pixel size."""
+        """The request with what the data decides: the init model (``bundled_init``), input channels, steps of
+        the budget, pixel size."""
         channels = {s.n_channels for s in sources}
         if len(channels) != 1:
             raise InputError(None, f"training images mix channel counts {sorted(channels)}; choose with --channels")
+        if self.init is None and self.bundled_init:
+            return replace(self, init=matching_bundled_model(sources), bundled_init=False).prepared(sources)
         model = replace(self.model, in_channels=channels.pop(), classes=len(self.class_names(sources)))
         area = sum(s.shape[0] * s.shape[1] for s in sources)
         per_epoch = max(1, math.ceil(area / (self.config.patch ** 2 * self.config.batch)))
@@ -158,22 +162,38 @@ class TrainRequest:
         return self.scale_sources(self.data.open())
 
 
-def run_training(request: TrainRequest, progress: bool = True) -> dict:
-    """Train as requested (one process, or DDP over Dask workers) and write ``request.out``.
+def matching_bundled_model(sources: list) -> Path | None:
+    """The bundled default model when the data has its channels (e.g. R, G, B): fine-tuning it beat training
+    from scratch on MoNuSeg at 10 min (F1@0.5 0.727 vs 0.709, docs/accuracy.md); else None (scratch)."""
+    from sparseseg.model.checkpoint import load_checkpoint
+    from sparseseg.model.registry import resolve_model
 
-    Returns {'history': [...], 'step': n, 'calibration': {...} or None}.
+    bundled = resolve_model("nuclei_he")
+    return bundled if tuple(load_checkpoint(bundled).get("channels") or ()) == channel_names(sources) else None
+
+
+def run_training(request: TrainRequest, progress: bool = True, announce=None) -> dict:
+    """Train as requested (one process, or DDP over Dask workers) and write ``request.out``. ``announce``
+    (a function of one line) hears, before training starts, which model it starts from.
+
+    Returns {'history': [...], 'step': n, 'calibration': {...} or None, 'init': path or None}.
     """
     with writer_lock(request.out, "train", inside=False):
         remove_leftovers(request.out)
-        return _run_training(request, progress)
+        return _run_training(request, progress, announce)
 
 
-def _run_training(request: TrainRequest, progress: bool) -> dict:
+def _run_training(request: TrainRequest, progress: bool, announce) -> dict:
     from sparseseg.train.distributed import train_on_dask
     from sparseseg.train.loop import train
 
     sources = request.data.open()
+    chose = request.bundled_init and request.init is None
     request = request.prepared(sources)
+    if announce is not None and chose:
+        announce(f"starting from the bundled model {request.init.stem} (the data's channels are its own; --init none "
+                 "trains from scratch)" if request.init else "training from scratch (no bundled model takes the "
+                 f"channels {', '.join(channel_names(sources))})")
     request.scale_sources(sources)
     train_sources, val_sources = split_sources(sources)
     if request.workers or request.scheduler:
@@ -184,6 +204,7 @@ def _run_training(request: TrainRequest, progress: bool) -> dict:
                        progress=progress, val_sources=val_sources, channels=channel_names(sources),
                        class_names=request.class_names(sources))
     result["calibration"] = None
+    result["init"] = str(request.init) if request.init else None
     if request.calibrate:
         from sparseseg.train.calibrate import calibrate_unlocked
 
