@@ -69,7 +69,8 @@ def ingest_slide(source: str, output: str) -> str:
 def train_model(out: str, data: list[str] | None = None, images: str | None = None, annotations: str | None = None,
                 init: str | None = None, minutes: float = 10.0, loss: str = "sketchpose", workers: int | None = None,
                 pixel_size_um: float | None = None, overwrite: bool = True) -> str:
-    """Train (or fine-tune with ``init``) from annotated slides or image folders."""
+    """Train from annotated slides or image folders: fine-tune ``init``, else the bundled model when the data has
+    its channels; ``init="none"`` trains from scratch (as `sparseseg train`)."""
     from sparseseg.infer.predictor import default_device
     from sparseseg.train.loop import TrainConfig
     from sparseseg.train.request import DataSpec, TrainRequest, run_training
@@ -79,9 +80,10 @@ def train_model(out: str, data: list[str] | None = None, images: str | None = No
                                   overwrite=overwrite).items() if v is not None}
     request = TrainRequest(data=DataSpec(slides=tuple(data or ()), images=images, annotations=annotations),
                            out=Path(out), config=TrainConfig(loss=loss, device=default_device()),
-                           init=Path(init) if init else None, overwrite=overwrite, minutes=minutes, workers=workers,
-                           pixel_size_um=pixel_size_um, command=f"prefect flow train-model {json.dumps(call)}")
-    result = run_training(request, progress=False)
+                           init=Path(init) if init and init != "none" else None, bundled_init=init is None,
+                           overwrite=overwrite, minutes=minutes, workers=workers, pixel_size_um=pixel_size_um,
+                           command=f"prefect flow train-model {json.dumps(call)}")
+    result = run_training(request, progress=False, announce=get_run_logger().info)
     get_run_logger().info("trained %s for %d steps", out, result["step"])
     return out
 
