@@ -6,6 +6,9 @@ so the disk's centre gets a positive distance), and the Voronoi edges between ne
 become thin background strokes, since each Voronoi cell holds one nucleus. Everything else stays
 unknown. A disk is never a complete object: its outline is not a true boundary, so it never enters
 the valid distance set D (docs/science.md section 2) and only the inequality and sign terms read it.
+Two encodings give the clicks more extent: ``cluster_labels`` (Qu et al.'s colour clusters, what the bundled
+model v3 learnt from; `train --point-encoding clusters`) and ``point_filtered_labels`` (a model's objects
+holding exactly one click, LACSS's idea; measured in docs/accuracy.md).
 """
 
 from __future__ import annotations

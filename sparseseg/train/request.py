@@ -164,7 +164,7 @@ class TrainRequest:
 
 def matching_bundled_model(sources: list) -> Path | None:
     """The bundled default model when the data has its channels (e.g. R, G, B): fine-tuning it beat training
-    from scratch on MoNuSeg at 10 min (F1@0.5 0.727 vs 0.709, docs/accuracy.md); else None (scratch)."""
+    from scratch on MoNuSeg at 10 min (F1@0.5 0.727 vs 0.709, docs/benchmarks.md); else None (scratch)."""
     from sparseseg.model.checkpoint import load_checkpoint
     from sparseseg.model.registry import resolve_model
 
