@@ -68,3 +68,16 @@ def test_an_object_whose_largest_piece_is_below_the_size_floor_is_dropped():
     final = finalize_clusters(clusters, zero_flow, InstanceParams(min_size=12, flow_error_threshold=10.0))
     assert sorted(np.unique(final).tolist()) == [0, 2]
     assert (finalize_clusters(clusters, zero_flow, InstanceParams(min_size=9, flow_error_threshold=10.0)) == 1).sum() == 9
+
+
+def test_slivers_at_most_two_pixels_wide_are_no_objects():
+    """A 1-px streak and a 2-px band (even above min_size) are dropped; a 3-px band has an interior row: kept."""
+    clusters = np.zeros((30, 60), np.int64)
+    clusters[2, 5:55] = 1        # 50 px, 1 wide
+    clusters[6:8, 5:40] = 2      # 70 px, 2 wide
+    clusters[12:15, 5:30] = 3    # 75 px, 3 wide
+    clusters[20:30, 50:60] = 4   # a 10 x 10 blob on the image's corner: its inner pixels are interior
+    zero_flow = np.zeros((2, *clusters.shape), np.float32)
+    final = finalize_clusters(clusters, zero_flow, InstanceParams(min_size=10, flow_error_threshold=10.0))
+    assert sorted(np.unique(final).tolist()) == [0, 3, 4]
+    assert (final == 3).sum() == 75 and (final == 4).sum() == 100

@@ -271,7 +271,8 @@ def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstancePa
     A cluster whose recomputed flow disagrees with the prediction (flow error QC) or that is too
     small is dropped; of the rest, only the largest 4-connected piece stays (the other pieces,
     slivers of trajectories that ended in a neighbour's cluster, become background, so every
-    object is one piece and one polygon), and is dropped too when that piece is below the size floor. Each object depends on its own cluster's pixels only,
+    object is one piece and one polygon), and is dropped too when that piece is below the size floor or
+    is a sliver at most 2 px wide. Each object depends on its own cluster's pixels only,
     so a cluster computed exactly in a block gives exactly the whole image's object.
     """
     if errors is None:  # the flow error of each cluster (given when several thresholds are tried on one set)
@@ -282,8 +283,23 @@ def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstancePa
     keep[[k for k, e in errors.items() if e > params.flow_error_threshold or sizes[k] < params.min_size]] = False
     labels = largest_pieces(np.where(keep[clusters], clusters, 0).astype(np.uint32))
     left = np.bincount(labels.ravel(), minlength=sizes.size)
-    too_small = (left > 0) & (left < params.min_size)  # a piece below the size floor is no object either
-    return np.where(too_small[labels], 0, labels).astype(np.uint32) if too_small.any() else labels
+    inner = np.bincount(labels[interior(labels)], minlength=sizes.size)
+    # a piece below the size floor is no object, nor is a sliver at most 2 px wide (no pixel whose 4
+    # neighbours are all its own): streaks and image-edge artefacts, never a nucleus
+    dropped = (left > 0) & ((left < params.min_size) | (inner == 0))
+    return np.where(dropped[labels], 0, labels).astype(np.uint32) if dropped.any() else labels
+
+
+def interior(labels: np.ndarray) -> np.ndarray:
+    """Pixels whose 4 neighbours all carry their own (non-zero) label; outside the array counts as another
+    label, so the answer for an object depends on its own pixels only (tiled == whole)."""
+    same = labels > 0
+    same[1:] &= labels[1:] == labels[:-1]
+    same[:-1] &= labels[:-1] == labels[1:]
+    same[:, 1:] &= labels[:, 1:] == labels[:, :-1]
+    same[:, :-1] &= labels[:, :-1] == labels[:, 1:]
+    same[0], same[-1], same[:, 0], same[:, -1] = False, False, False, False
+    return same
 
 
 def largest_pieces(labels: np.ndarray) -> np.ndarray:
