@@ -84,29 +84,38 @@ def point_labels(shape: tuple[int, int], yx: np.ndarray, radius_px: float, class
     partial: uint32, disks as objects 2..N+1, Voronoi edges background (1), the rest unknown (0).
     class map: uint8, 0 unknown, ``classes[i] + 1`` on point i's disk (``classes``: -1 where unknown).
     """
-    h, w = shape
     partial = np.zeros(shape, np.uint32)
     class_map = np.zeros(shape, np.uint8)
     yx = np.asarray(yx, np.float64).reshape(-1, 2)
     if not len(yx):
         return partial, class_map
-    rows = np.clip(yx[:, 0].astype(np.int64), 0, h - 1)
-    cols = np.clip(yx[:, 1].astype(np.int64), 0, w - 1)
-    seeds = np.zeros(shape, np.int64)
-    seeds[rows, cols] = np.arange(1, len(rows) + 1)  # two points in one pixel: the later one
-    distance, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
-    nearest = seeds[iy, ix]
+    distance, nearest = _voronoi(shape, yx)
     if voronoi:
-        edge = np.zeros(shape, bool)
-        edge[:-1] |= nearest[:-1] != nearest[1:]
-        edge[:, :-1] |= nearest[:, :-1] != nearest[:, 1:]
-        partial[edge & (distance > EDGE_CLEARANCE * radius_px)] = BACKGROUND
+        partial[_voronoi_edges(nearest) & (distance > EDGE_CLEARANCE * radius_px)] = BACKGROUND
     disk = distance <= radius_px
     partial[disk] = nearest[disk].astype(np.uint32) + np.uint32(FIRST_OBJECT - 1)
     if classes is not None:
         ids = (np.asarray(classes, np.int64) + 1).astype(np.uint8)
         class_map[disk] = np.concatenate([[0], ids])[nearest[disk]]
     return partial, class_map
+
+
+def _voronoi(shape: tuple[int, int], yx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distance to the nearest point, 1 + that point's index) per pixel; two points in one pixel: the later."""
+    h, w = shape
+    seeds = np.zeros(shape, np.int64)
+    seeds[np.clip(yx[:, 0].astype(np.int64), 0, h - 1), np.clip(yx[:, 1].astype(np.int64), 0, w - 1)] = \
+        np.arange(1, len(yx) + 1)
+    distance, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    return distance, seeds[iy, ix]
+
+
+def _voronoi_edges(nearest: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour lies in another point's Voronoi cell."""
+    edge = np.zeros(nearest.shape, bool)
+    edge[:-1] |= nearest[:-1] != nearest[1:]
+    edge[:, :-1] |= nearest[:, :-1] != nearest[:, 1:]
+    return edge
 
 
 @dataclass(frozen=True)
@@ -174,30 +183,23 @@ def cluster_labels(image: np.ndarray, yx: np.ndarray, radius_px: float, reach_px
     """
     from scipy.cluster.vq import kmeans2
 
-    partial, _ = point_labels(image.shape[:2], yx, radius_px)
+    h, w = image.shape[:2]
     yx = np.asarray(yx, np.float64).reshape(-1, 2)
     if not len(yx):
-        return partial
-    h, w = image.shape[:2]
+        return np.zeros((h, w), np.uint32)
     pixels = np.asarray(image, np.float64).reshape(h * w, -1)
     lo, hi = np.percentile(pixels, [1, 99], axis=0)
     colour = np.clip((pixels - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
-    seeds = np.zeros((h, w), np.int64)
-    seeds[np.clip(yx[:, 0].astype(np.int64), 0, h - 1), np.clip(yx[:, 1].astype(np.int64), 0, w - 1)] = \
-        np.arange(1, len(yx) + 1)
-    distance, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
-    nearest = seeds[iy, ix]
+    distance, nearest = _voronoi((h, w), yx)
     features = np.column_stack([colour, np.minimum(distance, reach_px).ravel() / reach_px])
     centres, assigned = kmeans2(features, 3, seed=seed, minit="++")
     order = np.argsort(centres[:, -1])   # by mean distance to the clicks
     cluster = np.empty(3, np.int64)
     cluster[order] = np.arange(3)        # 0 nucleus, 1 unknown, 2 background
     cluster = cluster[assigned].reshape(h, w)
-    disks = partial >= FIRST_OBJECT
+    disks = distance <= radius_px        # each click's disk, always its own foreground
     nucleus = ndi.binary_fill_holes(ndi.binary_opening(cluster == 0, _CROSS)) | disks  # pale centres, no specks
-    edge = np.zeros((h, w), bool)
-    edge[:-1] |= nearest[:-1] != nearest[1:]
-    edge[:, :-1] |= nearest[:, :-1] != nearest[:, 1:]
+    edge = _voronoi_edges(nearest)
     pieces, _ = ndi.label(nucleus & ~edge)
     # a piece is a click's object when its disk lies in it
     owner = np.zeros(pieces.max() + 1, np.int64)
@@ -205,8 +207,9 @@ def cluster_labels(image: np.ndarray, yx: np.ndarray, radius_px: float, reach_px
     owner[0] = 0
     objects = owner[pieces]
     out = np.zeros((h, w), np.uint32)
-    out[(cluster == 2) & (distance > EDGE_CLEARANCE * radius_px)] = BACKGROUND
-    out[(partial == BACKGROUND) & ~nucleus] = BACKGROUND  # an edge through touching nuclei is no background
+    far = distance > EDGE_CLEARANCE * radius_px
+    out[(cluster == 2) & far] = BACKGROUND
+    out[edge & far & ~nucleus] = BACKGROUND  # an edge through touching nuclei is no background
+    objects[disks] = nearest[disks]
     out[objects > 0] = (objects[objects > 0] + FIRST_OBJECT - 1).astype(np.uint32)
-    out[disks] = partial[disks]
     return out
