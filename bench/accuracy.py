@@ -179,7 +179,7 @@ def main() -> None:
         model = work / "model.pt"
         command = SPARSESEG + ["train", "--images", str(work / "images"), "--annotations", str(work / "annotations"),
                                "--pixel-size", str(pixel_size), "--minutes", str(args.minutes), "--out", str(model),
-                               "-q"] + (["--init", str(args.init)] if args.init else []) + args.train_args.split()
+                               "-q", "--init", str(args.init) if args.init else "none"] + args.train_args.split()
         train_s = run(command, work / "log.txt")
         scores = evaluate(model, held_out, pixel_size, work, work / "log.txt", args.threads,
                           tuple(args.segment_args.split()))

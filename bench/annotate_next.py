@@ -43,6 +43,7 @@ from brca import read_points, score  # noqa: E402
 from sparseseg.annotations.model import BACKGROUND, FIRST_OBJECT  # noqa: E402
 from sparseseg.annotations.points import POINT_RADIUS_UM, point_labels  # noqa: E402
 from sparseseg.io.names import slide_stem  # noqa: E402
+from sparseseg.train.data import write_class_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "sparseseg" / "data" / "models" / "nuclei_he.pt"
@@ -149,10 +150,7 @@ def write_annotation(folder: Path, name: str, partial: np.ndarray, table: dict[i
     """The annotation of one pool image (and its class table when cells carry classes)."""
     tifffile.imwrite(folder / f"{name}.tif", partial)
     if table:
-        with open(folder / f"{name}.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["label", "class"])
-            writer.writerows(sorted(table.items()))
+        write_class_table(folder / f"{name}.csv", table)
     return folder / f"{name}.tif"
 
 

@@ -47,6 +47,7 @@ from sparseseg.annotations.points import (
     read_points_csv,
 )
 from sparseseg.infer.predictor import Predictor
+from sparseseg.train.data import write_class_table
 from sparseseg.metrics.sizes import median_diameter_px
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,14 +127,6 @@ def write_cluster_labels(image: np.ndarray, points_csv: Path, stem: Path, pixel_
     tifffile.imwrite(stem.parent / f"{stem.name}.tif", partial)
     write_class_table(stem.parent / f"{stem.name}.csv",
                       {FIRST_OBJECT + i: c for i, c in enumerate(points.classes) if c})
-
-
-def write_class_table(path: Path, classes: dict[int, str]) -> None:
-    """A label image's class table: ``label,class`` rows."""
-    with open(path, "w", newline="") as fh:
-        table = csv.writer(fh)
-        table.writerow(["label", "class"])
-        table.writerows(sorted(classes.items()))
 
 
 def main() -> None:

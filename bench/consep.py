@@ -28,7 +28,8 @@ from accuracy import SHARED, SPARSESEG, pooled, run  # noqa: E402
 from brca import detections  # noqa: E402
 
 from sparseseg.measure.accuracy import accumulate  # noqa: E402
-from sparseseg.metrics.points import PointCounts, TypedCounts, detection_counts, typed_counts  # noqa: E402
+from sparseseg.metrics.points import PointCounts, TypedCounts, match_points, pair_counts, typed_counts  # noqa: E402
+from sparseseg.train.data import write_class_table  # noqa: E402
 
 ROOT = SHARED / "consep"
 RADIUS_UM = 3.0
@@ -65,10 +66,8 @@ def write_training_folder(names: list[str], fraction: float, folder: Path, seed:
                          np.where(labels > 0, labels + 1, 1).astype(np.uint32))
         present = np.array(sorted(set(np.unique(labels)) - {0} & set(table)))
         chosen = present[rng.random(len(present)) < fraction]
-        with open(folder / "annotations" / f"{name}.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["label", "class"])
-            writer.writerows([int(label) + 1, table[int(label)]] for label in chosen)
+        write_class_table(folder / "annotations" / f"{name}.csv",
+                          {int(label) + 1: table[int(label)] for label in chosen})
         kept += len(chosen)
     return kept
 
@@ -90,10 +89,9 @@ def evaluate(model: Path, names: list[str], pixel_size: float, work: Path, log: 
         rows = list(csv.DictReader(open(ROOT / "classes" / f"{name}.csv")))
         truth_yx = np.array([[float(r["centroid_y"]), float(r["centroid_x"])] for r in rows]).reshape(-1, 2)
         truth_class = np.array([r["class"] for r in rows])
-        radius = RADIUS_UM / pixel_size
-        detection = detection + detection_counts(centroids, truth_yx, radius)
-        for c, k in typed_counts(centroids, predicted_class, truth_yx, truth_class, sorted(set(table.values())),
-                                 radius).items():
+        pairs = match_points(centroids, truth_yx, RADIUS_UM / pixel_size)
+        detection = detection + pair_counts(pairs, len(centroids), len(truth_yx))
+        for c, k in typed_counts(pairs, predicted_class, truth_class, sorted(set(table.values()))).items():
             typed[c] = typed.get(c, TypedCounts()) + k
         accs.append(accumulate(labels, zarr.open_group(slide, mode="r")["labels/cells/0"][...]))
         shutil.rmtree(slide, ignore_errors=True)
@@ -123,7 +121,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         kept = write_training_folder(train_names, fraction / 100, work, args.seed)
         model = work / "model.pt"
-        init = [] if str(args.init) == "none" else ["--init", str(args.init)]
+        init = ["--init", str(args.init)]  # 'none': from scratch (train's own default is the bundled model)
         train_s = run(SPARSESEG + ["train", "--images", str(work / "images"), "--annotations", str(work / "annotations"),
                                    "--pixel-size", str(pixel_size), "--minutes", str(args.minutes), "--out", str(model),
                                    "-q", "--seed", str(args.seed)] + init + args.train_args.split(), work / "log.txt")

@@ -16,8 +16,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sparseseg import __version__
-from sparseseg.archive import discover_slides, fingerprint, is_done, mark_done, slide_stem
+from sparseseg.archive import discover_slides, fingerprint, is_done, mark_done
 from sparseseg.cluster import dask_client, default_spec, load_spec
+from sparseseg.io.names import slide_stem
 
 
 def _spec(cluster: str | None) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseseg import __version__
-from sparseseg.io.names import SLIDE_SUFFIXES, slide_stem  # noqa: F401  (slide_stem: the flows name outputs by it)
+from sparseseg.io.names import SLIDE_SUFFIXES
 MARKER = ".sparseseg-complete.json"
 
 

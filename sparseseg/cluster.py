@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -151,13 +151,9 @@ def dask_client(spec: dict[str, Any] | None = None):
     """A distributed Client for the spec; clusters started here are closed on exit. The logs of local
     workers go to a file (``worker_log_path``), named in any error that ends the run."""
     spec = spec or default_spec()
-    if spec["kind"] in ("local", "local-cuda"):
-        path = worker_log_path()
-        with _logs_in_file(path), _client(spec, path) as client:
-            yield client
-    else:
-        with _client(spec, None) as client:
-            yield client
+    path = worker_log_path() if spec["kind"] in ("local", "local-cuda") else None
+    with _logs_in_file(path) if path else nullcontext(), _client(spec, path) as client:
+        yield client
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from sparseseg.instances.dynamics import flows_to_labels
 from sparseseg.ingest import ingest
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.losses import class_loss
-from sparseseg.metrics.points import TypedCounts, class_counts, typed_counts
+from sparseseg.metrics.points import TypedCounts, class_counts, match_points, typed_counts
 from sparseseg.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from sparseseg.model.normalize import slide_normalization
 from sparseseg.model.unet import with_class_head
@@ -112,7 +112,7 @@ def test_hovernet_typed_f_pairs_regardless_of_class_and_charges_typing_errors_tw
     truth_class = np.array(["a", "a", "b", "b", "a"])
     predicted = np.array([[1, 0], [0, 21], [1, 40], [0, 61], [60, 60]], float)  # the last one unpaired
     predicted_class = np.array(["a", "b", "b", "b", "b"])
-    counts = typed_counts(predicted, predicted_class, truth, truth_class, ("a", "b"), radius=3)
+    counts = typed_counts(match_points(predicted, truth, radius=3), predicted_class, truth_class, ("a", "b"))
     assert counts["a"] == TypedCounts(tp=1, fp=0, fn=1, fp_d=0, fn_d=1)
     assert counts["b"] == TypedCounts(tp=2, fp=1, fn=0, fp_d=1, fn_d=0)
     assert counts["a"].f1 == pytest.approx(2 / (2 + 2 + 1)) and counts["b"].f1 == pytest.approx(4 / (4 + 2 + 1))

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from sparseseg.annotations.points import PointSet, read_points_csv
 from sparseseg.errors import InputError
-from sparseseg.metrics.points import class_counts, detection_counts, typed_counts
+from sparseseg.metrics.points import class_counts, match_points, pair_counts, typed_counts
 from sparseseg.files.atomic import staged_outputs
 from sparseseg.io.names import slide_stem
 from sparseseg.io.labels import LABELS_RUN_KEY, label_source, labels_run_id, object_classes, resolve_labels
@@ -150,14 +150,15 @@ def point_accuracy(out: Path, points: PointSet, radius_px: float) -> dict:
     objects = pq.read_table(out / "objects.parquet", columns=wanted).to_pandas() if "centroid_y_px" in names \
         else pd.DataFrame({c: [] for c in wanted})
     centroids = objects[["centroid_y_px", "centroid_x_px"]].to_numpy(np.float64)
-    rows = [("all", detection_counts(centroids, points.yx, radius_px))]
+    pairs = match_points(centroids, points.yx, radius_px)
+    rows = [("all", pair_counts(pairs, len(centroids), len(points.yx)))]
     truth_classes = np.array(points.classes)
     typed = {}
     if "class" in objects and points.class_names:
         names_seen = sorted(set(points.class_names) | set(objects["class"]))
         rows += list(class_counts(centroids, objects["class"].to_numpy(), points.yx, truth_classes, names_seen,
                                   radius_px).items())
-        typed = typed_counts(centroids, objects["class"].to_numpy(), points.yx, truth_classes, names_seen, radius_px)
+        typed = typed_counts(pairs, objects["class"].to_numpy(), truth_classes, names_seen)
     table = pd.DataFrame([{"class": name, "tp": c.tp, "fp": c.fp, "fn": c.fn, "precision": c.precision,
                            "recall": c.recall, "f1": c.f1,
                            "hovernet_f_c": typed[name].f1 if name in typed else np.nan} for name, c in rows])

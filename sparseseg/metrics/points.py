@@ -53,8 +53,12 @@ def match_points(predicted: np.ndarray, truth: np.ndarray, radius: float) -> tup
 
 
 def detection_counts(predicted: np.ndarray, truth: np.ndarray, radius: float) -> PointCounts:
-    p, _ = match_points(predicted, truth, radius)
-    return PointCounts(len(p), len(predicted) - len(p), len(truth) - len(p))
+    return pair_counts(match_points(predicted, truth, radius), len(predicted), len(truth))
+
+
+def pair_counts(pairs: tuple[np.ndarray, np.ndarray], n_predicted: int, n_truth: int) -> PointCounts:
+    """Detection counts of one-to-one ``pairs`` (``match_points``) among so many predictions and truths."""
+    return PointCounts(len(pairs[0]), n_predicted - len(pairs[0]), n_truth - len(pairs[0]))
 
 
 def class_counts(predicted: np.ndarray, predicted_class: np.ndarray, truth: np.ndarray, truth_class: np.ndarray,
@@ -85,12 +89,12 @@ class TypedCounts:
         return 2 * self.tp / max(1, 2 * self.tp + 2 * self.fp + 2 * self.fn + self.fp_d + self.fn_d)
 
 
-def typed_counts(predicted: np.ndarray, predicted_class: np.ndarray, truth: np.ndarray, truth_class: np.ndarray,
-                 classes, radius: float) -> dict:
-    """{class: TypedCounts}: cells paired one-to-one within ``radius`` regardless of class (as for F_d), then
+def typed_counts(pairs: tuple[np.ndarray, np.ndarray], predicted_class: np.ndarray, truth_class: np.ndarray,
+                 classes) -> dict:
+    """{class: TypedCounts}: with the cells paired one-to-one regardless of class (``match_points``, as for F_d),
     each class scored on the pairs and the unpaired cells that carry it (HoVer-Net's F_c)."""
     predicted_class, truth_class = np.asarray(predicted_class), np.asarray(truth_class)
-    p, t = match_points(predicted, truth, radius)
+    p, t = pairs
     lone_p = np.setdiff1d(np.arange(len(predicted_class)), p)
     lone_t = np.setdiff1d(np.arange(len(truth_class)), t)
     pc, tc = predicted_class[p], truth_class[t]

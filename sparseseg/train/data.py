@@ -128,12 +128,10 @@ class FolderSource:
         if getattr(self, "point_encoding", "voronoi") == "clusters":  # each click's colour cluster, its class on it
             self.partial = cluster_labels(np.moveaxis(self.pixels, 0, -1), self.points.yx, radius,
                                           CLUSTER_REACH_UM / pixel_um)
-            lut = np.zeros(int(self.partial.max()) + 1, np.uint8)
-            lut[FIRST_OBJECT:FIRST_OBJECT + len(indices)] = indices[:len(lut) - FIRST_OBJECT] + 1
-            classes = lut[self.partial]
+            classes = np.concatenate([np.zeros(FIRST_OBJECT, np.uint8), (indices + 1).astype(np.uint8)])[self.partial]
         else:
             self.partial, classes = point_labels(self.shape, self.points.yx, radius, indices,
-                                                 voronoi=getattr(self, "voronoi", True))
+                                                 voronoi=getattr(self, "point_encoding", "voronoi") == "voronoi")
         self.class_map = classes if classes.any() else None
         self.centres = CentreSampler(self.partial > 0, 1)
 
@@ -173,7 +171,6 @@ def label_point_sources(sources, folder_pixel_um: float | None, class_names: tup
             raise InputError(source.path, "--point-encoding clusters needs the whole image of each click: use "
                                           "image folders (--images/--annotations), or voronoi / disks for slides")
         if hasattr(source, "label_points"):
-            source.voronoi = encoding == "voronoi"
             source.point_encoding = encoding
             source.label_points(source_pixel_size(source, folder_pixel_um), ids)
 
@@ -223,7 +220,7 @@ class SlideSource:
 
     def read_annotation(self, window: tuple[slice, slice]) -> PatchAnnotation:
         return read_annotation_patch(self.path, window, self.class_ids, self.point_radius,
-                                     getattr(self, "voronoi", True))
+                                     getattr(self, "point_encoding", "voronoi") == "voronoi")
 
     def read_outlines(self, window: tuple[slice, slice]) -> np.ndarray:
         """The partial instance map as drawn, without the disks made from clicked cells (for calibration)."""
@@ -247,6 +244,16 @@ def folder_sources(images: Path, annotations: Path, channels: tuple[str, ...] | 
         raise InputError(images, f"no image has an annotation of the same name in {annotations}")
     return [FolderSource(image, label, channels, tables.get(image.stem) if label.suffix.lower() != ".csv" else None)
             for image, label in pairs]
+
+
+def write_class_table(path: Path, table: dict[int, str]) -> None:
+    """A label image's class table (CSV ``label,class``, what ``read_class_table`` reads), rows by label."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["label", "class"])
+        writer.writerows(sorted(table.items()))
 
 
 def read_class_table(path: Path) -> dict[int, str]:

@@ -33,7 +33,7 @@ class DataSpec:
     images: str | None = None
     annotations: str | None = None
     channels: tuple[str, ...] | None = None   # slide channels to train on (names or indices); None: all
-    point_encoding: str = "voronoi"           # clicked cells: disks + Voronoi background, or disks only
+    point_encoding: str = "voronoi"           # clicked cells: disks + Voronoi background, disks only, or clusters
 
     def __post_init__(self):
         if bool(self.slides) == bool(self.images):
