@@ -223,11 +223,29 @@ def typed_model(fluo_model, tmp_path_factory) -> Path:
     return out
 
 
-def _slide(folder: Path) -> Path:
+def _slide(folder: Path, ngff: str = "0.4") -> Path:
     image = iio.imread(DSB / "images" / "fluo_0402a81e.png")
     mosaic = np.vstack([np.hstack([image, image[:, ::-1]])] * 2)
     tifffile.imwrite(folder / "mosaic.tif", mosaic, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
-    return ingest(folder / "mosaic.tif", folder / "slide.ome.zarr", chunk=128, tissue="none")
+    return ingest(folder / "mosaic.tif", folder / "slide.ome.zarr", chunk=128, tissue="none", ngff=ngff)
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_the_class_pyramid_and_the_labels_pass_the_ngff_validator(typed_model, tmp_path, ngff):
+    """ome-zarr-models (the NGFF spec as pydantic models) accepts the labels container, the instance pyramid and
+    the class pyramid with its colours, in the slide's own NGFF version."""
+    if ngff == "0.4":
+        from ome_zarr_models.v04 import ImageLabel, Labels
+    else:
+        from ome_zarr_models.v05 import ImageLabel, Labels
+    slide = _slide(tmp_path, ngff)
+    segment_slide(slide, typed_model, SegmentOptions(block=256, tile=256, progress=False, workers=1))
+    root = zarr.open_group(slide, mode="r")
+    assert set(Labels.from_zarr(root["labels"]).attributes.model_dump(mode="json")["labels"] if ngff == "0.4" else
+               Labels.from_zarr(root["labels"]).ome_attributes.labels) >= {"cells", "cells_classes"}
+    ImageLabel.from_zarr(root["labels/cells"])
+    ImageLabel.from_zarr(root["labels/cells_classes"])
+    assert root["labels/cells_classes/0"].dtype == np.uint8 and root["labels/cells_classes/0"][...].max() >= 2
 
 
 @pytest.mark.parametrize("block", [64, 256])
@@ -269,7 +287,8 @@ def test_per_object_classes_equal_the_whole_images_bitwise_at_any_block_size(typ
     label_attrs = root["labels/cells_classes"].attrs
     image_label = label_attrs.get("image-label") or label_attrs["ome"]["image-label"]
     assert [p["class"] for p in image_label["properties"]] == ["background", *CLASSES]
-    assert len(image_label["colors"]) == 3
+    assert [c["label-value"] for c in image_label["colors"]] == [0, 1, 2, 3]
+    assert image_label["colors"][0]["rgba"][3] == 0  # background transparent
 
 
 def test_a_model_without_classes_removes_the_stale_class_pyramid_on_overwrite(typed_model, fluo_model, tmp_path):

@@ -117,7 +117,9 @@ def write_class_pyramid(slide: Path, name: str, labels: LabelComposer, names: tu
     """``labels/<name>_classes``: every object's pixels hold its class (1 + index), with NGFF image-label colours
     and properties, so napari and neuroglancer colour cells by type."""
     lut = most_probable_class(probabilities)
-    colours = [{"label-value": i + 1, "rgba": [*rgb, 255]} for i, rgb in enumerate(class_colours(names))]
+    # background listed too, transparent: NGFF wants the same label values in colours and properties
+    colours = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] + \
+        [{"label-value": i + 1, "rgba": [*rgb, 255]} for i, rgb in enumerate(class_colours(names))]
     properties = [{"label-value": 0, "class": "background"}] + \
         [{"label-value": i + 1, "class": n} for i, n in enumerate(names)]
     write_label_pyramid(slide, f"{name}_classes", ClassComposer(labels, lut), np.uint8, True,
