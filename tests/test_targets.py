@@ -57,6 +57,26 @@ def test_dense_flow_is_the_dense_target_flow_inside_objects(seed, pad):
     np.testing.assert_array_equal(dense_flow(labels), expected)
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_dense_flow_of_many_packed_objects_is_the_whole_images(seed):
+    """Many objects (touching, cut into pieces, one ringed by another, some at the image edge): the boxes
+    packed into shelves give every object the flow of the whole image's distance transform, to the bit."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((150, 170), np.int32)
+    for y in range(0, 150, 48):
+        for x in range(0, 170, 56):
+            scene = random_scene(rng)[: 150 - y, : 170 - x]
+            labels[y:y + scene.shape[0], x:x + scene.shape[1]] = np.where(scene > 0, scene + labels.max(), 0)
+    yy, xx = np.mgrid[:150, :170]
+    radius = np.hypot(yy - 75, xx - 85)
+    labels[(radius > 10) & (radius < 16)] = labels.max() + 1  # a ring around whatever lies inside it
+    labels[radius <= 6] = labels.max() + 1
+    expected = compute_targets(PatchAnnotation.from_dense(labels)).flow * (labels > 0)
+    assert len(np.unique(labels)) > 15
+    np.testing.assert_array_equal(dense_flow(labels), expected)
+
+
 def test_flow_points_away_from_the_boundary_inside_a_disk():
     yy, xx = np.mgrid[:41, :41]
     disk = ((yy - 20) ** 2 + (xx - 20) ** 2 < 15**2).astype(np.int32)

@@ -74,19 +74,49 @@ def dense_flow(labels: np.ndarray, threads: int = 1) -> np.ndarray:
     """float32 (2, H, W): unit flow inside each object of a complete label image, 0 on background.
 
     The target flow of dense labels (gradient of the exact distance to the object's outline, which
-    includes interfaces with touching objects). Every boundary interface touches a labelled pixel,
-    so the computation is restricted to the labelled pixels' bounding box plus one pixel.
+    includes interfaces with touching objects). Inside an object no other interface is nearer than
+    its own outline (a segment to any point outside crosses the outline, within half a lattice step
+    of one of its lattice points), so each object's flow is computed on its own box: the boxes are
+    packed side by side (``_packed_flows``), the distance transform runs on a few times fewer points
+    than the whole image and every value is the same to the bit.
     """
-    flow = np.zeros((2, *labels.shape), np.float32)
-    rows, cols = np.flatnonzero(labels.any(1)), np.flatnonzero(labels.any(0))
-    if not rows.size:
-        return flow
-    box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
-    crop = labels[box]
-    inside = crop > 0
-    flow[(slice(None), *box)] = centre_gradient(
-        lattice_distance(label_interfaces(crop, np.not_equal), threads)) * inside
+    h, w = labels.shape
+    flow = np.zeros((2, h, w), np.float32)
+    inner, edge = [], []
+    for k, box in enumerate(ndi.find_objects(labels), 1):
+        if box is not None:
+            y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
+            (inner if y0 > 0 and x0 > 0 and y1 < h and x1 < w else edge).append((k, y0, y1, x0, x1))
+    for k, y0, y1, x0, x1 in edge:  # one small lattice each: the image edge stays open, as in the whole image
+        rows, cols = slice(max(y0 - 1, 0), min(y1 + 1, h)), slice(max(x0 - 1, 0), min(x1 + 1, w))
+        mine = labels[rows, cols] == k
+        np.copyto(flow[:, rows, cols], centre_gradient(lattice_distance(set_boundary(mine), threads)), where=mine)
+    if inner:
+        _packed_flows(labels, inner, flow, threads)
     return flow
+
+
+def _packed_flows(labels: np.ndarray, boxes: list[tuple[int, int, int, int, int]], flow: np.ndarray,
+                  threads: int) -> None:
+    """Fill ``flow`` inside the objects (id, y0, y1, x0, x1) clear of the image edge from one mosaic of their
+    boxes, one pixel wider, in shelves: another object's outline there lies outside the box, farther than
+    the object's own outline from any of its points, so the objects do not see each other."""
+    boxes = sorted(boxes, key=lambda b: b[2] - b[1], reverse=True)
+    sizes = [(y1 - y0 + 2, x1 - x0 + 2) for _, y0, y1, x0, x1 in boxes]
+    width = max(int(1.1 * sum(a * b for a, b in sizes) ** 0.5), max(b for _, b in sizes))
+    places, row, col, shelf = [], 0, 0, 0
+    for ph, pw in sizes:
+        if col + pw > width:
+            row, col, shelf = row + shelf, 0, 0
+        places.append((row, col))
+        col, shelf = col + pw, max(shelf, ph)
+    mosaic = np.zeros((row + shelf, width), bool)
+    for (k, y0, y1, x0, x1), (r, c), (ph, pw) in zip(boxes, places, sizes):
+        mosaic[r:r + ph, c:c + pw] = labels[y0 - 1:y1 + 1, x0 - 1:x1 + 1] == k
+    packed = centre_gradient(lattice_distance(set_boundary(mosaic), threads))
+    for (k, y0, y1, x0, x1), (r, c), (ph, pw) in zip(boxes, places, sizes):
+        inside = (slice(r + 1, r + ph - 1), slice(c + 1, c + pw - 1))
+        np.copyto(flow[:, y0:y1, x0:x1], packed[(slice(None), *inside)], where=mosaic[inside])
 
 
 def centre_gradient(lattice_dist: np.ndarray) -> np.ndarray:
