@@ -55,6 +55,8 @@ class FieldSource(Protocol):
 
     def compute(self, prepared: list[Prepared]) -> list[np.ndarray]: ...
 
+    def free_extent(self, context: Window) -> Window: ...
+
 
 class ArrayFields:
     """Fields given as a whole (3, H, W) array (exact targets, or a network output computed once): the same
@@ -70,6 +72,10 @@ class ArrayFields:
 
     def compute(self, prepared: list[Prepared]) -> list[np.ndarray]:
         return [p.canvas for p in prepared]
+
+    def free_extent(self, context: Window) -> Window:
+        """Every window costs the same here: the whole image."""
+        return tuple(slice(0, n) for n in self.fields.shape[1:])  # type: ignore[return-value]
 
 
 class NetworkFields:
@@ -100,6 +106,13 @@ class NetworkFields:
         region = tuple(slice(min(w[a].start for w in inputs), min(n, max(w[a].stop for w in inputs)))
                        for a, n in enumerate(self.shape))
         return Prepared(context, np.asarray(self.read(region), np.float32), region, tiles)
+
+    def free_extent(self, context: Window) -> Window:
+        """The region the tiles computing ``context`` give (at least ``context``): windows inside it need no
+        further tile while those tiles are cached."""
+        tiles = [self.grid.output_window(t) for t in self.grid.covering(context)]
+        return tuple(slice(min(w[a].start for w in tiles), max(w[a].stop for w in tiles))  # type: ignore[return-value]
+                     for a in range(2))
 
     def _tile_input(self, prepared: Prepared, index: tuple[int, int]) -> np.ndarray:
         """A tile's input, zero beyond the image: from what ``load`` read, else read now."""

@@ -106,5 +106,5 @@ def _finish(job: BlockJob, block: Block, output: np.ndarray, fields: FieldSource
     record = block_record(job, block, output, fields.device)
     record.tiles = tiles
     if len(record.candidates):
-        record.add_outcomes(resolve_candidates(job, record.candidates, fields))
+        record.add_outcomes(resolve_candidates(job, record.candidates, fields, block))
     return block, record

@@ -94,9 +94,13 @@ class SettledSeeds:
 
 
 def resolve_candidate(job: BlockJob, seeds: tuple[np.ndarray, np.ndarray], fields: FieldSource,
-                      settled: SettledSeeds | None = None) -> CandidateOutcome:
+                      settled: SettledSeeds | None = None, free: Window | None = None) -> CandidateOutcome:
     """The exact objects holding ``seeds`` (global model-grid rows, cols): windows grown around the clusters
-    that hold them until each is exact there, or until it exceeds ``job.max_object_px`` (left out)."""
+    that hold them until each is exact there, or until it exceeds ``job.max_object_px`` (left out).
+
+    ``free``: where fields cost nothing more (the block's tiles); the first window stays inside it, and only
+    a cluster not exact there grows beyond. Any window gives the same exact objects, so this changes the
+    cost, never the labels."""
     grid, width = job.grid, job.grid.shape[1]
     settled = settled or SettledSeeds(GlobalObjects.build([(*seeds, 0)]), width)
     reach = math.ceil(max_travel(job.params.n_steps)) + 3
@@ -104,8 +108,13 @@ def resolve_candidate(job: BlockJob, seeds: tuple[np.ndarray, np.ndarray], field
     mine = np.unique(np.asarray(seeds[0], np.int64) * width + np.asarray(seeds[1], np.int64))
     pending = np.array([f for f in mine if int(f) not in settled.object_of], np.int64)
     too_large, windows, pixels, tiles = [], 0, 0, 0
+    clipped = False
     if pending.size:
         window = aligned_window(_box(*np.divmod(pending, width), grid.margin + reach), grid.shape, grid.factor)
+        full = window
+        if free is not None:  # first inside the block's tiles; then, if needed, the full first window
+            window = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(window, free))
+            clipped = window != full
     while pending.size:
         prepared = fields.load(window)
         output = fields.compute([prepared])[0]
@@ -118,6 +127,8 @@ def resolve_candidate(job: BlockJob, seeds: tuple[np.ndarray, np.ndarray], field
         # open sides move out by half the window at least: a few windows reach any size
         grown = tuple(slice(sl.start - grow * lo, sl.stop + grow * hi) for sl, lo, hi, grow in
                       zip(window, edges[:2], edges[2:], (max(step, (sl.stop - sl.start) // 2) for sl in window)))
+        if clipped:
+            grown, clipped = full, False
         examined = np.union1d(pending, settled.inside(window))
         rows, cols = np.divmod(examined, width)
         ks = clusters.clusters[rows - y0, cols - x0]
@@ -157,17 +168,20 @@ def resolve_candidate(job: BlockJob, seeds: tuple[np.ndarray, np.ndarray], field
                             np.array(too_large, np.int64).reshape(-1, 4), windows, pixels, tiles)
 
 
-def resolve_candidates(job: BlockJob, candidates: GlobalObjects, fields: FieldSource) -> list[CandidateOutcome]:
+def resolve_candidates(job: BlockJob, candidates: GlobalObjects, fields: FieldSource, block: Block | None = None
+                       ) -> list[CandidateOutcome]:
     """A block's candidates, each recorded as it is resolved, so a run killed meanwhile resumes from there; a
-    window computed for one settles the seeds of the others it holds in exact clusters."""
+    window computed for one settles the seeds of the others it holds in exact clusters. With ``block``, first
+    windows stay inside what its tiles give."""
     out = []
     settled = SettledSeeds(candidates, job.grid.shape[1])
+    free = fields.free_extent(block.context) if block is not None else None
     for k in range(len(candidates)):
         rows, cols = candidates.pixels(k)
         target = Path(job.work) / "large" / f"{rows[0]}_{cols[0]}_{rows.size}.npz"
         outcome = read_outcome(target)
         if outcome is None:
-            outcome = resolve_candidate(job, (rows, cols), fields, settled)
+            outcome = resolve_candidate(job, (rows, cols), fields, settled, free)
             write_outcome(target, outcome)
         out.append(outcome)
     return out
