@@ -187,7 +187,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     summary = measure_slide(args.slide, labels=args.labels, regions=args.regions, truth=args.truth, out=args.out,
                             margin=args.margin, progress=not args.quiet, report=not args.no_report,
                             intensities=not args.no_intensities, threads=args.threads, channels=args.channels,
-                            truth_points=args.truth_points, match_um=args.match_um, fill_missing=args.fill_missing)
+                            truth_points=args.truth_points, match_um=args.match_um, fill_missing=args.fill_missing,
+                            compare=args.compare)
     density = summary["density_per_mm2"]
     print(f"{summary['cells']} cells, {summary['tissue_area_mm2']:.4f} mm2 of tissue, "
           f"{density:.4f} cells/mm2" if density is not None else f"{summary['cells']} cells")
@@ -411,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", default="grid:250um", metavar="grid:SIZEum|tissue|FILE.geojson",
                    help="square grid (default grid:250um), tissue components, or ROI polygons from a GeoJSON file")
     p.add_argument("--truth", metavar="NAME_OR_FILE", help="ground-truth labels (group or file) for accuracy")
+    p.add_argument("--compare", metavar="NAME_OR_FILE",
+                   help="another segmentation (group or file, e.g. before fine-tuning) outlined beside LABELS on the "
+                        "report's full-resolution crop, with both object counts")
     p.add_argument("--truth-points", metavar="POINTS.csv",
                    help="annotated cells (CSV y,x[,class] in level-0 pixels): detection F and per-class F of the "
                         "objects' centroids, matched one-to-one within --match-um")

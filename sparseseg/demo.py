@@ -1,7 +1,8 @@
 """The end-to-end demo on the bundled CC0 slide (CMU-1 small region, Aperio SVS).
 
-ingest -> fine-tune the bundled checkpoint from sparse annotations of two CC0 H&E images ->
-segment -> measure (grid regions, report) -> QuPath GeoJSON, then print where everything is.
+ingest -> segment with the bundled checkpoint as it is -> fine-tune it from sparse annotations of two CC0 H&E
+images -> segment -> measure (grid regions, report with both segmentations on one crop) -> QuPath GeoJSON,
+then print where everything is.
 """
 
 from __future__ import annotations
@@ -63,10 +64,14 @@ def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -
         timings[name] = time.perf_counter() - sum(timings.values()) - started
 
     slide = out_dir / "cmu_small_region.ome.zarr"
-    print("1/5 ingest the CMU-1 slide into an OME-Zarr pyramid with a tissue mask", flush=True)
+    print("1/6 ingest the CMU-1 slide into an OME-Zarr pyramid with a tissue mask", flush=True)
     ingest(DEMO_SLIDE, slide, overwrite=True, progress=progress)
     lap("ingest")
-    print(f"2/5 fine-tune the bundled nuclei model for {train_minutes} min on 25 % sparse annotations", flush=True)
+    print("2/6 segment with the bundled model as it is (labels/cells_bundled: the report's 'before')", flush=True)
+    bundled = segment_slide(slide, BUNDLED_MODEL, SegmentOptions(name="cells_bundled", overwrite=True,
+                                                                 progress=progress))
+    lap("segment (bundled)")
+    print(f"3/6 fine-tune the bundled nuclei model for {train_minutes} min on 25 % sparse annotations", flush=True)
     images, annotations, pixel_size = sparse_training_folders(out_dir)
     model = out_dir / "model.pt"
     request = TrainRequest(DataSpec(images=str(images), annotations=str(annotations)), model, init=BUNDLED_MODEL,
@@ -75,14 +80,16 @@ def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -
                            calibrate=False, command="sparseseg demo (fine-tune)")
     result = run_training(request, progress=progress)
     lap("train")
-    print("3/5 segment every nucleus (blocks on a Dask LocalCluster, seam-free stitching)", flush=True)
+    print("4/6 segment every nucleus with the fine-tuned model (blocks on a Dask LocalCluster, seam-free "
+          "stitching)", flush=True)
     segmented = segment_slide(slide, model, SegmentOptions(overwrite=True, progress=progress))
     lap("segment")
-    print("4/5 measure objects and 250 um grid regions, write the report", flush=True)
+    print("5/6 measure objects and 250 um grid regions, write the report (before / after on one crop)", flush=True)
     measure_dir = out_dir / "measure"
-    summary = measure_slide(slide, labels="cells", regions="grid:250um", out=measure_dir, progress=progress)
+    summary = measure_slide(slide, labels="cells", regions="grid:250um", out=measure_dir, progress=progress,
+                            compare="cells_bundled")
     lap("measure")
-    print("5/5 export QuPath GeoJSON", flush=True)
+    print("6/6 export QuPath GeoJSON", flush=True)
     info = describe_slide(slide)
     geojson = out_dir / "cells.geojson.gz"
     labels = resolve_labels(slide, "cells", tuple(info["levels"][0]["shape"][1:]))
@@ -94,6 +101,7 @@ def run_demo(out_dir: Path, progress: bool = True, train_minutes: float = 1.5) -
     print(format_description(info))
     val = [h["val_loss"] for h in result["history"] if "val_loss" in h]
     print(f"\nfine-tuning: {result['step']} steps, validation loss {val[-1]:.3f}" if val else "")
+    print(f"cells: {segmented.n_objects} after fine-tuning, {bundled.n_objects} with the bundled model as it is")
     print(f"cells: {segmented.n_objects} ({summary['density_per_mm2']:.0f} per mm2 of tissue, median area "
           f"{summary['area_median_um2']:.1f} um2)")
     if summary.get("classes"):

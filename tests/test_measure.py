@@ -141,6 +141,34 @@ def test_the_overlay_is_a_full_resolution_crop_where_the_cells_are_most_crowded(
     assert (right[~outline] == left[~outline]).all()
 
 
+def test_compare_outlines_two_segmentations_on_the_same_crop(slide, tmp_path):
+    """--compare: the report's crop outlined by the other segmentation (before) and by LABELS (after), with
+    the object count of each in that crop; a missing comparison is refused in one line before anything."""
+    path, truth, _ = slide
+    pred = np.where(truth % 2 == 1, truth, 0).astype(np.uint32)  # "before": every other nucleus missed
+    write_label_pyramid(path, "pred", lambda w: pred[w], np.uint32, True, "test prediction")
+    assert main(["measure", str(path), "--labels", "cells", "--compare", "pred", "--out", str(tmp_path / "m"),
+                 "-q"]) == 0
+    objects = pd.read_parquet(tmp_path / "m" / "objects.parquet")
+    window = densest_window(objects["centroid_y_px"].to_numpy(), objects["centroid_x_px"].to_numpy(), truth.shape,
+                            OVERLAY_PX)
+    figure = imageio.v3.imread(tmp_path / "m" / "before_after.png")[..., :3].astype(int)
+    width = window[1].stop - window[1].start
+    image, before, after = (figure[:, i * (width + 8): i * (width + 8) + width] for i in range(3))
+    for panel, labels in ((before, pred), (after, truth)):
+        outline = find_boundaries(labels[window], mode="inner")
+        assert outline.sum() > 100 and (panel[outline] == (0, 255, 51)).all()
+        assert (panel[~outline] == image[~outline]).all()
+    assert not np.array_equal(before, after)
+    report = (tmp_path / "m" / "report.html").read_text()
+    assert 'src="before_after.png"' in report
+    for name, labels in (("pred", pred), ("cells", truth)):
+        count = len(np.unique(labels[window])) - 1
+        assert f"{name} ({count} objects" in report
+    assert main(["measure", str(path), "--compare", "nothing", "--out", str(tmp_path / "n"), "-q"]) == 2
+    assert not (tmp_path / "n").exists()
+
+
 def test_densest_window_is_centred_on_the_crowd():
     rng = np.random.default_rng(0)
     rows = np.concatenate([rng.uniform(0, 4000, 50), rng.normal(3000, 40, 400)])

@@ -65,6 +65,13 @@ def overlay_crop(image_crop: np.ndarray, labels_crop: np.ndarray, out: Path) -> 
     plt.imsave(out, np.concatenate([rgb, gap, with_outlines(rgb, labels_crop)], axis=1))
 
 
+def before_after_crop(image_crop: np.ndarray, before: np.ndarray, after: np.ndarray, out: Path) -> None:
+    """A full-resolution crop: the image | outlines of one segmentation (before) | of another (after)."""
+    rgb = display_rgb(image_crop)
+    gap = np.ones((rgb.shape[0], 8, 3), np.float32)
+    plt.imsave(out, np.concatenate([rgb, gap, with_outlines(rgb, before), gap, with_outlines(rgb, after)], axis=1))
+
+
 def class_overlay_crop(image_crop: np.ndarray, labels_crop: np.ndarray, class_of: np.ndarray,
                        colours: list[tuple[int, int, int]], out: Path) -> None:
     """A full-resolution crop: the image | the image with each object's outline in its cell class' colour.
@@ -116,6 +123,17 @@ def accuracy_curve(table: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
+def _compare_parts(summary: dict) -> list[str]:
+    """The before/after section: the same crop outlined by two segmentations, with their object counts."""
+    compare = summary.get("compare")
+    if not compare:
+        return []
+    before, after = html.escape(compare["before"]), html.escape(compare["after"])
+    return [f"<h2>Before / after</h2><p>image | {before} ({compare['before_objects_in_crop']} objects in this crop) | "
+            f"{after} ({compare['after_objects_in_crop']} objects)</p>"
+            '<img src="before_after.png" style="max-width:100%">']
+
+
 def _class_parts(out_dir: Path, summary: dict) -> list[str]:
     """The cell-type sections: class composition, class-coloured overlay, one density map per class."""
     classes = summary.get("classes")
@@ -143,6 +161,7 @@ def write_report(out_dir: Path, slide: Path, summary: dict, region_table: pd.Dat
              '<h2>Full resolution, most crowded place</h2><p><a href="overlay.png">overlay.png</a>: '
              'image | image + outlines</p><img src="overlay.png" style="max-width:100%">',
              '<h2>Density per region</h2><img src="density.png">',
+             *_compare_parts(summary),
              *_class_parts(out_dir, summary),
              "<h2>Regions</h2>", region_table.to_html(index=False, float_format=lambda v: f"{v:.4g}")]
     if accuracy is not None:

@@ -27,7 +27,7 @@ from sparseseg.measure.objects import MeasureInputs, measure_objects
 from sparseseg.tiling.blocks import array_tiles
 from sparseseg.measure.regions import parse_regions, region_table, stain_columns
 from sparseseg.classes import class_colours, most_probable_class
-from sparseseg.measure.report import (accuracy_curve, class_overlay_crop, densest_window, density_heatmap, overlay_crop,
+from sparseseg.measure.report import (accuracy_curve, before_after_crop, class_overlay_crop, densest_window, density_heatmap, overlay_crop,
                                       thumbnail_with_labels, write_report)
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
                   out: str | Path | None = None, block: int = 2048, margin: int = 64, progress: bool = True,
                   report: bool = True, intensities: bool = True, threads: int = 2,
                   channels: tuple[str, ...] | None = None, truth_points: str | Path | None = None,
-                  match_um: float = 3.0, fill_missing: bool = False) -> dict:
+                  match_um: float = 3.0, fill_missing: bool = False, compare: str | None = None) -> dict:
     """Write objects.parquet, regions.parquet/.csv, metrics.json, [accuracy*.csv], report.html to ``out``.
 
     ``report=False`` skips the figures and report.html (batch runs that only need the tables);
@@ -46,7 +46,9 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     (OME names or indices; default every channel of the slide). ``truth_points``: a CSV of annotated cells
     (``y,x[,class]``, level-0 pixels), against which the objects' centroids are matched one-to-one within
     ``match_um``: detection F, and with classes the F of each class (point_accuracy.csv). ``fill_missing``: read
-    image and label chunks missing on disk as their fill value instead of refusing the slide.
+    image and label chunks missing on disk as their fill value instead of refusing the slide. ``compare``:
+    another segmentation of the slide (group or file, e.g. before fine-tuning) drawn beside ``labels`` on the
+    report's crop, with both object counts.
     """
     if threads < 1:
         raise InputError(None, f"--threads must be at least 1, got {threads}")
@@ -61,13 +63,14 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
     if not out.absolute().parent.is_dir():
         raise InputError(out, f"folder {out.absolute().parent} does not exist")
     label_array = resolve_labels(slide, labels, shape, fill_missing)
+    before = (compare, resolve_labels(slide, compare, shape, fill_missing)) if compare is not None else None
     points = read_points_csv(Path(truth_points), shape) if truth_points is not None else None
     if not (math.isfinite(match_um) and match_um > 0):
         raise InputError(None, f"--match-um must be a positive number of micrometres, got {match_um}")
     with writer_lock(slide, "measure"), staged_outputs(out) as staging:
         summary = _measure(slide, info, label_array, labels, regions, truth, staging, block, margin, progress, report,
                            intensities, threads, select_channels(channels, info.channel_names, slide), points,
-                           match_um / info.pixel_size_um[0])
+                           match_um / info.pixel_size_um[0], before)
         if "report" in summary:
             summary["report"] = str(out / Path(summary["report"]).name)
         if isinstance(label_array, zarr.Array) and (slide / "labels" / labels).is_dir():
@@ -79,7 +82,8 @@ def measure_slide(slide: str | Path, labels: str = "cells", regions: str = "grid
 
 def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: str | None, out: Path, block: int,
              margin: int, progress: bool, report: bool, intensities: bool, threads: int,
-             channels: tuple[int, ...] | None, points: PointSet | None = None, match_px: float = 6.0) -> dict:
+             channels: tuple[int, ...] | None, points: PointSet | None = None, match_px: float = 6.0,
+             before: tuple[str, object] | None = None) -> dict:
     """Everything ``measure_slide`` writes, into the folder ``out``."""
     shape = tuple(info.shape[1:])
     image = zarr.open_group(slide, mode="r")["0"]
@@ -132,7 +136,9 @@ def _measure(slide: Path, info, label_array, labels: str, regions: str, truth: s
         summary["point_accuracy"] = point_accuracy(out, points, match_px)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     if report:
-        _figures(slide, info, label_array, per_region, region_set, out, classes, probabilities)
+        crop = _figures(slide, info, label_array, per_region, region_set, out, classes, probabilities)
+        if before is not None:
+            summary["compare"] = compare_crop(info, before[1], label_array, crop, before[0], labels, out)
         summary["report"] = str(write_report(out, slide, summary, per_region, accuracy, accuracy_summary,
                                              accuracy_regions))
     summary["_attrs"] = {"regions": region_set.kind, "cells": int(n_objects),
@@ -185,8 +191,20 @@ def _region_columns(table: Path) -> pd.DataFrame:
 OVERLAY_PX = 400
 
 
+def compare_crop(info, before_array, after_array, window, before: str, after: str, out: Path) -> dict:
+    """before_after.png on the report's crop (image | ``before`` outlines | ``after`` outlines) and the objects
+    of each in that crop."""
+    image = np.asarray(info.levels[0][(slice(None), *window)])
+    before_crop, after_crop = np.asarray(before_array[window]), np.asarray(after_array[window])
+    before_after_crop(image, before_crop, after_crop, out / "before_after.png")
+    return {"before": before, "after": after, "crop": [[s.start, s.stop] for s in window],
+            "before_objects_in_crop": int(np.count_nonzero(np.unique(before_crop))),
+            "after_objects_in_crop": int(np.count_nonzero(np.unique(after_crop)))}
+
+
 def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_set, out: Path,
-             classes: tuple[str, ...] = (), probabilities: np.ndarray | None = None) -> None:
+             classes: tuple[str, ...] = (), probabilities: np.ndarray | None = None) -> tuple[slice, slice]:
+    """The report's figures; returns the full-resolution crop's window (level-0 rows, columns)."""
     level = len(info.levels) - 1
     image_level = np.asarray(info.levels[level])
     factor = 2**level
@@ -209,3 +227,4 @@ def _figures(slide: Path, info, label_array, per_region: pd.DataFrame, region_se
                            class_colours(classes), out / "class_overlay.png")
         for name in classes:  # e.g. lymphocytes per mm2 in each region: the TIL density
             density_heatmap(per_region, region_set, out / f"density_{name}.png", f"{name}_density_per_mm2", name)
+    return window
