@@ -32,6 +32,7 @@ class InstanceParams:
 
 
 FIXED_POINT_BITS = 16  # positions in 1/65536 px: integer arithmetic is exact and translation-invariant
+CPU_CHUNK = 65536  # trajectories integrated together on a CPU (their temporaries stay in cache)
 
 
 def max_travel(n_steps: int) -> float:
@@ -65,9 +66,6 @@ def euler_endpoints(flow: torch.Tensor, seeds: torch.Tensor, n_steps: int,
         part = slice(start, start + chunk)
         pos[part], stopped[part] = _integrate(velocities, (h, w), pos[part], n_steps, trail, open_edges)
     return pos.to(torch.float64) / (1 << FIXED_POINT_BITS), stopped
-
-
-CPU_CHUNK = 65536  # trajectories integrated together on a CPU
 
 
 def _integrate(velocities: torch.Tensor, shape: tuple[int, int], pos: torch.Tensor, n_steps: int,

@@ -58,18 +58,15 @@ def densest_window(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], s
     return slice(top, top + height), slice(left, left + width)
 
 
-def overlay_crop(image_crop: np.ndarray, labels_crop: np.ndarray, out: Path) -> None:
-    """A full-resolution crop side by side: the image | the image with each object's outline."""
+def overlay_crop(image_crop: np.ndarray, labels_crop: np.ndarray, out: Path, before: np.ndarray | None = None
+                 ) -> None:
+    """A full-resolution crop side by side: the image | the image with each object's outline; with ``before``
+    (another segmentation of the crop), image | its outlines | these."""
     rgb = display_rgb(image_crop)
     gap = np.ones((rgb.shape[0], 8, 3), np.float32)
-    plt.imsave(out, np.concatenate([rgb, gap, with_outlines(rgb, labels_crop)], axis=1))
-
-
-def before_after_crop(image_crop: np.ndarray, before: np.ndarray, after: np.ndarray, out: Path) -> None:
-    """A full-resolution crop: the image | outlines of one segmentation (before) | of another (after)."""
-    rgb = display_rgb(image_crop)
-    gap = np.ones((rgb.shape[0], 8, 3), np.float32)
-    plt.imsave(out, np.concatenate([rgb, gap, with_outlines(rgb, before), gap, with_outlines(rgb, after)], axis=1))
+    panels = [rgb] + [part for labels in ([before] if before is not None else []) + [labels_crop]
+                      for part in (gap, with_outlines(rgb, labels))]
+    plt.imsave(out, np.concatenate(panels, axis=1))
 
 
 def class_overlay_crop(image_crop: np.ndarray, labels_crop: np.ndarray, class_of: np.ndarray,

@@ -27,7 +27,7 @@ from sparseseg.measure.objects import MeasureInputs, measure_objects
 from sparseseg.tiling.blocks import array_tiles
 from sparseseg.measure.regions import parse_regions, region_table, stain_columns
 from sparseseg.classes import class_colours, most_probable_class
-from sparseseg.measure.report import (accuracy_curve, before_after_crop, class_overlay_crop, densest_window, density_heatmap, overlay_crop,
+from sparseseg.measure.report import (accuracy_curve, class_overlay_crop, densest_window, density_heatmap, overlay_crop,
                                       thumbnail_with_labels, write_report)
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def compare_crop(info, before_array, after_array, window, before: str, after: st
     of each in that crop."""
     image = np.asarray(info.levels[0][(slice(None), *window)])
     before_crop, after_crop = np.asarray(before_array[window]), np.asarray(after_array[window])
-    before_after_crop(image, before_crop, after_crop, out / "before_after.png")
+    overlay_crop(image, after_crop, out / "before_after.png", before=before_crop)
     return {"before": before, "after": after, "crop": [[s.start, s.stop] for s in window],
             "before_objects_in_crop": int(np.count_nonzero(np.unique(before_crop))),
             "after_objects_in_crop": int(np.count_nonzero(np.unique(after_crop)))}
