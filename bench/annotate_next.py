@@ -17,6 +17,7 @@ background, the rest unknown); the first ``--pool`` `train` images are the pool,
 by detection F and mean per-class F (`bench/brca.py`).
 
     python bench/annotate_next.py [--rounds 3] [--regions 4] [--size 50] [--minutes 5] [--strategies suggest random crowded]
+                                  [--seed 0]
     python bench/annotate_next.py --dataset brca --pool 20 --rounds 3 --regions 4 --size 50 --minutes 2
 """
 
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["suggest", "random", "crowded"])
     parser.add_argument("--model", type=Path, default=BUNDLED)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="random squares' draw and training's seed")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sparseseg-bench/annotate-next"))
     args = parser.parse_args()
     pool, held_out, pixel_size, images, truths = load_pool(args)
@@ -187,7 +189,7 @@ def main() -> None:
                              "none"], log)
         annotated = {name: np.zeros(truths[name].shape, np.uint32) for name in truths}
         tables: dict[str, dict[int, str]] = {name: {} for name in truths}
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(args.seed)
         model, curve = args.model, []
         for round_ in range(1, args.rounds + 1):
             for name, y, x in pick(strategy, pool, annotated, truths, edge, args.size, args.regions, model, work,
@@ -205,7 +207,8 @@ def main() -> None:
             out = work / f"round{round_}.pt"
             run(SPARSESEG + ["train", "--images", str(work / "images"), "--annotations", str(work / "annotations"),
                              "--pixel-size", str(pixel_size), "--init", str(model), "--minutes", str(args.minutes),
-                             "--out", str(out), "-q"] + (["--loss", "eikonal", "--class-weight", "5"] if points else []),
+                             "--out", str(out), "-q", "--seed", str(args.seed)]
+                + (["--loss", "eikonal", "--class-weight", "5"] if points else []),
                 log)
             model = out
             area = sum(int((a > 0).sum()) for a in annotated.values()) * pixel_size**2 / 1e6
