@@ -37,7 +37,21 @@ def _corrupt_tiles(tmp_path):
         for offset, count in list(zip(page.dataoffsets, page.databytecounts))[40:80]:
             data[offset: offset + count] = bytes(count)
     path.write_bytes(bytes(data))
-    return path, "failed while reading pixel data"
+    return path, "is corrupt ("
+
+
+def _corrupt_jpeg_entropy_data(tmp_path):
+    """An SVS whose one tile has 300 bytes of its entropy-coded data overwritten, its markers intact: libjpeg
+    decodes it with a warning to wrong pixels, which imagecodecs does not pass on (OpenSlide refuses it)."""
+    path = tmp_path / "garbled.svs"
+    data = bytearray(SVS.read_bytes())
+    with tifffile.TiffFile(SVS) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[5], page.databytecounts[5]
+    middle = offset + count // 2
+    data[middle: middle + 300] = np.random.default_rng(0).integers(0, 255, 300, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path, "JPEG tile 5 (rows 0-240, columns 1200-1440 of its level) is corrupt (Corrupt JPEG data"
 
 
 def _not_an_image(tmp_path):
@@ -65,7 +79,8 @@ def _int64_tiff(tmp_path):
     return path, "unsupported pixel type int64"
 
 
-@pytest.mark.parametrize("make_bad", [_truncated_tiff, _corrupt_tiles, _not_an_image, _zarr_without_multiscales,
+@pytest.mark.parametrize("make_bad", [_truncated_tiff, _corrupt_tiles, _corrupt_jpeg_entropy_data,
+                                      _not_an_image, _zarr_without_multiscales,
                                       _unsupported_dtype, _int64_tiff])
 def test_bad_input_gives_one_line_error_and_no_output(make_bad, tmp_path, capsys):
     src, problem = make_bad(tmp_path)

@@ -18,6 +18,7 @@ import tifffile
 import zarr
 
 from sparseseg.errors import InputError
+from sparseseg.io.jpeg_check import jpeg_tiles
 from sparseseg.io.slide import Slide, default_channel_names
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,21 @@ class TiffLevel:
         self.mtime_ns = os.stat(path).st_mtime_ns
 
     def __getitem__(self, key):
+        tiles = jpeg_tiles(self.path, self.series, self.level, self.mtime_ns)
+        if tiles is not None:
+            rows, cols = (slice(*k.indices(n)[:2]) for k, n in zip(_as_slices(key, self.ndim), self.shape))
+            tiles.verify(rows, cols)
         return _open_level(self.path, self.series, self.level, self.mtime_ns)[key]
 
     def __dask_tokenize__(self):
         return ("TiffLevel", self.path, self.series, self.level, self.mtime_ns)
+
+
+def _as_slices(key, ndim: int) -> tuple[slice, ...]:
+    """The (rows, columns) slices of an indexing key (dask passes a tuple of slices; an int picks one row)."""
+    key = key if isinstance(key, tuple) else (key,)
+    key = key + (slice(None),) * (ndim - len(key))
+    return tuple(k if isinstance(k, slice) else slice(int(k), int(k) + 1) for k in key[:2])
 
 
 def _check_declared_size(path: Path, page) -> None:
