@@ -143,11 +143,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from sparseseg.train.calibrate import calibrate_checkpoint
     from sparseseg.train.request import DataSpec
 
-    if args.out is not None and args.out.is_dir():
-        raise InputError(args.out, "is a folder; --out names the checkpoint file to write")
     data = DataSpec(slides=tuple(str(p) for p in args.data or ()), images=str(args.images) if args.images else None,
                     annotations=str(args.annotations) if args.annotations else None, channels=args.channels)
-    result = calibrate_checkpoint(args.model, data.open(), out=args.out, device=args.device)
+    result = calibrate_checkpoint(args.model, data.open(), out=args.out, device=args.device,
+                                  overwrite=args.overwrite)
     if result is None:
         raise InputError(args.annotations or args.data[0], "holds no annotated object to calibrate on")
     print(f"calibrated on {result.objects} annotated objects in {result.windows} windows ({result.settings} settings): "
@@ -352,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=names, metavar="NAME[,NAME]", help="channels the model takes")
     p.add_argument("--out", type=Path, metavar="MODEL.pt", help="write the calibrated checkpoint here (default: "
                    "update --model in place)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
     p.set_defaults(func=_cmd_calibrate)
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -26,9 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden ones too) with a hash of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under ``folder`` (hidden ones too) with a hash of its bytes; special files (FIFOs) by their
+    type, so one replaced by a regular file shows."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file()
+            else f"special {stat.S_IFMT(p.lstat().st_mode):o}"
+            for p in sorted(folder.rglob("*")) if not p.is_dir()}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,9 @@ def work(tmp_path_factory, fluo_model, fluo_training_folders) -> Path:
     shutil.copytree(root / "slide.ome.zarr" / "labels" / "tissue", root / "slide.ome.zarr" / "labels" / "manual")
     (root / "notes.txt").write_text("a text file, not an image\n")
     (root / "folder").mkdir()
+    os.mkfifo(root / "pipe")  # a special file as an output: never written through or replaced
+    (root / "measured-pipe").mkdir()
+    os.mkfifo(root / "measured-pipe" / "objects.parquet")
     nan = np.full((64, 64), np.nan, np.float32)
     tifffile.imwrite(root / "nan.tif", nan)
     bad_images = root / "bad-annotations"
@@ -149,6 +155,7 @@ HOSTILE_GEOJSON = {  # name: (GeoJSON, text of the one error line)
 }
 
 _TRAIN = ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out", "{w}/t.pt"]
+_CALIBRATE = ["calibrate", "--model", "{w}/" + M, "--images", "{w}/images", "--annotations", "{w}/annotations"]
 
 CASES = [  # (id, argv with {w} for the workspace, text the one error line must contain)
     ("ingest-missing-source", ["ingest", "{w}/nope.tif", "{w}/x.ome.zarr"], "nope.tif"),
@@ -265,6 +272,17 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
     ("suggest-model-missing", ["suggest", "{w}/" + S, "--model", "{w}/nope.pt", "--out", "{w}/next"], "nope.pt"),
     ("calibrate-model-missing", ["calibrate", "--model", "{w}/nope.pt", "--images", "{w}/images", "--annotations",
                                  "{w}/annotations"], "nope.pt"),
+    # outputs: an existing one only with --overwrite, never a special file (calibrate replaced both, 2026-12-07)
+    ("calibrate-out-existing", _CALIBRATE + ["--out", "{w}/notes.txt"], "--overwrite"),
+    ("calibrate-out-not-checkpoint", _CALIBRATE + ["--out", "{w}/notes.txt", "--overwrite"],
+     "not a sparseseg checkpoint"),
+    ("calibrate-out-pipe", _CALIBRATE + ["--out", "{w}/pipe", "--overwrite"], "regular file"),
+    ("calibrate-out-device", _CALIBRATE + ["--out", "/dev/null", "--overwrite"], "regular file"),
+    ("calibrate-out-folder", _CALIBRATE + ["--out", "{w}/folder"], "is a folder"),
+    ("export-onto-pipe", ["export", "geojson", "{w}/" + S, "--out", "{w}/pipe", "--overwrite"], "regular file"),
+    ("train-out-pipe", ["train", "--images", "{w}/images", "--annotations", "{w}/annotations", "--out", "{w}/pipe",
+                        "--overwrite"], "not a sparseseg checkpoint"),
+    ("measure-out-holds-pipe", ["measure", "{w}/" + S, "--out", "{w}/measured-pipe"], "regular file"),
     # round three: every option's range and every input kind's wrong file, one line each (issue 26)
     ("ingest-chunk-zero", ["ingest", "{w}/fluo.tif", "{w}/x.ome.zarr", "--chunk", "0"], "--chunk"),
     ("ingest-chunk-48", ["ingest", "{w}/fluo.tif", "{w}/x.ome.zarr", "--chunk", "48"], "multiple of 16"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from shapely.geometry import mapping
 
 from sparseseg.errors import InputError
 from sparseseg.geometry.polygons import mask_to_polygon
-from sparseseg.files.atomic import remove_leftovers, staged_file
+from sparseseg.files.atomic import check_output_file, remove_leftovers, staged_file
 from sparseseg.files.lock import writer_lock
 from sparseseg.classes import class_colours
 from sparseseg.io.labels import LABELS_RUN_KEY, label_source, labels_run_id, object_classes, resolve_labels
@@ -181,24 +180,6 @@ def export_geojson(labels, out: Path, block: int = 2048, margin: int = 64, class
             fh.write("\n]}\n")
         check_unique_ids(np.concatenate(written) if written else np.zeros(0, np.int64), source, margin)
     return count
-
-
-def check_output_file(out: Path, overwrite: bool = False) -> Path:
-    """``out`` if a file can be written there: not a folder or a device, pipe or other non-regular file; an existing
-    file only with ``overwrite``; in a folder that exists and is writable."""
-    out = Path(out)
-    if out.is_dir():
-        raise InputError(out, "is a folder; give the file to write (e.g. cells.geojson.gz)")
-    if out.exists() and not out.is_file():
-        raise InputError(out, "is not a regular file (a device, pipe or socket); the export is written to a new file "
-                              "and renamed into place, which would replace it")
-    if out.exists() and not overwrite:
-        raise InputError(out, "already exists (use --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise InputError(out, f"folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise InputError(out, f"folder {out.parent} is not writable")
-    return out
 
 
 def export_slide_geojson(slide: Path, labels: str, out: Path, classification: str = "Nucleus",

@@ -20,6 +20,30 @@ from sparseseg.errors import InputError, write_failure
 log = logging.getLogger(__name__)
 
 
+def check_output_file(out: Path, overwrite: bool = False, example: str = "cells.geojson.gz") -> Path:
+    """``out`` if a file can be written there: not a folder or a device, pipe or other non-regular file; an existing
+    file only with ``overwrite``; in a folder that exists and is writable."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(out, f"is a folder; give the file to write (e.g. {example})")
+    refuse_special_file(out)
+    if out.exists() and not overwrite:
+        raise InputError(out, "already exists (use --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise InputError(out, f"folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise InputError(out, f"folder {out.parent} is not writable")
+    return out
+
+
+def refuse_special_file(out: Path) -> None:
+    """Refuse an output path holding a device, pipe or socket: a staged write renames a new file onto the path,
+    which would replace the node (run as root, ``--out /dev/full`` once became a regular file)."""
+    if out.exists() and not out.is_dir() and not out.is_file():
+        raise InputError(out, "is not a regular file (a device, pipe or socket); the output is written to a new file "
+                              "and renamed into place, which would replace it")
+
+
 def remove_leftovers(dst: Path) -> list[str]:
     """Remove ``.NAME.partial-*`` / ``.NAME.old-*`` siblings of ``dst`` left by killed runs; returns their names.
 
@@ -91,6 +115,7 @@ def staged_directory(dst: Path, overwrite: bool = False) -> Iterator[Path]:
 def staged_file(dst: Path) -> Iterator[Path]:
     """Yield a unique temporary sibling file of ``dst``; renamed to ``dst`` on success, removed on error."""
     dst = Path(dst).absolute()
+    refuse_special_file(dst)
     tmp = temporary_sibling(dst)
     try:
         yield tmp
@@ -114,8 +139,15 @@ def staged_outputs(folder: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         _refuse_if_out_of_room(folder, exc)
         raise
+    items = sorted(tmp.iterdir())
+    try:
+        for item in items:  # all checked before any moves: a refusal leaves the folder as it was
+            refuse_special_file(folder / item.name)
+    except InputError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     folder.mkdir(exist_ok=True)
-    for item in sorted(tmp.iterdir()):
+    for item in items:
         target = folder / item.name
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
