@@ -89,13 +89,9 @@ class TrainRequest:
         if out.exists() and not (self.resume or self.overwrite):
             raise InputError(out, "already exists (use --overwrite to replace it, or --resume to continue it)")
         if out.exists() and self.overwrite:
-            from sparseseg.model.checkpoint import load_checkpoint
+            from sparseseg.train.calibrate import check_checkpoint_out
 
-            try:
-                load_checkpoint(out)
-            except InputError:
-                raise InputError(out, "exists and is not a sparseseg checkpoint; --overwrite only replaces those") \
-                    from None
+            check_checkpoint_out(out, overwrite=True)
         factor = 2 ** self.model.depth
         if self.config.patch < 2 * factor or self.config.patch % factor:
             raise InputError(None, f"--patch must be a multiple of {factor} (2 ** depth) and at least {2 * factor}, "
