@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from sparseseg.errors import InputError
-from sparseseg.files.atomic import staged_file
+from sparseseg.files.atomic import check_output_file, staged_file
 from sparseseg.model.unet import UNet, UNetConfig
 
 FORMAT = "sparseseg-checkpoint-v1"
@@ -39,6 +39,18 @@ def update_checkpoint(path: Path, out: Path, **values: Any) -> None:
     state.update(values)
     with staged_file(Path(out)) as tmp:
         torch.save(state, tmp)
+
+
+def check_checkpoint_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that writing the checkpoint would wrongly replace, before any work: a folder, a device or
+    pipe, an existing file without ``overwrite``, or with it a file that is not a sparseseg checkpoint."""
+    check_output_file(out, overwrite, example="model.pt")
+    if out.exists():
+        try:
+            load_checkpoint(out)
+        except InputError:
+            raise InputError(out, "exists and is not a sparseseg checkpoint; --overwrite only replaces those") \
+                from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

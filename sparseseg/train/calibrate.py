@@ -21,10 +21,8 @@ from sparseseg.infer.predictor import Predictor
 from sparseseg.instances.dynamics import (InstanceParams, finalize_clusters, flow_errors, merge_lobes,
                                           trajectory_clusters)
 from sparseseg.metrics.sparse import Counts, sparse_counts
-from sparseseg.errors import InputError
-from sparseseg.files.atomic import check_output_file
 from sparseseg.files.lock import writer_lock
-from sparseseg.model.checkpoint import load_checkpoint, update_checkpoint
+from sparseseg.model.checkpoint import check_checkpoint_out, load_checkpoint, update_checkpoint
 from sparseseg.train.data import resample_window, scale_to_model
 
 log = logging.getLogger(__name__)
@@ -170,18 +168,6 @@ def calibrate_checkpoint(checkpoint: Path, sources, out: Path | None = None, dev
         check_checkpoint_out(Path(out), overwrite)
     with writer_lock(out or checkpoint, "calibrate", inside=False):
         return calibrate_unlocked(checkpoint, sources, out, device)
-
-
-def check_checkpoint_out(out: Path, overwrite: bool) -> None:
-    """Refuse an ``out`` that writing the checkpoint would wrongly replace, before any work: a folder, a device or
-    pipe, an existing file without ``overwrite``, or with it a file that is not a sparseseg checkpoint."""
-    check_output_file(out, overwrite, example="model.pt")
-    if out.exists():
-        try:
-            load_checkpoint(out)
-        except InputError:
-            raise InputError(out, "exists and is not a sparseseg checkpoint; --overwrite only replaces those") \
-                from None
 
 
 def calibrate_unlocked(checkpoint: Path, sources, out: Path | None, device: str | None) -> Calibration | None:

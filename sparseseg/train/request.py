@@ -89,7 +89,7 @@ class TrainRequest:
         if out.exists() and not (self.resume or self.overwrite):
             raise InputError(out, "already exists (use --overwrite to replace it, or --resume to continue it)")
         if out.exists() and self.overwrite:
-            from sparseseg.train.calibrate import check_checkpoint_out
+            from sparseseg.model.checkpoint import check_checkpoint_out
 
             check_checkpoint_out(out, overwrite=True)
         factor = 2 ** self.model.depth
