@@ -2,8 +2,9 @@
 
 Prints, measured in one run: (1) overhead = segment wall time / pure network forward time over
 the same tiles (the blocks in segment's groups, each group sharing its tile cache as in segment),
-on the same Dask workers with the same torch threads (run as plain tasks after segment, on warm
-workers); (2) amplification = network input pixels (tiles run x tile area) / pixels written; (3) peak
+on the same Dask workers with the same torch threads (run as plain tasks after segment); both on warm
+workers (imports done, model loaded, one tile run: the warm-up's seconds are printed, a cold `segment`
+pays them once per worker); (2) amplification = network input pixels (tiles run x tile area) / pixels written; (3) peak
 RSS per worker at 1x and 4x; (4) wall time 4x / 1x; (5) throughput in megapixels/s.
 The slides tile the CC0 CMU-1 region (JPEG-tiled TIFF, then `sparseseg ingest` with the model's
 pixel size, so no resampling is timed); the model is the committed DSB nuclei checkpoint (or --model).
@@ -67,15 +68,30 @@ def _forget_tiles() -> None:
     _run_fields.cache_clear()
 
 
+def _warm_up(job: BlockJob, threads: int) -> float:
+    """Import, load the model and run one tile on this worker, then forget that tile; returns the seconds."""
+    start = time.perf_counter()
+    torch.set_num_threads(threads)
+    fields = slide_fields(job)
+    fields.compute([fields.load((slice(0, 1), slice(0, 1)))])
+    _forget_tiles()
+    return time.perf_counter() - start
+
+
+def warm_workers(client, slide: Path, model: Path, options: SegmentOptions) -> float:
+    """Warm every worker (``_warm_up``) before anything is timed; returns the slowest worker's seconds."""
+    job = plan_segment(slide, model, replace(options, overwrite=True)).job
+    return max(client.run(_warm_up, job, options.threads).values())
+
+
 def forward_only_seconds(client, slide: Path, model: Path, options: SegmentOptions, workers: int
                          ) -> tuple[float, int]:
     """(seconds, tiles): the network forward (read + normalise + predict) over exactly the tiles segment's blocks
     run, in segment's block groups, as Dask tasks on the same workers with the same torch threads, nothing
-    else. Runs after segment, so the workers are warm (model cached): the comparison is conservative."""
+    else. Runs after segment, on workers warmed the same way."""
     plan = plan_segment(slide, model, replace(options, overwrite=True))
     groups = block_groups(list(plan.grid.blocks()), workers)
-    client.run(_forward_group, plan.job, groups[0][:1], options.threads)  # every worker has loaded the model
-    client.run(_forget_tiles)
+    client.run(_warm_up, plan.job, options.threads)  # also drops segment's cached tiles
     start = time.perf_counter()
     tiles = client.gather(client.map(_forward_group, [plan.job] * len(groups), groups,
                                      [options.threads] * len(groups), pure=False))
@@ -99,6 +115,7 @@ def run(edge: int, workdir: Path, model: Path, block: int, margin: int, workers:
     with cluster, Client(cluster) as client:
         options = SegmentOptions(block=block, margin=margin, threads=threads, tile=tile, precision=precision,
                                  scheduler=cluster.scheduler_address, progress=False)
+        warm = warm_workers(client, slide, model, options)
         start = time.perf_counter()
         result = segment_slide(slide, model, options)
         wall = time.perf_counter() - start
@@ -109,7 +126,7 @@ def run(edge: int, workdir: Path, model: Path, block: int, margin: int, workers:
             "worker_rss_mb": rss, "skipped": result.skipped_blocks, "blocks": result.n_blocks,
             "shape": labels.shape, "forward": forward, "timings": result.timings, "large": result.large_objects,
             "large_pixels": result.large_pixels, "forward_tiles": tiles, "large_tiles": result.large_tiles,
-            "large_windows": result.large_windows}
+            "large_windows": result.large_windows, "warm_up": warm}
 
 
 def identical_objects(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
@@ -164,14 +181,16 @@ def main() -> None:
               f"{small['wall'] / forward:.2f} (against every tile segment ran: {small['wall'] / all_tiles:.2f}), "
               f"amplification {small['amplification']:.3f}, "
               f"{args.edge**2 / 1e6 / small['wall']:.2f} Mpx/s, worker RSS {small['worker_rss_mb']:.0f} MB; "
-              f"{small['objects']} objects, passes {small['timings']}")
+              f"{small['objects']} objects, passes {small['timings']}; workers' warm-up before timing "
+              f"{small['warm_up']:.1f} s")
         print(large_line)
         return
     large = run(2 * args.edge, args.workdir, args.model, args.block, args.margin, args.workers, args.threads,
                 tile=args.tile, precision=args.precision)
     mpx = args.edge**2 / 1e6
     print(f"1x {args.edge}^2: segment {small['wall']:.1f} s, {small['objects']} objects, "
-          f"{small['blocks']} blocks ({small['skipped']} without tissue); passes {small['timings']}")
+          f"{small['blocks']} blocks ({small['skipped']} without tissue); passes {small['timings']}; workers' "
+          f"warm-up before timing {small['warm_up']:.1f} s")
     print(large_line)
     print(f"1x pure network forward over the same tiles, workers ({args.workers}) and threads ({args.threads}): "
           f"{forward:.1f} s")

@@ -84,16 +84,19 @@ def slurm_cluster(spec: dict[str, Any]):
 
 
 def worker_environment():
-    """Config for starting local worker processes: without Dask's MALLOC_TRIM_THRESHOLD_=65536.
+    """Config for starting local worker processes: without Dask's MALLOC_TRIM_THRESHOLD_=65536, and without
+    the statistical profiler.
 
     Setting that variable also fixes glibc's mmap threshold at 128 KiB, so every large numpy
     temporary is a fresh mmap whose pages fault in again: instance post-processing ran 2.5x slower
     in Dask workers than in a plain process (measured, docs/segment.md). A value exported in the
-    environment still wins, as Dask documents.
+    environment still wins, as Dask documents. The profiler samples every thread's stack every 10 ms
+    for a dashboard these clusters do not start: 2-5 % of a worker's CPU (docs/benchmarks.md).
     """
     import dask
 
-    return dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
+    return dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                            "distributed.worker.profile.enabled": False})
 
 
 def worker_log_path() -> Path:

@@ -235,3 +235,19 @@ def test_local_workers_start_without_dask_malloc_trim(monkeypatch):
     with dask_client({"kind": "local", "n_workers": 1}) as client:
         (trim, omp), = client.run(_worker_environ).values()
     assert trim is None and omp == "1"  # Dask's other worker defaults stay
+
+
+def _worker_profiles(dask_worker) -> bool:
+    return "profile" in dask_worker.periodic_callbacks
+
+
+def test_local_workers_run_without_the_statistical_profiler():
+    """The profiler samples every thread every 10 ms for a dashboard our clusters never start; it is off."""
+    from sparseseg.cluster import dask_client
+
+    with dask_client({"kind": "local", "n_workers": 1}) as client:
+        assert list(client.run(_worker_profiles).values()) == [False]
+    from distributed import Client, LocalCluster  # a plain LocalCluster has it: the check above can fail
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+        assert list(client.run(_worker_profiles).values()) == [True]

@@ -81,3 +81,25 @@ def test_slivers_at_most_two_pixels_wide_are_no_objects():
     final = finalize_clusters(clusters, zero_flow, InstanceParams(min_size=10, flow_error_threshold=10.0))
     assert sorted(np.unique(final).tolist()) == [0, 3, 4]
     assert (final == 3).sum() == 75 and (final == 4).sum() == 100
+
+
+@pytest.mark.parametrize("edges", [(False,) * 4, (True, True, True, True), (True, False, False, True)])
+def test_end_points_are_the_same_with_int32_and_int64_positions(monkeypatch, edges):
+    """Windows under 32k px integrate int32 positions, larger ones int64: end points, stops and trails agree
+    to the bit (a real H&E patch's exact fields, noise added so trajectories cross pixels off-grid)."""
+    from sparseseg.instances import dynamics
+
+    truth = tifffile.imread(DSB / "labels" / "he_65c8527c.tif").astype(np.int64)
+    targets = compute_targets(PatchAnnotation.from_dense(truth))
+    flow = torch.from_numpy(targets.flow + np.random.default_rng(0).normal(0, 0.3, targets.flow.shape)).float()
+    seeds = torch.nonzero(torch.from_numpy(targets.distance) > 0)
+    assert dynamics.position_dtype(flow.shape[1:]) == torch.int32
+    assert dynamics.position_dtype((40_000, 10)) == torch.int64  # 40k px * 65536 does not fit int32
+    results = []
+    for kind in (torch.int32, torch.int64):
+        monkeypatch.setattr(dynamics, "position_dtype", lambda shape, kind=kind: kind)
+        trail = torch.zeros(flow.shape[1:], dtype=torch.bool)
+        ends, stopped = dynamics.euler_endpoints(flow, seeds, 30, trail, edges)
+        results.append((ends, stopped, trail))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert results[0][1].any() == any(edges)  # open edges do stop some trajectories

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import zarr
 
 from sparseseg.io.ngff import create_level_array, write_image_metadata
@@ -54,3 +55,18 @@ def test_chunk_to_blocks_lookup_by_index_arithmetic_equals_a_scan():
                    if b.context[0].start < window[0].stop and window[0].start < b.context[0].stop
                    and b.context[1].start < window[1].stop and window[1].start < b.context[1].stop]
         assert [b.index for b in grid.blocks_touching(window)] == scanned
+
+
+@pytest.mark.parametrize("n_blocks, workers", [(1, 1), (16, 2), (240, 2), (1000, 4)])
+def test_block_groups_shrink_to_single_blocks_at_the_end(n_blocks, workers):
+    """Consecutive blocks, every block once, long groups first (never above MAX_GROUP) and single blocks last,
+    so the last tasks are short whatever the slide size."""
+    from sparseseg.segment.run import MAX_GROUP, block_groups
+
+    groups = block_groups(list(range(n_blocks)), workers)
+    assert [b for g in groups for b in g] == list(range(n_blocks))
+    sizes = [len(g) for g in groups]
+    assert sizes == sorted(sizes, reverse=True) and max(sizes) <= MAX_GROUP and sizes[-1] == 1
+    assert sizes.count(1) <= 4 * workers  # the tail is short: few single-block tasks
+    if n_blocks >= 240:
+        assert sizes[0] == MAX_GROUP

@@ -61,9 +61,16 @@ class SegmentResult:
 
 
 def block_groups(blocks: list, workers: int) -> list[list]:
-    """Consecutive blocks in groups of about ``len / (4 workers)`` (1 .. MAX_GROUP)."""
-    size = max(1, min(MAX_GROUP, math.ceil(len(blocks) / (4 * max(1, workers)))))
-    return [blocks[i:i + size] for i in range(0, len(blocks), size)]
+    """Consecutive blocks in groups that shrink towards the end (guided self-scheduling): each takes about
+    1 / (4 workers) of the blocks still left (1 .. MAX_GROUP), so early groups are long enough for the
+    read-ahead pipeline and the tile cache, and the last ones are single blocks: no worker idles long
+    while another finishes a long last group."""
+    groups, start, share = [], 0, 4 * max(1, workers)
+    while start < len(blocks):
+        size = max(1, min(MAX_GROUP, math.ceil((len(blocks) - start) / share)))
+        groups.append(blocks[start:start + size])
+        start += size
+    return groups
 
 
 def _prepare_work(plan: SegmentPlan, resume: bool) -> None:
