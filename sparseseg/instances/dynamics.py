@@ -311,12 +311,14 @@ def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstancePa
     is a sliver at most 2 px wide. Each object depends on its own cluster's pixels only,
     so a cluster computed exactly in a block gives exactly the whole image's object.
     """
-    if errors is None:  # the flow error of each cluster (given when several thresholds are tried on one set)
-        errors = flow_errors(clusters, np.asarray(flow, np.float32), torch.get_num_threads())
     sizes = np.bincount(clusters.ravel())
-    keep = np.ones(sizes.size, bool)
+    keep = sizes >= params.min_size  # below the size floor a cluster goes whatever its flow
     keep[0] = False
-    keep[[k for k, e in errors.items() if e > params.flow_error_threshold or sizes[k] < params.min_size]] = False
+    if errors is None:  # the flow error of each cluster (given when several thresholds are tried on one set);
+        # each cluster's own flow depends on its own pixels only, so the small ones are left out of the transform
+        errors = flow_errors(np.where(keep[clusters], clusters, np.uint32(0)), np.asarray(flow, np.float32),
+                             torch.get_num_threads())
+    keep[[k for k, e in errors.items() if e > params.flow_error_threshold]] = False
     labels = largest_pieces(np.where(keep[clusters], clusters, 0).astype(np.uint32))
     left = np.bincount(labels.ravel(), minlength=sizes.size)
     inner = np.bincount(labels[interior(labels)], minlength=sizes.size)

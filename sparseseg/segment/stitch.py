@@ -38,8 +38,10 @@ def block_record(job: BlockJob, block: Block, output: np.ndarray, device: str = 
     objects = ndi.value_indices(final, ignore_value=0)
     kept, handed, candidates, dropped = [], [], [], 0
     for k, (rows, cols) in ndi.value_indices(found.clusters, ignore_value=0).items():
-        in_core = (rows >= ry0) & (rows < ry1) & (cols >= rx0) & (cols < rx1)
         obj = objects.get(k)
+        if obj is None and found.exact[k]:  # exact and no object (too small, flow error): nothing to record
+            continue
+        in_core = (rows >= ry0) & (rows < ry1) & (cols >= rx0) & (cols < rx1)
         owned = obj is not None and grid.owner(int(obj[0].min()) + cy0, int(obj[1].min()) + cx0) == block.index
         if not found.exact[k]:  # may differ from the whole image's: grown windows decide
             if in_core.any():
