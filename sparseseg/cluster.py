@@ -91,7 +91,7 @@ def worker_environment():
     temporary is a fresh mmap whose pages fault in again: instance post-processing ran 2.5x slower
     in Dask workers than in a plain process (measured, docs/segment.md). A value exported in the
     environment still wins, as Dask documents. The profiler samples every thread's stack every 10 ms
-    for a dashboard these clusters do not start: 2-5 % of a worker's CPU (docs/benchmarks.md).
+    for a dashboard these clusters do not start: about 3 % of a worker's CPU (docs/benchmarks.md).
     """
     import dask
 
