@@ -16,6 +16,7 @@ from pathlib import Path
 from sparseseg.errors import InputError
 from sparseseg.files.atomic import remove_leftovers
 from sparseseg.files.lock import writer_lock
+from sparseseg.model.checkpoint import check_checkpoint_out
 from sparseseg.model.unet import UNetConfig
 from sparseseg.train.data import (channel_names, class_names_of, label_point_sources, scale_to_model,
                                   source_pixel_size, split_sources)
@@ -89,8 +90,6 @@ class TrainRequest:
         if out.exists() and not (self.resume or self.overwrite):
             raise InputError(out, "already exists (use --overwrite to replace it, or --resume to continue it)")
         if out.exists() and self.overwrite:
-            from sparseseg.model.checkpoint import check_checkpoint_out
-
             check_checkpoint_out(out, overwrite=True)
         factor = 2 ** self.model.depth
         if self.config.patch < 2 * factor or self.config.patch % factor:
