@@ -169,7 +169,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                              tile=args.tile, resume=args.resume, overwrite=args.overwrite, large_objects=args.large_objects,
                              max_object_um=args.max_object_um, params=_instance_overrides(args),
                              channels=args.channels, fill_missing=args.fill_missing, tta=args.tta,
-                             precision=args.precision, progress=not args.quiet)
+                             precision=args.precision, working_pixel_size_um=args.working_pixel_size,
+                             progress=not args.quiet)
     result = segment_slide(args.slide, args.model, options)
     left_out = result.too_large + result.dropped_objects
     print(f"wrote {result.labels}: {result.n_objects} objects from {result.n_blocks} blocks "
@@ -370,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                    help="network arithmetic: fp32 (default), bf16 (about 1.6x faster on CPUs with AVX512-BF16/AMX "
                         "and on GPUs; see docs/benchmarks.md for its accuracy), auto = bf16 where the hardware has it")
+    p.add_argument("--working-pixel-size", type=positive_float, metavar="UM",
+                   help="run the model on a grid of UM micrometres per pixel instead of the pixel size it was trained "
+                        "at (its instance parameters stay in pixels of that grid); a finer grid can suit 40x slides "
+                        "(docs/accuracy.md)")
     p.add_argument("--block", type=positive_int, default=2048, metavar="PX",
                    help="block edge in px, a multiple of the network downsampling factor (default 2048)")
     p.add_argument("--margin", type=non_negative_int, default=48, metavar="PX",

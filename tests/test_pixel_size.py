@@ -151,3 +151,44 @@ def test_training_calibration_and_segment_share_one_grid(fluo_model, tmp_path, p
     job = plan_segment(slide, fluo_model, SegmentOptions(progress=False)).job
     assert (source.scale != 1.0) == resampled and (job.scale != 1.0) == resampled
     assert source.scale == pytest.approx(job.scale)
+
+
+def test_a_working_pixel_size_runs_the_model_on_that_grid(fluo_model, tmp_path):
+    """`segment --working-pixel-size 0.25` on a 0.5 um slide runs a 0.5 um model on a 2x finer grid: the same
+    labels as a model that says it was trained at 0.25 um, and the scale recorded."""
+    import zarr
+
+    from sparseseg.cli import main
+    from sparseseg.ingest import ingest
+    from sparseseg.model.checkpoint import update_checkpoint
+    from sparseseg.segment import SegmentOptions
+    from sparseseg.segment.plan import plan_segment
+
+    slide = ingest(DSB / "images" / "fluo_0402a81e.png", tmp_path / "s.ome.zarr", pixel_size_um=0.5)
+    finer = tmp_path / "finer.pt"
+    update_checkpoint(fluo_model, finer, pixel_size_um=0.25)
+    job = plan_segment(slide, fluo_model, SegmentOptions(working_pixel_size_um=0.25, progress=False)).job
+    native = plan_segment(slide, fluo_model, SegmentOptions(progress=False)).job
+    assert native.scale == 1.0 and job.scale == 2.0
+    assert job.grid.shape == tuple(2 * n for n in native.grid.shape)
+    common = ["--block", "256", "--workers", "1", "-q"]
+    assert main(["segment", str(slide), "--model", str(fluo_model), "--name", "option",
+                 "--working-pixel-size", "0.25", *common]) == 0
+    assert main(["segment", str(slide), "--model", str(finer), "--name", "finer", *common]) == 0
+    labels = zarr.open_group(slide, mode="r")["labels"]
+    option, reference = labels["option/0"][...], labels["finer/0"][...]
+    assert option.max() > 0 and option.shape == reference.shape
+    assert np.array_equal(option, reference)
+    assert labels["option"].attrs["sparseseg"]["scale"] == 2.0
+
+
+def test_a_working_pixel_size_needs_the_slide_pixel_size(fluo_model, tmp_path, capsys):
+    from sparseseg.cli import main
+    from sparseseg.ingest import ingest
+
+    slide = ingest(DSB / "images" / "fluo_0402a81e.png", tmp_path / "s.ome.zarr")  # a PNG records no pixel size
+    capsys.readouterr()
+    assert main(["segment", str(slide), "--model", str(fluo_model), "--working-pixel-size", "0.25", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "s.ome.zarr" in err[0] and "--working-pixel-size" in err[0]
+    assert not (slide / "labels" / "cells").exists()

@@ -29,6 +29,8 @@ class SegmentOptions:
     them, so any block size gives the whole image's fields to the bit. ``batch``: tiles per network forward
     (default 1 on CPU, as many as fit on a GPU).
     ``params``: instance parameters overriding those stored in the checkpoint (calibrated).
+    ``working_pixel_size_um``: the grid the network and the instances run on (default: the pixel size the model
+    was trained at), like Cellpose's diameter or StarDist's scale; the instance parameters stay in pixels of it.
     """
 
     name: str = "cells"
@@ -49,6 +51,7 @@ class SegmentOptions:
     fill_missing: bool = False   # read image chunks missing on disk as the fill value (default: refuse the slide)
     tta: bool = False            # test-time augmentation: fields averaged over the 8 flips / rotations (8x the work)
     precision: str = "fp32"      # network arithmetic: fp32, bf16, or auto (bf16 where the worker's hardware has it)
+    working_pixel_size_um: float | None = None
     progress: bool = True
 
     def __post_init__(self):
@@ -70,5 +73,8 @@ class SegmentOptions:
         if self.large_objects not in LARGE_OBJECT_POLICIES:
             raise InputError(None, f"--large-objects must be one of {', '.join(LARGE_OBJECT_POLICIES)}, "
                                    f"got {self.large_objects!r}")
+        working = self.working_pixel_size_um
+        if working is not None and not (math.isfinite(working) and working > 0):
+            raise InputError(None, f"--working-pixel-size must be a positive number of um, got {working}")
         if not (math.isfinite(self.max_object_um) and self.max_object_um > 0):
             raise InputError(None, f"--max-object-um must be a positive number, got {self.max_object_um}")

@@ -129,7 +129,10 @@ def plan_segment(slide: str | Path, model: str | Path | None, options: SegmentOp
         raise InputError(None, f"--block must be a multiple of the model's downsampling factor {factor}, "
                                f"got {options.block}")
     margin = -(-options.margin // factor) * factor  # context only: rounded up to the pooling grid
-    model_um, slide_um = state.get("pixel_size_um"), info.pixel_size_um
+    model_um, slide_um = options.working_pixel_size_um or state.get("pixel_size_um"), info.pixel_size_um
+    if options.working_pixel_size_um and not slide_um:
+        raise InputError(slide, "records no pixel size, so --working-pixel-size cannot place the model's grid on it; "
+                                "re-ingest it with --pixel-size UM")
     scale = grid_scale(slide_um[0] if slide_um else None, model_um)  # the grid train and calibrate use too
     if model_um and not slide_um:
         log.warning("%s records no pixel size: assuming the model's (%.3g um)", slide, model_um)
