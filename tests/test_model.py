@@ -133,6 +133,23 @@ def test_test_time_augmentation_is_equivariant_and_tiled_equals_whole():
                        torch.from_numpy(whole[(slice(None), *window)]))
 
 
+def test_the_views_disagreement_leaves_the_average_alone_and_turns_with_the_image():
+    """With ``tta_spread`` one channel follows the averaged fields (unchanged to the bit): the 8 views' spread,
+    non-negative, larger than zero, and the same set of views for a rotated image (so it rotates with it)."""
+    torch.manual_seed(3)
+    model = trained_a_little(UNet(UNetConfig(in_channels=3, depth=2, width=8, classes=3)))
+    pixels = iio.imread(DSB / "images" / "he_65c8527c.png")[:96, :96, :3].transpose(2, 0, 1) / 255.0
+    image = np.ascontiguousarray(pixels, np.float32)
+    averaged = Predictor(network=model, class_names=("a", "b", "c"), tta=True).forward(image)
+    spreading = Predictor(network=model, class_names=("a", "b", "c"), tta=True, tta_spread=True)
+    fields = spreading.forward(image)
+    assert spreading.outputs == fields.shape[0] == 7
+    assert np.array_equal(fields[:6], averaged)
+    assert (fields[6] >= 0).all() and fields[6].mean() > 1e-3
+    rotated = spreading.forward(np.ascontiguousarray(np.rot90(image, 1, (1, 2))))
+    np.testing.assert_allclose(rotated[6], np.rot90(fields[6], 1), atol=1e-4)
+
+
 INFERENCE_CONFIGS = CONFIGS + [UNetConfig(in_channels=3, depth=2, width=8, convs_per_block=3, classes=3),
                                UNetConfig(in_channels=1, depth=0, width=8, boundary_head=True),
                                UNetConfig(in_channels=3, depth=3, width=8, norm="none", boundary_head=True)]

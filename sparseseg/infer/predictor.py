@@ -65,6 +65,7 @@ class Predictor:
     channels: tuple[str, ...] | None = None   # channel names the network was trained on, when recorded
     class_names: tuple[str, ...] = ()         # cell classes of the class head (empty: no class head)
     tta: bool = False                         # average the fields over the 8 flips / 90-degree rotations
+    tta_spread: bool = False                  # with tta: one more channel, last, the views' disagreement
     precision: str = "fp32"                   # "fp32" or "bf16" (weights and activations; see model.inference)
     fused: bool = True                        # run the rearranged inference network (False: the eager one, fp32 only)
     # built from the network's weights at the first forward: a Predictor serves a network that no longer trains
@@ -106,8 +107,8 @@ class Predictor:
 
     @property
     def outputs(self) -> int:
-        """Field channels: distance, flow (2), then one probability per class."""
-        return 3 + len(self.class_names)
+        """Field channels: distance, flow (2), then one probability per class (and the TTA spread, last)."""
+        return 3 + len(self.class_names) + int(self.tta and self.tta_spread)
 
     @torch.no_grad()
     def forward(self, canvases: np.ndarray) -> np.ndarray:
@@ -137,8 +138,9 @@ class Predictor:
     def _augmented_fields(self, x: torch.Tensor) -> torch.Tensor:
         """Test-time augmentation: the fields of the 8 flips / 90-degree rotations of the input, each mapped back
         (flow vectors rotated with it) and averaged in a fixed order: a function of the input alone, so tiles
-        stay bitwise the same in any window."""
-        total = None
+        stay bitwise the same in any window. With ``tta_spread`` one more channel follows: the views'
+        disagreement, the standard deviations of distance and flow over the 8 views, summed."""
+        total = squares = None
         for k in range(4):
             for flip in (False, True):
                 view = torch.rot90(x, k, (2, 3))
@@ -150,7 +152,13 @@ class Predictor:
                 for _ in range(k):  # a vector (vy, vx) in the rotated frame is (vx, -vy) in this one
                     fields = torch.cat([fields[:, :1], fields[:, 2:3], -fields[:, 1:2], fields[:, 3:]], 1)
                 total = fields if total is None else total + fields
-        return total / 8
+                if self.tta_spread:
+                    squares = fields[:, :3] ** 2 if squares is None else squares + fields[:, :3] ** 2
+        mean = total / 8
+        if not self.tta_spread:
+            return mean
+        spread = (squares / 8 - mean[:, :3] ** 2).clamp_min(0).sqrt().sum(1, keepdim=True)
+        return torch.cat([mean, spread], 1)
 
     def fields(self, image: np.ndarray, normalization: Normalization | None = None, tile: int | None = None
                ) -> np.ndarray:

@@ -300,6 +300,17 @@ def _next_to(labels: np.ndarray, bad: np.ndarray) -> np.ndarray:
     return out
 
 
+def cluster_flow_errors(clusters: np.ndarray, flow: np.ndarray, params: InstanceParams = InstanceParams()
+                        ) -> dict[int, float]:
+    """The flow error of each cluster at or above the size floor: each cluster's own flow depends on its own
+    pixels only, so the small ones are left out of the transform."""
+    sizes = np.bincount(clusters.ravel())
+    keep = sizes >= params.min_size
+    keep[0] = False
+    return flow_errors(np.where(keep[clusters], clusters, np.uint32(0)), np.asarray(flow, np.float32),
+                       torch.get_num_threads())
+
+
 def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstanceParams = InstanceParams(),
                       errors: dict[int, float] | None = None) -> np.ndarray:
     """The objects among ``clusters`` (ids kept, 0 elsewhere): each one 4-connected piece.
@@ -314,10 +325,8 @@ def finalize_clusters(clusters: np.ndarray, flow: np.ndarray, params: InstancePa
     sizes = np.bincount(clusters.ravel())
     keep = sizes >= params.min_size  # below the size floor a cluster goes whatever its flow
     keep[0] = False
-    if errors is None:  # the flow error of each cluster (given when several thresholds are tried on one set);
-        # each cluster's own flow depends on its own pixels only, so the small ones are left out of the transform
-        errors = flow_errors(np.where(keep[clusters], clusters, np.uint32(0)), np.asarray(flow, np.float32),
-                             torch.get_num_threads())
+    if errors is None:  # given when several thresholds are tried on one set, or the caller keeps them
+        errors = cluster_flow_errors(clusters, flow, params)
     keep[[k for k, e in errors.items() if e > params.flow_error_threshold]] = False
     labels = largest_pieces(np.where(keep[clusters], clusters, 0).astype(np.uint32))
     left = np.bincount(labels.ravel(), minlength=sizes.size)

@@ -18,7 +18,7 @@ from sparseseg.files.atomic import staged_file
 
 #: The layout of the work folder's records; part of the resume fingerprint, so a resume across a change
 #: of layout starts afresh instead of misreading old records.
-RECORD_FORMAT = 5
+RECORD_FORMAT = 6
 
 OBJECT_ARRAYS = ("anchors", "starts", "rows", "cols", "trimmed", "class_sums")
 #: Class probabilities are summed over an object's pixels as integers in units of 1 / CLASS_SCALE: the sums of
@@ -120,6 +120,7 @@ class BlockRecord:
     grown: GlobalObjects = field(default_factory=GlobalObjects)
     too_large: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
     large_work: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # windows, pixels, tiles
+    doubt: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))  # the core's doubt sums per cell
 
     @classmethod
     def empty(cls) -> BlockRecord:
@@ -151,7 +152,8 @@ def write_block_record(path: Path, record: BlockRecord) -> None:
                                 kept_classes=record.kept_classes,
                                 dropped=np.int64(record.dropped),
                                 trimmed=np.array([record.trimmed_objects, record.trimmed_pixels]), tiles=np.int64(record.tiles),
-                                too_large=record.too_large, large_work=record.large_work, **record.grown.to_arrays("grown"),
+                                too_large=record.too_large, large_work=record.large_work, doubt=record.doubt,
+                                **record.grown.to_arrays("grown"),
                                 **record.handed_on.to_arrays("handed"), **record.candidates.to_arrays("candidates"))
 
 
@@ -168,6 +170,12 @@ def read_block_record(path: Path, with_labels: bool = False) -> BlockRecord | No
                            trimmed_objects=int(data["trimmed"][0]), trimmed_pixels=int(data["trimmed"][1]),
                            tiles=int(data["tiles"]), grown=GlobalObjects.from_arrays(data, "grown"),
                            too_large=data["too_large"], large_work=data["large_work"])
+
+
+def read_block_doubt(path: Path) -> np.ndarray:
+    """The doubt sums of a finished block's core, (channels, cells, cells); empty for a skipped block."""
+    with np.load(path) as data:
+        return data["doubt"]
 
 
 def read_kept_keys(path: Path) -> np.ndarray:

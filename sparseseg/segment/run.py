@@ -34,7 +34,7 @@ from sparseseg.segment.plan import BlockJob, SegmentPlan, plan_segment
 from sparseseg.segment.records import BlockRecord, GlobalObjects
 from sparseseg.segment.stitch import objects_to_add
 from sparseseg.segment.write import (LabelComposer, object_class_probabilities, write_class_pyramid,
-                                     write_large_objects, write_object_classes)
+                                     write_large_objects, write_object_classes, write_uncertainty)
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +201,15 @@ def _run(plan: SegmentPlan, options: SegmentOptions) -> SegmentResult:
         composer, total, n_large, sums = labels_composer(plan.job, records, owned)
         names = plan.job.class_names
         probabilities = object_class_probabilities(sums)
+
+        def extra(group) -> None:  # written into the label group before it appears
+            write_uncertainty(group, plan.job)
+            if names:
+                write_object_classes(group, names, probabilities)
+
         write_label_pyramid(plan.slide, options.name, composer, np.uint32, options.overwrite,
                             f"flow-derived instances at {plan.job.scale:.4g}x, stitched by block ownership",
-                            properties=[{"label-value": 0, "class": "background"}], scheduler=client,
-                            extra=(lambda group: write_object_classes(group, names, probabilities)) if names else None)
+                            properties=[{"label-value": 0, "class": "background"}], scheduler=client, extra=extra)
         if names:
             write_class_pyramid(plan.slide, options.name, composer, names, probabilities, client)
         elif (plan.slide / "labels" / f"{options.name}_classes").exists():  # the replaced run's: now stale

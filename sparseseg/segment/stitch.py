@@ -19,7 +19,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from sparseseg.infer.windows import FieldSource
-from sparseseg.instances.dynamics import finalize_clusters, max_travel, trimmed_pixels, window_clusters
+from sparseseg.instances.doubt import block_cell, doubt_sums
+from sparseseg.instances.dynamics import (cluster_flow_errors, finalize_clusters, max_travel, trimmed_pixels,
+                                         window_clusters)
 from sparseseg.segment.plan import BlockJob
 from sparseseg.segment.records import (BlockRecord, CandidateOutcome, GlobalObjects, block_record_path, class_sums,
                                        read_kept_keys, read_outcome, write_outcome)
@@ -30,7 +32,8 @@ def block_record(job: BlockJob, block: Block, output: np.ndarray, device: str = 
     """Instances of one block's context, sorted into kept / handed on / candidates (see ``BlockRecord``)."""
     grid = job.grid
     found = window_clusters(output[0], output[1:3], job.params, device, block.open_edges(grid.shape))
-    final = finalize_clusters(found.clusters, output[1:3], job.params)
+    errors = cluster_flow_errors(found.clusters, output[1:3], job.params)
+    final = finalize_clusters(found.clusters, output[1:3], job.params, errors)
     lost = trimmed_pixels(found.clusters, final)
     cy0, cx0 = block.context[0].start, block.context[1].start
     (ry0, ry1), (rx0, rx1) = ((block.core[0].start - cy0, block.core[0].stop - cy0),
@@ -56,7 +59,7 @@ def block_record(job: BlockJob, block: Block, output: np.ndarray, device: str = 
     kept.sort()  # ids in anchor order, then first pixel
     lut = np.zeros(int(found.clusters.max()) + 1, np.uint32)
     lut[[k for *_, k in kept]] = np.arange(1, len(kept) + 1, dtype=np.uint32)
-    probabilities = output[3:]
+    probabilities = class_probabilities(job, output)
     kept_objects = GlobalObjects.build([(objects[k][0] + cy0, objects[k][1] + cx0, int(lost[k])) for *_, k in kept],
                                        [class_sums(probabilities, *objects[k]) for *_, k in kept])
     kept_lost = kept_objects.trimmed
@@ -66,7 +69,27 @@ def block_record(job: BlockJob, block: Block, output: np.ndarray, device: str = 
                        handed_on=handed_objects, candidates=GlobalObjects.build(candidates),
                        kept_keys=kept_objects.keys(grid.shape[1]), kept_classes=kept_objects.class_sums,
                        dropped=int(dropped),
-                       trimmed_objects=int((kept_lost > 0).sum()), trimmed_pixels=int(kept_lost.sum()))
+                       trimmed_objects=int((kept_lost > 0).sum()), trimmed_pixels=int(kept_lost.sum()),
+                       doubt=core_doubt(job, output, final, errors, objects, (slice(ry0, ry1), slice(rx0, rx1))))
+
+
+def core_doubt(job: BlockJob, output: np.ndarray, final: np.ndarray, errors: dict[int, float], objects: dict,
+               core: Window) -> np.ndarray:
+    """The doubt sums of the block's core per cell (``instances.doubt``), from the objects of its own context:
+    saved beside the labels, so `suggest` can rank regions without running the network again."""
+    (y0, y1), (x0, x1) = (core[0].start, core[0].stop), (core[1].start, core[1].stop)
+    firsts = np.array([(rows[0], cols[0]) for rows, cols in objects.values()], np.int64).reshape(-1, 2)
+    firsts = firsts[(firsts[:, 0] >= y0) & (firsts[:, 0] < y1) & (firsts[:, 1] >= x0) & (firsts[:, 1] < x1)]
+    spread = output[3 + len(job.class_names)][core] if job.tta else None
+    return doubt_sums(output[0][core], final[core], errors, class_probabilities(job, output)[(slice(None), *core)],
+                      job.params.distance_threshold, block_cell(job.grid.block),
+                      (firsts[:, 0] - y0, firsts[:, 1] - x0), spread)
+
+
+def class_probabilities(job: BlockJob, output: np.ndarray) -> np.ndarray:
+    """The class probability channels of a window's fields (K, h, w); K = 0 without a class head."""
+    return output[3:3 + len(job.class_names)]
+
 
 
 def _box(rows: np.ndarray, cols: np.ndarray, pad: int = 0) -> Window:
@@ -153,7 +176,7 @@ def resolve_candidate(job: BlockJob, seeds: tuple[np.ndarray, np.ndarray], field
                 if fr.size:
                     index = len(settled.objects)
                     settled.objects.append((fr + y0, fc + x0, int(lost[k])))
-                    settled.sums.append(class_sums(output[3:], fr, fc))
+                    settled.sums.append(class_sums(class_probabilities(job, output), fr, fc))
                 settled.object_of.update(dict.fromkeys(examined[here].tolist(), index))
                 continue
             if np.isin(examined[here], pending).any():

@@ -20,8 +20,11 @@ from sparseseg.tiling.blocks import Window
 @lru_cache(maxsize=4)
 def cached_predictor(checkpoint: str, mtime_ns: int, device: str, tta: bool = False, precision: str = "fp32"
                      ) -> Predictor:
-    """The checkpoint's predictor, loaded once per worker process and device (never per block)."""
-    return Predictor.from_checkpoint(checkpoint, device=device, tta=tta, precision=precision)
+    """The checkpoint's predictor, loaded once per worker process and device (never per block); with TTA its
+    fields carry the views' disagreement too (saved in the doubt map)."""
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, tta=tta, precision=precision)
+    predictor.tta_spread = tta
+    return predictor
 
 
 def worker_predictor(job: BlockJob) -> Predictor:

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from sparseseg.classes import OBJECT_CLASSES, class_colours, most_probable_class
+from sparseseg.instances.doubt import UNCERTAINTY, block_cell, channel_names
 from sparseseg.io.labels import write_label_pyramid
 from sparseseg.model.grid import level0_to_model_indices
 from sparseseg.segment.plan import BlockJob
-from sparseseg.segment.records import GlobalObjects, block_record_path
+from sparseseg.segment.records import GlobalObjects, block_record_path, read_block_doubt
 from sparseseg.tiling.blocks import Window
 
 
@@ -125,3 +126,25 @@ def write_class_pyramid(slide: Path, name: str, labels: LabelComposer, names: tu
     write_label_pyramid(slide, f"{name}_classes", ClassComposer(labels, lut), np.uint8, True,
                         f"cell class of each object of labels/{name} (argmax of its mean class probability)",
                         colors=colours, properties=properties, scheduler=scheduler)
+
+
+
+def write_uncertainty(group, job: BlockJob) -> None:
+    """``uncertainty``: the doubt sums per cell of the model grid (channels, cells, cells), one chunk per block,
+    copied from the block records one block at a time (memory stays one block's cells)."""
+    cell = block_cell(job.grid.block)
+    names = channel_names(job.class_names)
+    shape = tuple(-(-n // cell) for n in job.grid.shape)
+    per_block = job.grid.block // cell
+    array = group.create_array(UNCERTAINTY, shape=(len(names), *shape), dtype=np.float32,
+                               chunks=(len(names), min(per_block, shape[0]), min(per_block, shape[1])), fill_value=0)
+    for block in job.grid.blocks():
+        doubt = read_block_doubt(block_record_path(job.work, block.name))
+        if doubt.size:  # skipped blocks (no tissue) stay 0: no pixel was looked at
+            y0, x0 = block.core[0].start // cell, block.core[1].start // cell
+            array[:, y0:y0 + doubt.shape[1], x0:x0 + doubt.shape[2]] = doubt
+    array.attrs["sparseseg"] = {"channels": names, "cell": cell, "scale": job.scale,
+                                "distance_threshold": job.params.distance_threshold, "tta": job.tta,
+                                "model": job.checkpoint,
+                                "about": "sums per cell of the model grid (cell x cell model-grid pixels; a level-0 "
+                                         "pixel is `scale` model-grid pixels): see sparseseg.instances.doubt"}
