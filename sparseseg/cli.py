@@ -221,9 +221,14 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     from sparseseg.model.registry import resolve_model
     from sparseseg.suggest import SuggestOptions, suggest
 
+    if args.from_segmentation is not None and args.model is not None:
+        raise InputError(None, "--model and --from-segmentation exclude each other: the saved uncertainty is the "
+                               "segmentation's model's")
     options = SuggestOptions(regions=args.regions, size_um=args.size, min_tissue=args.min_tissue, workers=args.workers,
-                             scheduler=args.scheduler, device=args.device, overwrite=args.overwrite)
-    proposals = suggest(args.slides, resolve_model(args.model), Path(args.out), options)
+                             scheduler=args.scheduler, device=args.device, overwrite=args.overwrite,
+                             from_segmentation=args.from_segmentation)
+    model = None if args.from_segmentation is not None else resolve_model(args.model)
+    proposals = suggest(args.slides, model, Path(args.out), options)
     print(f"wrote {len(proposals)} regions to annotate next to {args.out} (one GeoJSON per slide, index.html): "
           + ", ".join(f"#{c.rank} {Path(c.slide).name} y {c.y} x {c.x} score {c.score:.3f}" for c in proposals[:5])
           + (" ..." if len(proposals) > 5 else ""))
@@ -482,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None, help="local Dask workers (default 2)")
     p.add_argument("--scheduler", default=None, metavar="ADDR", help="an existing Dask scheduler")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
+    p.add_argument("--from-segmentation", default=None, metavar="NAME",
+                   help="score from the uncertainty `sparseseg segment --name NAME` saved beside its labels instead of "
+                   "running the model (no network; the disagreement component only when segment ran with --tta; --model "
+                   "does not apply)")
     p.set_defaults(func=_cmd_suggest)
 
     p = sub.add_parser("view", help="look at a slide and its labels in neuroglancer (served on 127.0.0.1)",

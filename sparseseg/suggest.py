@@ -11,7 +11,13 @@ model's own doubt in that square:
 - *near threshold*: the fraction of pixels whose distance lies within 0.5 px of the foreground threshold;
 - *class doubt*: 1 - the most probable class, over the foreground (models with a class head).
 
-The score is the mean percentile rank of the four over all candidates of the run. Diversity: the
+With ``from_segmentation`` (``--from-segmentation NAME``) the three sums-based components come instead from
+the doubt map a `segment` run saved beside ``labels/NAME`` (``instances.doubt``: the same definitions,
+summed per cell of the whole-slide run): no network runs; the disagreement is that of the run's 8
+test-time augmentation views (the standard deviations of distance and flow over them, summed) when it ran
+with ``--tta``, and left out of the score otherwise.
+
+The score is the mean percentile rank of the components over all candidates of the run. Diversity: the
 best-scoring candidates are clustered by a descriptor (mean normalised colour, foreground fraction, class
 mix) and the best of each cluster is proposed, so ten proposals are not ten copies of one tissue.
 Outputs (``out``): ``<slide>.geojson`` with QuPath annotations of class "Annotate next" (rank and score as
@@ -41,8 +47,10 @@ from sparseseg.errors import InputError
 from sparseseg.files.atomic import staged_directory
 from sparseseg.io.names import slide_stem
 from sparseseg.infer.predictor import Predictor
+from sparseseg.instances.doubt import (OBJECTS, SUM_CHANNELS, UNCERTAINTY, class_mix, doubt_components, doubt_sums,
+                                       foreground_fraction)
 from sparseseg.instances.dynamics import flow_errors, flows_to_labels
-from sparseseg.io.labels import coarse_label_level
+from sparseseg.io.labels import check_label_name, coarse_label_level
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.model.checkpoint import load_checkpoint
 from sparseseg.model.grid import grid_scale
@@ -63,8 +71,15 @@ class SuggestOptions:
     scheduler: str | None = None
     device: str | None = None
     overwrite: bool = False
+    from_segmentation: str | None = None   # a label group whose saved doubt map is read instead of the network
 
     def __post_init__(self):
+        if self.from_segmentation is not None:
+            try:
+                check_label_name(self.from_segmentation, reserved=False)
+            except InputError:
+                raise InputError(None, "--from-segmentation must name a label group (one folder name of letters, "
+                                       f"digits, '_', '.' or '-'), got {self.from_segmentation!r}") from None
         if self.regions < 1:
             raise InputError(None, f"--regions must be at least 1, got {self.regions}")
         if not (math.isfinite(self.size_um) and self.size_um > 0):
@@ -154,8 +169,13 @@ def _fields_and_mirror(predictor: Predictor, canvas: np.ndarray) -> tuple[np.nda
     return plain, mirror
 
 
+def region_descriptor(colour: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """What a region looks like, for diversity: mean normalised colour, foreground fraction, class mix."""
+    return np.concatenate([colour, [foreground_fraction(total)], class_mix(total)]).astype(np.float64)
+
+
 def score_row(row: CandidateRow) -> list[tuple[dict[str, float], np.ndarray, int]]:
-    """(components, descriptor, objects) of each candidate of the row."""
+    """(components, descriptor, objects) of each candidate of the row, from the network (and its mirror pass)."""
     predictor = _predictor(row.checkpoint, row.device)
     level0 = open_omezarr_slide(Path(row.slide), fill_missing=True).levels[0]
     halo = int(math.ceil(predictor.halo / row.scale))
@@ -180,29 +200,80 @@ def score_row(row: CandidateRow) -> list[tuple[dict[str, float], np.ndarray, int
         foreground = (distance > threshold) | (mirror[0] > threshold)
         difference = np.abs(plain[:3] - mirror[:3]).sum(0)
         labels = flows_to_labels(distance, flow, predictor.params)
-        errors = flow_errors(labels, flow)
-        sizes = np.bincount(labels.ravel())
-        flow_error = (sum(errors[k] * sizes[k] for k in errors) / max(1, sum(sizes[k] for k in errors))) if errors \
-            else 0.0
-        classes = plain[3:]
-        class_doubt = float((1 - classes.max(0))[distance > threshold].mean()) \
-            if len(classes) and (distance > threshold).any() else 0.0
+        total = doubt_sums(distance, labels, flow_errors(labels, flow), plain[3:], threshold,
+                           max(distance.shape)).sum((1, 2), dtype=np.float64)  # one cell: the whole square
         components = {"disagreement": float(difference[foreground].mean()) if foreground.any() else 0.0,
-                      "flow_error": float(flow_error),
-                      "near_threshold": float((np.abs(distance - threshold) < 0.5).mean()),
-                      "class_doubt": class_doubt}
-        fg = distance > threshold
-        class_mix = classes[:, fg].mean(1) if len(classes) and fg.any() else np.zeros(len(classes))
-        descriptor = np.concatenate([image.reshape(image.shape[0], -1).mean(1), [fg.mean()], class_mix])
-        out.append((components, descriptor.astype(np.float64), int(labels.max())))
+                      **doubt_components(total)}
+        out.append((components, region_descriptor(image.reshape(image.shape[0], -1).mean(1), total),
+                    int(total[OBJECTS])))
+    return out
+
+
+def saved_doubt(slide: Path, name: str) -> tuple[zarr.Array, dict]:
+    """The doubt map a `segment` run saved in ``labels/<name>`` (``instances.doubt``) and its attributes."""
+    group_path = slide / "labels" / name
+    if not group_path.is_dir():
+        raise InputError(slide, f"has no labels/{name}: run `sparseseg segment --name {name}` on it first")
+    group = zarr.open_group(group_path, mode="r")
+    if UNCERTAINTY not in group.array_keys():
+        raise InputError(group_path, "holds no saved uncertainty (an older sparseseg or another tool wrote it): "
+                                     "segment the slide again, or leave out --from-segmentation")
+    array = group[UNCERTAINTY]
+    attrs = dict(array.attrs.get("sparseseg", {}))
+    if attrs.get("channels", [])[:len(SUM_CHANNELS)] != list(SUM_CHANNELS) or array.shape[0] != len(attrs["channels"]):
+        raise InputError(group_path / UNCERTAINTY, f"has channels {attrs.get('channels')}, not sparseseg's doubt map")
+    return array, attrs
+
+
+def _colour_level(levels, edge: int) -> tuple[object, int]:
+    """The coarsest pyramid level on which a candidate is still at least 16 px wide, and its downsampling."""
+    chosen = (levels[0], 1)
+    for level in levels[1:]:
+        factor = round(levels[0].shape[2] / level.shape[2])
+        if edge // factor >= 16:
+            chosen = (level, factor)
+    return chosen
+
+
+def score_saved_rows(slide: Path, name: str, origins: list[tuple[int, int]], edge: int,
+                     normalization: Normalization) -> list[tuple[dict[str, float], np.ndarray, int] | None]:
+    """(components, descriptor, objects) of each candidate from a `segment` run's saved doubt map: no network.
+    Row by row of candidates, a band of the map and of a coarse pyramid level at a time. None: a candidate
+    the run did not look at (a skipped block)."""
+    array, attrs = saved_doubt(slide, name)
+    cell, scale = int(attrs["cell"]), float(attrs["scale"])
+    level, factor = _colour_level(open_omezarr_slide(slide, fill_missing=True).levels, edge)
+
+    def cells(start: int) -> tuple[int, int]:  # the cells whose centres lie in [start, start + edge) of level 0
+        first = round(start * scale / cell)
+        return first, max(first + 1, round((start + edge) * scale / cell))
+
+    out = []
+    for y in sorted({o[0] for o in origins}):
+        cy0, cy1 = cells(y)
+        band = np.asarray(array[:, cy0:cy1, :], np.float64)
+        colours = np.asarray(level[:, y // factor: -(-(y + edge) // factor), :].compute(scheduler="synchronous"),
+                             np.float64)
+        for _, x in (o for o in origins if o[0] == y):
+            cx0, cx1 = cells(x)
+            total = band[:, :, cx0:cx1].sum((1, 2))
+            if total[0] == 0:
+                out.append(None)
+                continue
+            colour = normalization.apply(colours[:, :, x // factor: -(-(x + edge) // factor)].reshape(
+                colours.shape[0], -1).mean(1))
+            out.append((doubt_components(total, bool(attrs.get("tta"))), region_descriptor(colour, total),
+                        int(total[OBJECTS])))
     return out
 
 
 def rank_candidates(candidates: list[Candidate]) -> None:
-    """score = the mean percentile rank of the components over all candidates (higher: more doubt)."""
+    """score = the mean percentile rank of the components over all candidates (higher: more doubt); the
+    components every candidate has (a saved segmentation has no mirror-image disagreement)."""
     if not candidates:
         return
-    ranks = [rankdata([c.components[k] for c in candidates]) / len(candidates) for k in COMPONENTS]
+    keys = [k for k in COMPONENTS if all(k in c.components for c in candidates)]
+    ranks = [rankdata([c.components[k] for c in candidates]) / len(candidates) for k in keys]
     for i, c in enumerate(candidates):
         c.score = float(np.mean([r[i] for r in ranks]))
 
@@ -267,9 +338,10 @@ def _index_html(rows: list[tuple[Candidate, str]]) -> str:
             "<code>sparseseg annotations import</code>).</p>" + cells)
 
 
-def suggest(slides: list[Path], model: Path, out: Path, options: SuggestOptions = SuggestOptions(),
+def suggest(slides: list[Path], model: Path | None, out: Path, options: SuggestOptions = SuggestOptions(),
             progress: bool = False) -> list[Candidate]:
-    """Rank candidate regions of ``slides`` for ``model`` and write the proposals to ``out``; returns them."""
+    """Rank candidate regions of ``slides`` for ``model`` and write the proposals to ``out``; returns them.
+    With ``options.from_segmentation`` the doubt a `segment` run saved is read instead (no model, no network)."""
     out = Path(out)
     if out.exists() and not options.overwrite:  # checked before any work; the write itself is staged
         raise InputError(out, "already exists (use --overwrite to replace it)")
@@ -278,9 +350,9 @@ def suggest(slides: list[Path], model: Path, out: Path, options: SuggestOptions 
     if not out.absolute().parent.is_dir():
         raise InputError(out, f"folder {out.absolute().parent} does not exist")
     slides = expand_slides(slides)
-    state = load_checkpoint(model)
-    model_um = state.get("pixel_size_um")
-    rows, meta = [], {}
+    saved = options.from_segmentation
+    model_um = None if saved else load_checkpoint(model).get("pixel_size_um")
+    rows, meta, candidates = [], {}, []
     for slide in slides:
         info = open_omezarr_slide(slide)
         if info.pixel_size_um is None:
@@ -293,17 +365,24 @@ def suggest(slides: list[Path], model: Path, out: Path, options: SuggestOptions 
         normalization = slide_normalization(info.levels, source=slide)
         origins = candidate_grid(slide, shape, edge, options.min_tissue)
         meta[str(slide)] = pixel_um
+        if saved:
+            candidates += [Candidate(str(slide), y, x, edge, *scored) for (y, x), scored in
+                           zip(origins, score_saved_rows(slide, saved, origins, edge, normalization))
+                           if scored is not None]
+            continue
         for y in sorted({o[0] for o in origins}):
             row = tuple(o for o in origins if o[0] == y)
             rows.append(CandidateRow(str(slide), str(Path(model).resolve()), row, edge,
                                      grid_scale(pixel_um, model_um), normalization, options.device))
-    if not rows:
-        raise InputError(slides[0], "has no candidate region: no square holds enough tissue outside the annotations")
-    with dask_client(workers_spec(options.workers, options.scheduler, default_workers=2)) as client:
-        results = client.gather(client.map(score_row, rows, pure=False))
-    candidates = [Candidate(row.slide, y, x, row.edge, components, descriptor, objects)
-                  for row, scored in zip(rows, results) for (y, x), (components, descriptor, objects)
-                  in zip(row.origins, scored)]
+    if not rows and not candidates:
+        raise InputError(slides[0], "has no candidate region: no square holds enough tissue outside the annotations"
+                         + (f" that labels/{saved} covers" if saved else ""))
+    if rows:
+        with dask_client(workers_spec(options.workers, options.scheduler, default_workers=2)) as client:
+            results = client.gather(client.map(score_row, rows, pure=False))
+        candidates = [Candidate(row.slide, y, x, row.edge, components, descriptor, objects)
+                      for row, scored in zip(rows, results) for (y, x), (components, descriptor, objects)
+                      in zip(row.origins, scored)]
     rank_candidates(candidates)
     proposals = diverse_best(candidates, options.regions)
     with staged_directory(out, overwrite=options.overwrite) as tmp:

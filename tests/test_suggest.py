@@ -7,12 +7,21 @@ import shutil
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 from conftest import OME_TIFF
 
+from scipy.stats import spearmanr
+
 from sparseseg.cli import main
 from sparseseg.ingest import ingest
-from sparseseg.suggest import Candidate, diverse_best, rank_candidates
+from sparseseg.instances.doubt import SUM_CHANNELS
+from sparseseg.io.omezarr import open_omezarr_slide
+from sparseseg.model.normalize import slide_normalization
+from sparseseg.model.registry import resolve_model
+from sparseseg.segment import SegmentOptions, segment_slide
+from sparseseg.suggest import (Candidate, CandidateRow, _predictor, candidate_grid, diverse_best, rank_candidates,
+                               score_row, score_saved_rows)
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +122,94 @@ def test_suggest_over_an_archive_folder_is_repeatable_and_qupath_shaped(slide, t
         assert len(ring) == 5 and ring[0] == ring[-1]
         assert all(0 <= x <= shape[1] and 0 <= y <= shape[0] for x, y in ring)
         assert set(feature["properties"]) >= {"objectType", "classification", "measurements", "name"}
+
+
+@pytest.fixture(scope="module")
+def segmented(slide, tmp_path_factory):
+    """The CMU region segmented with the bundled model: labels/cells and the doubt map saved beside them."""
+    copy = tmp_path_factory.mktemp("segmented") / "cmu.ome.zarr"
+    shutil.copytree(slide, copy, ignore=shutil.ignore_patterns("annotations"))
+    return copy, segment_slide(copy, None, SegmentOptions(progress=False, workers=1))
+
+
+def test_segment_saves_its_doubt_per_cell_where_its_labels_are(segmented):
+    """The saved map's cells sit where the labels are (object pixels per cell as the labels have them), and its
+    sums are consistent: every count at most the cell's pixels, the class mix summing to the foreground."""
+    slide, result = segmented
+    group = zarr.open_group(slide / "labels" / "cells", mode="r")
+    doubt = group["uncertainty"][...].astype(np.float64)
+    attrs = group["uncertainty"].attrs["sparseseg"]
+    cell = attrs["cell"]
+    labels = group["0"][...]
+    assert attrs["scale"] == 1.0 and attrs["channels"][:len(SUM_CHANNELS)] == list(SUM_CHANNELS)
+    assert doubt.shape == (len(attrs["channels"]), -(-labels.shape[0] // cell), -(-labels.shape[1] // cell))
+    pixels, near, foreground, _, object_pixels, _, objects, disagreement = doubt[:len(SUM_CHANNELS)]
+    assert pixels.max() == cell * cell and (near <= pixels).all() and (object_pixels <= pixels).all()
+    assert np.allclose(doubt[len(SUM_CHANNELS):].sum(0), foreground, atol=0.05 * cell * cell)
+    h, w = doubt.shape[1] * cell, doubt.shape[2] * cell
+    padded = np.zeros((h, w), bool)
+    padded[:labels.shape[0], :labels.shape[1]] = labels > 0
+    from_labels = padded.reshape(doubt.shape[1], cell, doubt.shape[2], cell).sum((1, 3))
+    looked = pixels > 0
+    assert looked.mean() > 0.5 and (from_labels[~looked] == 0).all()
+    assert np.mean(from_labels[looked] == object_pixels[looked]) > 0.98
+    assert abs(objects.sum() - result.n_objects) <= 0.01 * result.n_objects
+    assert not attrs["tta"] and not disagreement.any()  # no views ran: nothing to disagree
+
+
+def test_suggest_from_a_segmentation_ranks_like_the_network_without_running_it(segmented, tmp_path):
+    """Each candidate's flow error, near-threshold share and class doubt from the saved map match the network
+    path's on the same squares (rank correlation, size), so the two rank alike; the saved path loads no model."""
+    slide, _ = segmented
+    info = open_omezarr_slide(slide)
+    edge = round(100 / info.pixel_size_um[0])
+    normalization = slide_normalization(info.levels)
+    origins = candidate_grid(slide, tuple(info.shape[1:]), edge, 0.5)
+    network = []
+    for y in sorted({o[0] for o in origins}):
+        row = tuple(o for o in origins if o[0] == y)
+        network += score_row(CandidateRow(str(slide), str(resolve_model(None)), row, edge, 1.0, normalization, "cpu"))
+    loads = _predictor.cache_info().misses
+    saved = score_saved_rows(slide, "cells", origins, edge, normalization)
+    assert len(origins) > 30 and all(s is not None for s in saved)
+    for key in ("flow_error", "near_threshold", "class_doubt"):
+        a, b = np.array([n[0][key] for n in network]), np.array([s[0][key] for s in saved])
+        assert spearmanr(a, b)[0] > 0.9, key
+        assert np.median(np.abs(a - b) / np.abs(a)) < 0.1, key
+    assert spearmanr([n[2] for n in network], [s[2] for s in saved])[0] > 0.9  # objects per square
+    ranked = []
+    for scored in (network, saved):
+        candidates = [Candidate(str(slide), y, x, edge, {k: v for k, v in components.items() if k != "disagreement"},
+                                descriptor, objects) for (y, x), (components, descriptor, objects) in zip(origins, scored)]
+        rank_candidates(candidates)
+        ranked.append(candidates)
+    assert spearmanr([c.score for c in ranked[0]], [c.score for c in ranked[1]])[0] > 0.9
+    top = [{(c.y, c.x) for c in sorted(candidates, key=lambda c: -c.score)[:10]} for candidates in ranked]
+    assert len(top[0] & top[1]) >= 6
+    out = tmp_path / "next"
+    assert main(["suggest", str(slide), "--from-segmentation", "cells", "--regions", "3", "--out", str(out)]) == 0
+    props = [f["properties"] for f in json.loads((out / "cmu.geojson").read_text())["features"]]
+    assert [p["measurements"]["rank"] for p in props] == [1, 2, 3]
+    assert all("disagreement" not in p["measurements"] and "flow_error" in p["measurements"] for p in props)
+    assert _predictor.cache_info().misses == loads  # no model was loaded for the saved path
+
+
+def test_a_tta_segmentation_saves_its_views_disagreement_and_suggest_ranks_by_it(tmp_path):
+    """`segment --tta` saves the 8 views' disagreement (over the foreground only), and `suggest
+    --from-segmentation` then scores by all four components."""
+    with tifffile.TiffFile(OME_TIFF) as tif:
+        crop = tif.series[0].levels[0].asarray()[800:1312, 1100:1612]
+    tifffile.imwrite(tmp_path / "crop.tif", crop, photometric="rgb", resolution=(1e4 / 0.499, 1e4 / 0.499),
+                     resolutionunit="CENTIMETER")
+    slide = ingest(tmp_path / "crop.tif", tmp_path / "crop.ome.zarr")
+    segment_slide(slide, None, SegmentOptions(progress=False, workers=1, tta=True))
+    array = zarr.open_group(slide / "labels" / "cells", mode="r")["uncertainty"]
+    doubt = array[...]
+    assert array.attrs["sparseseg"]["tta"]
+    foreground, disagreement = doubt[SUM_CHANNELS.index("foreground")], doubt[SUM_CHANNELS.index("disagreement")]
+    assert (disagreement[foreground == 0] == 0).all() and (disagreement[foreground > 0] > 0).mean() > 0.9
+    out = tmp_path / "next"
+    assert main(["suggest", str(slide), "--from-segmentation", "cells", "--regions", "2", "--size", "50",
+                 "--out", str(out)]) == 0
+    props = [f["properties"] for f in json.loads((out / "crop.geojson").read_text())["features"]]
+    assert len(props) == 2 and all(p["measurements"]["disagreement"] > 0 for p in props)
