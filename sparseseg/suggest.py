@@ -244,19 +244,25 @@ def score_saved_rows(slide: Path, name: str, origins: list[tuple[int, int]], edg
     cell, scale = int(attrs["cell"]), float(attrs["scale"])
     level, factor = _colour_level(open_omezarr_slide(slide, fill_missing=True).levels, edge)
 
-    def cells(start: int) -> tuple[int, int]:  # the cells whose centres lie in [start, start + edge) of level 0
-        first = round(start * scale / cell)
-        return first, max(first + 1, round((start + edge) * scale / cell))
+    def cells(start: int) -> tuple[int, np.ndarray]:
+        """The first cell under [start, start + edge) of level 0 and each cell's share inside it (partial
+        cells at the square's edges count by the part of them it covers)."""
+        low, high = start * scale / cell, (start + edge) * scale / cell
+        first = int(math.floor(low))
+        bounds = np.arange(first, int(math.ceil(high)) + 1, dtype=np.float64)
+        return first, np.clip(np.minimum(bounds[1:], high) - np.maximum(bounds[:-1], low), 0, 1)
 
     out = []
     for y in sorted({o[0] for o in origins}):
-        cy0, cy1 = cells(y)
-        band = np.asarray(array[:, cy0:cy1, :], np.float64)
+        cy0, wy = cells(y)
+        band = np.asarray(array[:, cy0:cy0 + len(wy), :], np.float64)
+        wy = wy[:band.shape[1]]
         colours = np.asarray(level[:, y // factor: -(-(y + edge) // factor), :].compute(scheduler="synchronous"),
                              np.float64)
         for _, x in (o for o in origins if o[0] == y):
-            cx0, cx1 = cells(x)
-            total = band[:, :, cx0:cx1].sum((1, 2))
+            cx0, wx = cells(x)
+            part = band[:, :, cx0:cx0 + len(wx)]
+            total = np.einsum("cyx,y,x->c", part, wy, wx[:part.shape[2]])
             if total[0] == 0:
                 out.append(None)
                 continue

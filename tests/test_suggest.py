@@ -24,11 +24,19 @@ from sparseseg.suggest import (Candidate, CandidateRow, _predictor, candidate_gr
                                score_row, score_saved_rows)
 
 
+def cmu_crop(folder, rows: slice, cols: slice):
+    """A part of the committed CC0 CMU region (0.499 um/px) ingested as a slide (with its tissue mask)."""
+    with tifffile.TiffFile(OME_TIFF) as tif:
+        crop = tif.series[0].levels[0].asarray()[rows, cols]
+    tifffile.imwrite(folder / "cmu.tif", crop, photometric="rgb", resolution=(1e4 / 0.499, 1e4 / 0.499),
+                     resolutionunit="CENTIMETER")
+    return ingest(folder / "cmu.tif", folder / "cmu.ome.zarr")
+
+
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
-    """The committed CC0 CMU region (2967 x 2220, 0.499 um/px) with its tissue mask."""
-    folder = tmp_path_factory.mktemp("suggest")
-    return ingest(OME_TIFF, folder / "cmu.ome.zarr")
+    """1024 x 1024 px of the CMU region, two thirds tissue: 25 squares of 100 um, a fraction of the time."""
+    return cmu_crop(tmp_path_factory.mktemp("suggest"), slice(700, 1724), slice(1000, 2024))
 
 
 def squares(geojson: dict) -> list[tuple[int, int, int, int]]:
@@ -110,7 +118,7 @@ def test_suggest_over_an_archive_folder_is_repeatable_and_qupath_shaped(slide, t
         shutil.copytree(slide, archive / f"{name}.ome.zarr", ignore=shutil.ignore_patterns("annotations"))
     runs = []
     for out in (tmp_path / "first", tmp_path / "second"):
-        assert main(["suggest", str(archive), "--regions", "4", "--size", "150", "--out", str(out)]) == 0
+        assert main(["suggest", str(archive), "--regions", "4", "--size", "100", "--out", str(out)]) == 0
         runs.append({name: json.loads((out / f"{name}.geojson").read_text()) for name in ("a", "b")})
     assert runs[0] == runs[1]
     features = runs[0]["a"]["features"] + runs[0]["b"]["features"]
@@ -171,7 +179,7 @@ def test_suggest_from_a_segmentation_ranks_like_the_network_without_running_it(s
         network += score_row(CandidateRow(str(slide), str(resolve_model(None)), row, edge, 1.0, normalization, "cpu"))
     loads = _predictor.cache_info().misses
     saved = score_saved_rows(slide, "cells", origins, edge, normalization)
-    assert len(origins) > 30 and all(s is not None for s in saved)
+    assert len(origins) >= 15 and all(s is not None for s in saved)
     for key in ("flow_error", "near_threshold", "class_doubt"):
         a, b = np.array([n[0][key] for n in network]), np.array([s[0][key] for s in saved])
         assert spearmanr(a, b)[0] > 0.9, key
@@ -184,8 +192,8 @@ def test_suggest_from_a_segmentation_ranks_like_the_network_without_running_it(s
         rank_candidates(candidates)
         ranked.append(candidates)
     assert spearmanr([c.score for c in ranked[0]], [c.score for c in ranked[1]])[0] > 0.9
-    top = [{(c.y, c.x) for c in sorted(candidates, key=lambda c: -c.score)[:10]} for candidates in ranked]
-    assert len(top[0] & top[1]) >= 6
+    top = [{(c.y, c.x) for c in sorted(candidates, key=lambda c: -c.score)[:5]} for candidates in ranked]
+    assert len(top[0] & top[1]) >= 3
     out = tmp_path / "next"
     assert main(["suggest", str(slide), "--from-segmentation", "cells", "--regions", "3", "--out", str(out)]) == 0
     props = [f["properties"] for f in json.loads((out / "cmu.geojson").read_text())["features"]]
@@ -197,11 +205,7 @@ def test_suggest_from_a_segmentation_ranks_like_the_network_without_running_it(s
 def test_a_tta_segmentation_saves_its_views_disagreement_and_suggest_ranks_by_it(tmp_path):
     """`segment --tta` saves the 8 views' disagreement (over the foreground only), and `suggest
     --from-segmentation` then scores by all four components."""
-    with tifffile.TiffFile(OME_TIFF) as tif:
-        crop = tif.series[0].levels[0].asarray()[800:1312, 1100:1612]
-    tifffile.imwrite(tmp_path / "crop.tif", crop, photometric="rgb", resolution=(1e4 / 0.499, 1e4 / 0.499),
-                     resolutionunit="CENTIMETER")
-    slide = ingest(tmp_path / "crop.tif", tmp_path / "crop.ome.zarr")
+    slide = cmu_crop(tmp_path, slice(800, 1312), slice(1100, 1612))
     segment_slide(slide, None, SegmentOptions(progress=False, workers=1, tta=True))
     array = zarr.open_group(slide / "labels" / "cells", mode="r")["uncertainty"]
     doubt = array[...]
@@ -211,5 +215,5 @@ def test_a_tta_segmentation_saves_its_views_disagreement_and_suggest_ranks_by_it
     out = tmp_path / "next"
     assert main(["suggest", str(slide), "--from-segmentation", "cells", "--regions", "2", "--size", "50",
                  "--out", str(out)]) == 0
-    props = [f["properties"] for f in json.loads((out / "crop.geojson").read_text())["features"]]
+    props = [f["properties"] for f in json.loads((out / "cmu.geojson").read_text())["features"]]
     assert len(props) == 2 and all(p["measurements"]["disagreement"] > 0 for p in props)
