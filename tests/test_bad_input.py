@@ -373,6 +373,8 @@ CASES = [  # (id, argv with {w} for the workspace, text the one error line must 
     ("train-width-zero", [*_TRAIN, "--width", "0"], "--width"),
     ("train-pixel-size-zero", [*_TRAIN, "--train-pixel-size", "0"], "--train-pixel-size"),
     ("train-class-weight-negative", [*_TRAIN, "--class-weight", "-1"], "--class-weight"),
+    ("train-zoom-below-one", [*_TRAIN, "--zoom", "0.5"], "--zoom"),
+    ("train-zoom-nan", [*_TRAIN, "--zoom", "nan"], "--zoom"),
     ("train-workers-zero", [*_TRAIN, "--workers", "0"], "--workers"),
     ("train-init-missing", [*_TRAIN, "--init", "{w}/nope.pt"], "nope.pt"),
     ("train-point-encoding-unknown", [*_TRAIN, "--point-encoding", "blobs"], "--point-encoding"),

@@ -15,7 +15,9 @@ from conftest import DSB
 from sparseseg.infer.predictor import Predictor
 from sparseseg.model.checkpoint import load_checkpoint
 from sparseseg.train.calibrate import calibration_samples
-from sparseseg.train.data import draw_patch, folder_sources, scale_to_model
+from sparseseg.cli import build_parser
+from sparseseg.train.cli import request_from_args
+from sparseseg.train.data import Augment, draw_patch, folder_sources, scale_to_model
 from sparseseg.train.loop import TrainConfig
 from sparseseg.train.request import DataSpec, TrainRequest, run_training
 
@@ -82,6 +84,23 @@ def test_training_patches_of_doubled_images_have_the_original_object_size(tmp_pa
     scaled = _edge_density(patches(fine))
     assert unscaled < 0.65 * reference, (reference, unscaled)  # the doubled images as they are: half the edges
     assert 0.85 * reference < scaled < 1.15 * reference, (reference, scaled)
+
+
+def test_zoom_reaches_training_and_spreads_the_object_sizes_it_sees(tmp_path):
+    """`train --zoom 2` sets the scale augmentation, and its patches show objects over a wider range of sizes
+    than the default 1.25 (edge density per patch: inversely proportional to the object size)."""
+    args = build_parser().parse_args(["train", "--images", "i", "--annotations", "a", "--out", "m.pt", "--zoom", "2"])
+    assert request_from_args(args).config.augmentation.zoom == 2.0
+    sources = _dense_folders(tmp_path, 1)
+    norms = [s.normalization for s in sources]
+
+    def spread(zoom: float) -> float:
+        augment = Augment(flips=False, intensity=0, stain=0, zoom=zoom, blur_sigma=0, noise=0)
+        density = [_edge_density([draw_patch(sources, norms, 64, 16, 0, step, 0, augment=augment)])
+                   for step in range(60)]
+        return float(np.percentile(density, 90) / np.percentile(density, 10))
+
+    assert spread(2.0) > 1.3 * spread(1.25)
 
 
 def test_fine_tuning_on_finer_images_at_the_init_pixel_size_records_it(fluo_model, doubled, tmp_path):

@@ -49,6 +49,9 @@ def add_train_arguments(p: argparse.ArgumentParser, positive_int, positive_float
     p.add_argument("--class-weight", type=float, default=None, metavar="W",
                    help="weight of the cell-class loss against the instance loss (default 1; classified points or "
                         "objects in the annotations give the model a class head)")
+    p.add_argument("--zoom", type=positive_float, default=None, metavar="F",
+                   help="scale augmentation: each patch rescaled by a factor in [1/F, F] (log-uniform; default 1.25, "
+                        "1 turns it off): larger teaches the model nuclei of more sizes at one pixel size")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip tuning the instance parameters on the validation annotations")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
@@ -73,6 +76,8 @@ def request_from_args(args: argparse.Namespace):
     config = TrainConfig(loss=args.loss, seed=args.seed, device=args.device or default_device())
     config = replace(config, **{k: getattr(args, k) for k in ("patch", "batch", "lr", "class_weight")
                                 if getattr(args, k) is not None})
+    if args.zoom is not None:
+        config = replace(config, augmentation=replace(config.augmentation, zoom=args.zoom))
     model = UNetConfig()
     model = replace(model, **{k: getattr(args, k) for k in ("depth", "width") if getattr(args, k) is not None})
     command = "sparseseg " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))

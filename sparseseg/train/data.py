@@ -9,6 +9,7 @@ their annotation, and get targets computed on a margin-enlarged window then crop
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,6 +291,10 @@ class Augment:
     zoom: float = 1.25            # rescale by a factor in [1/zoom, zoom] (log-uniform); 1 = off
     blur_sigma: float = 1.0       # Gaussian blur with sigma in [0, blur_sigma] px, on a third of the patches
     noise: float = 0.03           # Gaussian noise with std in [0, noise], on a third of the patches
+
+    def __post_init__(self):
+        if not (math.isfinite(self.zoom) and 1 <= self.zoom <= 4):
+            raise InputError(None, f"--zoom must be between 1 (off) and 4, got {self.zoom}")
 
 
 @dataclass(frozen=True)
