@@ -27,8 +27,7 @@ from scipy.stats import spearmanr
 from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.model.normalize import slide_normalization
 from sparseseg.model.registry import resolve_model
-from sparseseg.suggest import (Candidate, CandidateRow, candidate_grid, rank_candidates, score_row,
-                               score_saved_rows)
+from sparseseg.suggest import Candidate, candidate_grid, rank_candidates, score_in_process, score_saved_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CMU = ROOT / "tests" / "data" / "slides" / "cmu_small_region.pyramid.ome.tif"
@@ -46,10 +45,7 @@ def agreement(slide: Path, name: str, size_um: float) -> None:
     edge = round(size_um / info.pixel_size_um[0])
     normalization = slide_normalization(info.levels)
     origins = candidate_grid(slide, tuple(info.shape[1:]), edge, 0.5)
-    network = []
-    for y in sorted({o[0] for o in origins}):
-        row = tuple(o for o in origins if o[0] == y)
-        network += score_row(CandidateRow(str(slide), str(resolve_model(None)), row, edge, 1.0, normalization, "cpu"))
+    network = score_in_process(slide, resolve_model(None), origins, edge, 1.0, normalization, "cpu")
     saved = score_saved_rows(slide, name, origins, edge, normalization)
     pairs = [(n, s) for n, s in zip(network, saved) if s is not None]
     print(f"\n{len(pairs)} squares of {size_um:g} um scored both ways (network with its mirror pass; saved map)")

@@ -156,6 +156,11 @@ def candidate_grid(slide: Path, shape: tuple[int, int], edge: int, min_tissue: f
     return [o for o, k in zip(origins, keep) if k]
 
 
+def candidate_rows(origins: list[tuple[int, int]]) -> list[tuple[tuple[int, int], ...]]:
+    """The candidates grouped by row, top to bottom (a row is one Dask task)."""
+    return [tuple(o for o in origins if o[0] == y) for y in sorted({o[0] for o in origins})]
+
+
 @lru_cache(maxsize=2)
 def _predictor(checkpoint: str, device: str | None) -> Predictor:
     return Predictor.from_checkpoint(checkpoint, device=device)
@@ -209,6 +214,14 @@ def score_row(row: CandidateRow) -> list[tuple[dict[str, float], np.ndarray, int
     return out
 
 
+def score_in_process(slide: Path, checkpoint: Path, origins: list[tuple[int, int]], edge: int, scale: float,
+                     normalization: Normalization, device: str | None = None
+                     ) -> list[tuple[dict[str, float], np.ndarray, int]]:
+    """``score_row`` over every row of ``origins`` in this process (no Dask): to compare with the saved map."""
+    return [scored for row in candidate_rows(origins) for scored in
+            score_row(CandidateRow(str(slide), str(checkpoint), row, edge, scale, normalization, device))]
+
+
 def saved_doubt(slide: Path, name: str) -> tuple[zarr.Array, dict]:
     """The doubt map a `segment` run saved in ``labels/<name>`` (``instances.doubt``) and its attributes."""
     group_path = slide / "labels" / name
@@ -253,13 +266,14 @@ def score_saved_rows(slide: Path, name: str, origins: list[tuple[int, int]], edg
         return first, np.clip(np.minimum(bounds[1:], high) - np.maximum(bounds[:-1], low), 0, 1)
 
     out = []
-    for y in sorted({o[0] for o in origins}):
+    for row in candidate_rows(origins):
+        y = row[0][0]
         cy0, wy = cells(y)
         band = np.asarray(array[:, cy0:cy0 + len(wy), :], np.float64)
         wy = wy[:band.shape[1]]
         colours = np.asarray(level[:, y // factor: -(-(y + edge) // factor), :].compute(scheduler="synchronous"),
                              np.float64)
-        for _, x in (o for o in origins if o[0] == y):
+        for _, x in row:
             cx0, wx = cells(x)
             part = band[:, :, cx0:cx0 + len(wx)]
             total = np.einsum("cyx,y,x->c", part, wy, wx[:part.shape[2]])
@@ -376,10 +390,8 @@ def suggest(slides: list[Path], model: Path | None, out: Path, options: SuggestO
                            zip(origins, score_saved_rows(slide, saved, origins, edge, normalization))
                            if scored is not None]
             continue
-        for y in sorted({o[0] for o in origins}):
-            row = tuple(o for o in origins if o[0] == y)
-            rows.append(CandidateRow(str(slide), str(Path(model).resolve()), row, edge,
-                                     grid_scale(pixel_um, model_um), normalization, options.device))
+        rows += [CandidateRow(str(slide), str(Path(model).resolve()), row, edge, grid_scale(pixel_um, model_um),
+                              normalization, options.device) for row in candidate_rows(origins)]
     if not rows and not candidates:
         raise InputError(slides[0], "has no candidate region: no square holds enough tissue outside the annotations"
                          + (f" that labels/{saved} covers" if saved else ""))

@@ -20,8 +20,8 @@ from sparseseg.io.omezarr import open_omezarr_slide
 from sparseseg.model.normalize import slide_normalization
 from sparseseg.model.registry import resolve_model
 from sparseseg.segment import SegmentOptions, segment_slide
-from sparseseg.suggest import (Candidate, CandidateRow, _predictor, candidate_grid, diverse_best, rank_candidates,
-                               score_row, score_saved_rows)
+from sparseseg.suggest import (Candidate, _predictor, candidate_grid, diverse_best, rank_candidates, score_in_process,
+                               score_saved_rows)
 
 
 def cmu_crop(folder, rows: slice, cols: slice):
@@ -173,10 +173,7 @@ def test_suggest_from_a_segmentation_ranks_like_the_network_without_running_it(s
     edge = round(100 / info.pixel_size_um[0])
     normalization = slide_normalization(info.levels)
     origins = candidate_grid(slide, tuple(info.shape[1:]), edge, 0.5)
-    network = []
-    for y in sorted({o[0] for o in origins}):
-        row = tuple(o for o in origins if o[0] == y)
-        network += score_row(CandidateRow(str(slide), str(resolve_model(None)), row, edge, 1.0, normalization, "cpu"))
+    network = score_in_process(slide, resolve_model(None), origins, edge, 1.0, normalization, "cpu")
     loads = _predictor.cache_info().misses
     saved = score_saved_rows(slide, "cells", origins, edge, normalization)
     assert len(origins) >= 15 and all(s is not None for s in saved)
