@@ -8,6 +8,7 @@ from typing import Any
 import zarr
 
 from sparseseg.errors import InputError
+from sparseseg.instances.doubt import UNCERTAINTY
 from sparseseg.io.ngff import read_ome_attrs, unit_to_um
 from sparseseg.io.omezarr import dataset_scale, open_omezarr_slide
 
@@ -39,7 +40,7 @@ def describe_slide(path: str | Path) -> dict[str, Any]:
             _, one = read_ome_attrs(label_group)
             first = label_group[one["multiscales"][0]["datasets"][0]["path"]]
             labels[name] = {"levels": len(one["multiscales"][0]["datasets"]), "dtype": str(first.dtype),
-                            "shape": list(first.shape)}
+                            "shape": list(first.shape), "doubt_map": UNCERTAINTY in label_group.array_keys()}
     ingested = dict(group.attrs).get("sparseseg", {}).get("ingest", {})
     return {"path": str(path), "ngff": version, "zarr_format": group.metadata.zarr_format,
             "source": ingested.get("source"), "reader": ingested.get("format"),
@@ -62,7 +63,8 @@ def format_description(info: dict[str, Any]) -> str:
     if info["labels"]:
         lines.append("labels:")
         for name, lab in info["labels"].items():
-            lines.append(f"  {name}: {lab['dtype']} {tuple(lab['shape'])}, {lab['levels']} levels")
+            lines.append(f"  {name}: {lab['dtype']} {tuple(lab['shape'])}, {lab['levels']} levels"
+                         + (f", doubt map saved (suggest --from-segmentation {name})" if lab.get("doubt_map") else ""))
     else:
         lines.append("labels: none")
     return "\n".join(lines)

@@ -140,7 +140,7 @@ def segmented(slide, tmp_path_factory):
     return copy, segment_slide(copy, None, SegmentOptions(progress=False, workers=1))
 
 
-def test_segment_saves_its_doubt_per_cell_where_its_labels_are(segmented):
+def test_segment_saves_its_doubt_per_cell_where_its_labels_are(segmented, capsys):
     """The saved map's cells sit where the labels are (object pixels per cell as the labels have them), and its
     sums are consistent: every count at most the cell's pixels, the class mix summing to the foreground."""
     slide, result = segmented
@@ -163,6 +163,9 @@ def test_segment_saves_its_doubt_per_cell_where_its_labels_are(segmented):
     assert np.mean(from_labels[looked] == object_pixels[looked]) > 0.98
     assert abs(objects.sum() - result.n_objects) <= 0.01 * result.n_objects
     assert not attrs["tta"] and not disagreement.any()  # no views ran: nothing to disagree
+    assert main(["info", str(slide)]) == 0
+    listed = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    assert "doubt map saved" in listed["cells"] and "doubt map" not in listed["tissue"]
 
 
 def test_suggest_from_a_segmentation_ranks_like_the_network_without_running_it(segmented, tmp_path):
