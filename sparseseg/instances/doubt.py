@@ -33,8 +33,8 @@ OBJECTS = SUM_CHANNELS.index("objects")
 
 
 def block_cell(block: int) -> int:
-    """The cell edge for blocks of ``block`` model-grid pixels: ``CELL`` or the largest divisor of the block edge
-    below it, so that every cell lies in one block's core."""
+    """The cell edge for blocks of ``block`` model-grid pixels: the largest divisor of ``CELL`` that divides the
+    block edge, so that every cell lies in one block's core."""
     return math.gcd(block, CELL)
 
 
