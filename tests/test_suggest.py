@@ -133,11 +133,11 @@ def test_suggest_over_an_archive_folder_is_repeatable_and_qupath_shaped(slide, t
 
 
 @pytest.fixture(scope="module")
-def segmented(slide, tmp_path_factory):
-    """The CMU region segmented with the bundled model: labels/cells and the doubt map saved beside them."""
-    copy = tmp_path_factory.mktemp("segmented") / "cmu.ome.zarr"
-    shutil.copytree(slide, copy, ignore=shutil.ignore_patterns("annotations"))
-    return copy, segment_slide(copy, None, SegmentOptions(progress=False, workers=1))
+def segmented(tmp_path_factory):
+    """The same crop as ``slide``, its own copy (never annotated), segmented with the bundled model: labels/cells
+    and the doubt map saved beside them."""
+    crop = cmu_crop(tmp_path_factory.mktemp("segmented"), slice(700, 1724), slice(1000, 2024))
+    return crop, segment_slide(crop, None, SegmentOptions(progress=False, workers=1))
 
 
 def test_segment_saves_its_doubt_per_cell_where_its_labels_are(segmented, capsys):

@@ -30,6 +30,7 @@ NEAR_THRESHOLD = 0.5
 SUM_CHANNELS = ("pixels", "near_threshold", "foreground", "class_doubt", "object_pixels", "flow_error", "objects",
                 "disagreement")
 OBJECTS = SUM_CHANNELS.index("objects")
+FOREGROUND = SUM_CHANNELS.index("foreground")
 
 
 def block_cell(block: int) -> int:
@@ -93,7 +94,8 @@ def doubt_components(total: np.ndarray, disagreement: bool = False) -> dict[str,
     """What the summed channels of a region mean: its flow error (per object pixel), near-threshold share
     (per pixel), class doubt (per foreground pixel) and, when the views were run, their disagreement
     (per foreground pixel)."""
-    pixels, near, foreground, class_doubt, object_pixels, flow_error, _, spread = (float(v) for v in total[:8])
+    pixels, near, foreground, class_doubt, object_pixels, flow_error, _, spread = (
+        float(v) for v in total[:len(SUM_CHANNELS)])
     out = {"flow_error": flow_error / object_pixels if object_pixels else 0.0,
            "near_threshold": near / pixels if pixels else 0.0,
            "class_doubt": class_doubt / foreground if foreground else 0.0}
@@ -103,10 +105,12 @@ def doubt_components(total: np.ndarray, disagreement: bool = False) -> dict[str,
 
 
 def foreground_fraction(total: np.ndarray) -> float:
-    return float(total[2] / total[0]) if total[0] else 0.0
+    """The region's share of foreground pixels."""
+    pixels = total[SUM_CHANNELS.index("pixels")]
+    return float(total[FOREGROUND] / pixels) if pixels else 0.0
 
 
 def class_mix(total: np.ndarray) -> np.ndarray:
     """Mean class probabilities over the region's foreground (empty without classes)."""
     sums = np.asarray(total[len(SUM_CHANNELS):], np.float64)
-    return sums / total[2] if total[2] else np.zeros_like(sums)
+    return sums / total[FOREGROUND] if total[FOREGROUND] else np.zeros_like(sums)

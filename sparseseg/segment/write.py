@@ -128,7 +128,6 @@ def write_class_pyramid(slide: Path, name: str, labels: LabelComposer, names: tu
                         colors=colours, properties=properties, scheduler=scheduler)
 
 
-
 def write_uncertainty(group, job: BlockJob) -> None:
     """``uncertainty``: the doubt sums per cell of the model grid (channels, cells, cells), one chunk per block,
     copied from the block records one block at a time (memory stays one block's cells)."""
