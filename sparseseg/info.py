@@ -36,6 +36,9 @@ def describe_slide(path: str | Path) -> dict[str, Any]:
     if "labels" in group:
         _, label_attrs = read_ome_attrs(group["labels"])
         for name in label_attrs.get("labels", []):
+            if name not in group["labels"]:  # a damaged or partial copy: say so instead of failing
+                labels[name] = {"missing": True}
+                continue
             label_group = group["labels"][name]
             _, one = read_ome_attrs(label_group)
             first = label_group[one["multiscales"][0]["datasets"][0]["path"]]
@@ -63,6 +66,9 @@ def format_description(info: dict[str, Any]) -> str:
     if info["labels"]:
         lines.append("labels:")
         for name, lab in info["labels"].items():
+            if lab.get("missing"):
+                lines.append(f"  {name}: listed in labels/ but missing on disk (a damaged or partial copy)")
+                continue
             lines.append(f"  {name}: {lab['dtype']} {tuple(lab['shape'])}, {lab['levels']} levels"
                          + (f", doubt map saved (suggest --from-segmentation {name})" if lab.get("doubt_map") else ""))
     else:

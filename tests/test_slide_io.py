@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,9 @@ def test_info_reports_levels_pixel_size_and_labels(tmp_path, capsys):
     assert "0: shape (3, 2967, 2220) chunks (3, 512, 512)" in out
     assert "3: shape (3, 371, 278)" in out and "pixel 3.992 x 3.992 um" in out
     assert "tissue: uint8 (2967, 2220), 4 levels" in out
+    shutil.rmtree(dst / "labels" / "tissue")  # a partial copy: the label list names a group that is gone
+    assert main(["info", str(dst)]) == 0
+    assert "tissue: listed in labels/ but missing on disk" in capsys.readouterr().out
 
 
 def test_slide_names_keep_their_inner_dots_so_two_slides_never_share_an_output():
